@@ -1,0 +1,252 @@
+"""Exact selection of the lowest-ranked units, per layer (local) or across layers (global).
+
+A *unit* is one entry of a grid of scores (a block, a group or a weight). Selection prunes
+exactly ``floor(sparsity * n_units + 1e-9)`` units, lowest ranked first, in one total order:
+
+1. units already pruned in ``previous`` (so masks are nested and never revive);
+2. NaN scores;
+3. ``-inf``;
+4. finite scores, ascending (``-0.0`` equals ``+0.0``);
+5. ``+inf``;
+
+and ties by sorted parameter name, then by flat (row-major) index in the grid. The order is
+encoded in integer keys (:func:`rank_keys`), and the threshold is found by an exact radix
+select over those keys, without sorting or concatenating layers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+
+from fprune import _errors, _radix
+
+__all__ = ["global_masks", "local_masks", "rank_keys"]
+
+_EPS = 1e-9
+
+
+def rank_keys(
+    scores: torch.Tensor, *, pruned: torch.Tensor | None = None, wide: bool = False
+) -> torch.Tensor:
+    """Map scores to integers whose order is the selection order (lowest pruned first).
+
+    float16, bfloat16 and float32 scores give int32 keys (through float32, exactly); float64
+    scores, or ``wide=True``, give int64 keys. Already-pruned units get the smallest key,
+    then NaN; ``-0.0`` and ``+0.0`` get the same key. Equal keys are tied.
+
+    Args:
+        scores: floating tensor of any shape.
+        pruned: optional bool tensor of the same shape, True where a unit is already pruned.
+        wide: compute int64 keys through float64 (needed to compare with float64 keys).
+
+    Returns:
+        Integer tensor shaped like ``scores``.
+
+    Example:
+        >>> k = rank_keys(torch.tensor([1.0, float("nan"), -float("inf"), -0.0, 0.0, 2.0]))
+        >>> torch.argsort(k, stable=True).tolist()
+        [1, 2, 3, 4, 0, 5]
+    """
+    if wide or scores.dtype == torch.float64:
+        x, itype, width = scores.double(), torch.int64, 64
+    else:
+        x, itype, width = scores.float(), torch.int32, 32
+    lowest = torch.iinfo(itype).min
+    x = torch.where(x == 0, torch.zeros_like(x), x)  # -0.0 -> +0.0
+    bits = x.view(itype)
+    # Negative floats order backwards as integers: flip their magnitude bits.
+    keys = bits ^ ((bits >> (width - 1)) & torch.iinfo(itype).max)
+    keys = torch.where(torch.isnan(x), torch.full_like(keys, lowest + 1), keys)
+    if pruned is not None:
+        keys = torch.where(pruned, torch.full_like(keys, lowest), keys)
+    return keys
+
+
+def _count(sparsity: float | torch.Tensor, n: int, device: torch.device) -> torch.Tensor:
+    """``floor(sparsity * n + 1e-9)`` clamped to ``[0, n]``, as a 0-d int64 tensor (float64 math)."""
+    if isinstance(sparsity, torch.Tensor):
+        exact = torch.floor(sparsity.to(device=device, dtype=torch.float64) * n + _EPS)
+        return exact.to(torch.int64).clamp(0, n)
+    return torch.tensor(min(max(math.floor(sparsity * n + _EPS), 0), n), device=device)
+
+
+def _lowest(keys: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """True at the ``count`` smallest entries of a 1-D key tensor, ties by index."""
+    tau, below, _ = _radix.kth_key([keys], count)
+    tied = keys == tau
+    return (keys < tau) | (tied & (torch.cumsum(tied, 0) <= count - below[0]))
+
+
+def select_local(keys: Mapping[str, torch.Tensor], sparsity: float | torch.Tensor) -> dict[str, torch.Tensor]:
+    """Pruned units (True) of each 1-D key tensor: ``floor(sparsity * n + 1e-9)`` per layer.
+
+    No validation: ``sparsity`` may be any fraction in [0, 1] (N:M passes 1.0).
+    """
+    return {n: _lowest(k, _count(sparsity, k.numel(), k.device)) for n, k in keys.items()}
+
+
+def select_global(
+    keys: Mapping[str, torch.Tensor],
+    sparsity: float | torch.Tensor,
+    lo: float | torch.Tensor = 0.0,
+    hi: float | torch.Tensor = 1.0,
+) -> dict[str, torch.Tensor]:
+    """Pruned units (True) across 1-D key tensors of one dtype; see :func:`global_masks`.
+
+    No validation: the fractions may be anything in [0, 1] (N:M passes 1.0).
+    """
+    names = sorted(keys)  # ties between layers go by sorted name
+    ordered = [keys[n] for n in names]
+    device = ordered[0].device
+    sizes = [k.numel() for k in ordered]
+    low = [_count(lo, n, device) for n in sizes]
+    high = [_count(hi, n, device) for n in sizes]
+    total = _count(sparsity, sum(sizes), device)
+    total = torch.minimum(torch.maximum(total, torch.stack(low).sum()), torch.stack(high).sum())
+    bounded = not (isinstance(lo, float) and lo == 0.0 and isinstance(hi, float) and hi >= 1.0)
+    bounds = (low, high) if bounded else (None, None)
+    _, below, at = _radix.kth_key(ordered, total, *bounds)
+    counts = _allocate(total, below, at, low, high)
+    chosen = {n: _lowest(k, c) for n, k, c in zip(names, ordered, counts, strict=True)}
+    return {n: chosen[n] for n in keys}
+
+
+def flat_keys(
+    scores: Mapping[str, torch.Tensor], previous: Mapping[str, torch.Tensor] | None
+) -> dict[str, torch.Tensor]:
+    """1-D rank keys of every layer, all int64 if any score is float64 (comparable globally)."""
+    wide = any(s.dtype == torch.float64 for s in scores.values())
+    return {
+        n: rank_keys(s, pruned=None if previous is None else ~previous[n], wide=wide).reshape(-1)
+        for n, s in scores.items()
+    }
+
+
+def _check(
+    func: str, scores: object, previous: object, sparsity: object
+) -> tuple[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor] | None, float | torch.Tensor]:
+    scores = _errors.tensor_dict(func, "scores", scores)
+    if previous is not None:
+        previous = _errors.bool_masks(func, "previous", previous)
+        _errors.same_shapes(func, "previous", previous, "scores", scores)
+    return scores, previous, _errors.fraction(func, "sparsity", sparsity)
+
+
+def local_masks(
+    scores: Mapping[str, torch.Tensor],
+    *,
+    sparsity: float | torch.Tensor,
+    previous: Mapping[str, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Prune each layer separately: exactly ``floor(sparsity * n_l + 1e-9)`` units of each.
+
+    Args:
+        scores: floating tensors (grids of unit scores) keyed by name; lower is pruned first.
+        sparsity: fraction of units to prune in every layer, in [0, 1); a 0-d float tensor
+            is used as data (clamped, not checked).
+        previous: bool masks shaped like ``scores`` (True = kept); their pruned units rank
+            first, so masks are nested when ``sparsity`` does not decrease.
+
+    Returns:
+        Bool masks shaped like ``scores``, True = kept, in the input's key order.
+
+    Example:
+        >>> s = {"w": torch.tensor([[3., 1.], [2., 1.]])}
+        >>> local_masks(s, sparsity=0.5)["w"].tolist()   # the tie at 1.0 fills by index
+        [[True, False], [True, False]]
+    """
+    scores, previous, sparsity = _check("local_masks", scores, previous, sparsity)
+    keys = {
+        n: rank_keys(s, pruned=None if previous is None else ~previous[n]).reshape(-1)
+        for n, s in scores.items()
+    }
+    pruned = select_local(keys, sparsity)
+    return {n: ~pruned[n].reshape(s.shape) for n, s in scores.items()}
+
+
+def global_masks(
+    scores: Mapping[str, torch.Tensor],
+    *,
+    sparsity: float | torch.Tensor,
+    min_layer_sparsity: float | torch.Tensor = 0.0,
+    max_layer_sparsity: float | torch.Tensor = 1.0,
+    previous: Mapping[str, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Prune the lowest-ranked units across all layers, with per-layer bounds.
+
+    Exactly ``K = floor(sparsity * N + 1e-9)`` units are pruned (``N`` = all units). Layer
+    ``l`` with ``n_l`` units prunes between ``floor(min_layer_sparsity * n_l + 1e-9)`` and
+    ``floor(max_layer_sparsity * n_l + 1e-9)`` of them: each layer first takes its minimum
+    (its lowest-ranked units), and the rest of the budget goes to the lowest-ranked units
+    still allowed, so capped layers stop at their maximum and the others absorb the rest.
+    If the maxima cannot hold ``K`` units (only possible with ``max_layer_sparsity`` at or
+    near ``sparsity``), every layer ends at its maximum.
+
+    Args:
+        scores: floating tensors (grids of unit scores) keyed by name; lower is pruned first.
+        sparsity: fraction of all units to prune, in [0, 1).
+        min_layer_sparsity: per-layer lower bound, ``<= sparsity``.
+        max_layer_sparsity: per-layer upper bound, ``>= sparsity``, at most 1.
+        previous: bool masks shaped like ``scores`` (True = kept); their pruned units rank
+            first. 0-d float tensors for the three fractions are used as data (clamped).
+
+    Returns:
+        Bool masks shaped like ``scores``, True = kept, in the input's key order.
+
+    Raises:
+        ValueError: a fraction is out of range, or ``min > sparsity``, or ``sparsity > max``.
+
+    Example:
+        >>> s = {"a": torch.tensor([1., 2., 3., 4.]), "b": torch.tensor([5., 6., 7., 8.])}
+        >>> m = global_masks(s, sparsity=0.5)
+        >>> m["a"].tolist(), m["b"].tolist()
+        ([False, False, False, False], [True, True, True, True])
+        >>> m = global_masks(s, sparsity=0.5, max_layer_sparsity=0.5)
+        >>> m["a"].tolist(), m["b"].tolist()
+        ([False, False, True, True], [False, False, True, True])
+    """
+    func = "global_masks"
+    scores, previous, sparsity = _check(func, scores, previous, sparsity)
+    lo, hi = check_bounds(func, sparsity, min_layer_sparsity, max_layer_sparsity)
+    pruned = select_global(flat_keys(scores, previous), sparsity, lo, hi)
+    return {n: ~pruned[n].reshape(s.shape) for n, s in scores.items()}
+
+
+def _allocate(
+    total: torch.Tensor,
+    below: list[torch.Tensor],
+    at: list[torch.Tensor],
+    low: list[torch.Tensor],
+    high: list[torch.Tensor],
+) -> list[torch.Tensor]:
+    """Per-layer counts at the threshold: bounded counts below it, ties filled in layer order."""
+    base = [b.clamp(lo, hi) for b, lo, hi in zip(below, low, high, strict=True)]
+    room = [(b + a).clamp(lo, hi) - s for b, a, lo, hi, s in zip(below, at, low, high, base, strict=True)]
+    need = total - torch.stack(base).sum()
+    counts, used = [], torch.zeros_like(need)
+    for start, extra in zip(base, room, strict=True):
+        counts.append(start + (need - used).clamp(min=0).minimum(extra))
+        used = used + extra
+    return counts
+
+
+def check_bounds(
+    func: str, sparsity: float | torch.Tensor, lo: object, hi: object
+) -> tuple[float | torch.Tensor, float | torch.Tensor]:
+    """Validate per-layer bounds: ``0 <= min <= sparsity <= max <= 1`` where they are numbers."""
+    lo = _errors.fraction(func, "min_layer_sparsity", lo)
+    hi = _errors.fraction(func, "max_layer_sparsity", hi, allow_one=True)
+    if isinstance(sparsity, float) and isinstance(lo, float) and lo > sparsity:
+        raise _errors.value_error(
+            func, "min_layer_sparsity exceeds sparsity", _errors.detail(f"min {lo} > sparsity {sparsity}"),
+            "Lower min_layer_sparsity to at most the target sparsity.",
+        )
+    if isinstance(sparsity, float) and isinstance(hi, float) and sparsity > hi:
+        raise _errors.value_error(
+            func, "sparsity exceeds max_layer_sparsity", _errors.detail(f"sparsity {sparsity} > max {hi}"),
+            "Raise max_layer_sparsity or lower the target sparsity.",
+        )
+    return lo, hi
