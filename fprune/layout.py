@@ -64,7 +64,23 @@ def to_2d(weight: torch.Tensor) -> torch.Tensor:
 
 
 def from_2d(view: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    """Invert :func:`to_2d`: map a ``[O, prod(k) * C]`` view back to ``shape``."""
+    """Invert :func:`to_2d`: map a ``[O, prod(k) * C]`` view back to ``shape``.
+
+    Args:
+        view: ``[O, prod(k) * C]`` tensor, e.g. a mask computed on the 2-D view.
+        shape: the weight's shape ``[O, C, *k]`` (or ``[O, I]``, returned as is).
+
+    Returns:
+        A tensor of ``shape``.
+
+    Raises:
+        ValueError: ``view`` is not shaped like the 2-D view of ``shape``.
+
+    Example:
+        >>> mask_2d = torch.tensor([[True, False, True, False]])   # [O=1, k=2 * C=2]
+        >>> from_2d(mask_2d, (1, 2, 2))[0].tolist()                # channel 1 pruned at both taps
+        [[True, True], [False, False]]
+    """
     shape = tuple(int(s) for s in shape)
     _check_ndim("from_2d", shape)
     if view.shape != shape_2d(shape):

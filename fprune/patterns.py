@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Sequence
 
 from fprune import _errors
 
@@ -60,17 +61,17 @@ class Blocks:
         side = [_CHANNEL if s is None else str(s) for s in (self.rows, self.cols)]
         return "x".join(side)
 
-    def block_shape(self, shape_2d: tuple[int, int]) -> tuple[int, int]:
+    def block_shape(self, shape_2d: Sequence[int]) -> tuple[int, int]:
         """The block of this pattern on a 2-D view of ``shape_2d`` (channel sides filled in)."""
         rows, cols = shape_2d
         return (rows if self.rows is None else self.rows, cols if self.cols is None else self.cols)
 
-    def divides(self, shape_2d: tuple[int, int]) -> bool:
+    def divides(self, shape_2d: Sequence[int]) -> bool:
         """Whether the blocks tile a 2-D view of ``shape_2d`` exactly."""
         bn, bm = self.block_shape(shape_2d)
         return shape_2d[0] % bn == 0 and shape_2d[1] % bm == 0
 
-    def grid_shape(self, shape_2d: tuple[int, int]) -> tuple[int, int]:
+    def grid_shape(self, shape_2d: Sequence[int]) -> tuple[int, int]:
         """The number of blocks along each side of the 2-D view (the block grid)."""
         bn, bm = self.block_shape(shape_2d)
         return (shape_2d[0] // bn, shape_2d[1] // bm)
@@ -107,7 +108,7 @@ class NM:
         """The largest sparsity this pattern reaches: every group converted, ``n / m``."""
         return self.n / self.m
 
-    def divides(self, shape_2d: tuple[int, int]) -> bool:
+    def divides(self, shape_2d: Sequence[int]) -> bool:
         """Whether the groups of ``m`` tile the rows of a 2-D view of ``shape_2d``."""
         return shape_2d[1] % self.m == 0
 

@@ -15,7 +15,7 @@ _COMMON = dict(
     print_blob=True,
 )
 settings.register_profile("dev", max_examples=60, **_COMMON)
-settings.register_profile("ci", max_examples=60, derandomize=True, **_COMMON)
+settings.register_profile("ci", max_examples=200, derandomize=True, **_COMMON)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 

@@ -1,0 +1,71 @@
+"""fprune: functional, stateless pruning for PyTorch.
+
+Pure functions compute scores, block reductions, exact selections and masks from explicit
+``dict[str, Tensor]``s keyed by parameter name. Masks are ``torch.bool`` tensors shaped
+like their parameters, ``True`` = kept; sparsity is the fraction of zeros.
+
+Example:
+    >>> import torch, fprune
+    >>> params = {"fc.weight": torch.randn(8, 16, generator=torch.Generator().manual_seed(0))}
+    >>> m = fprune.masks(fprune.magnitude(params), pattern="4x1", sparsity=0.5)
+    >>> float(fprune.total_sparsity(m))
+    0.5
+    >>> params = fprune.apply_masks(params, m)
+"""
+
+from fprune.blocks import (
+    block_scores,
+    expand_blocks,
+    expand_masks,
+    grid_shape,
+    indivisible_layers,
+    reduce_blocks,
+    reduce_masks,
+)
+from fprune.layout import from_2d, shape_2d, to_2d
+from fprune.masking import apply_masks, grid_masks, masks, pattern_lock_masks
+from fprune.patterns import NM, Blocks, Pattern, parse_pattern
+from fprune.regularizers import group_lasso
+from fprune.schedules import is_prune_step, iterative, oneshot, prune_steps
+from fprune.scores import Criterion, criterion, gradient, magnitude, snip, snip_momentum
+from fprune.selection import global_masks, local_masks, rank_keys
+from fprune.sparsity import layer_sparsity, total_sparsity
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "NM",
+    "Blocks",
+    "Criterion",
+    "Pattern",
+    "apply_masks",
+    "block_scores",
+    "criterion",
+    "expand_blocks",
+    "expand_masks",
+    "from_2d",
+    "global_masks",
+    "gradient",
+    "grid_masks",
+    "grid_shape",
+    "group_lasso",
+    "indivisible_layers",
+    "is_prune_step",
+    "iterative",
+    "layer_sparsity",
+    "local_masks",
+    "magnitude",
+    "masks",
+    "oneshot",
+    "parse_pattern",
+    "pattern_lock_masks",
+    "prune_steps",
+    "rank_keys",
+    "reduce_blocks",
+    "reduce_masks",
+    "shape_2d",
+    "snip",
+    "snip_momentum",
+    "to_2d",
+    "total_sparsity",
+]
