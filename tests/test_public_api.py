@@ -1,0 +1,42 @@
+"""The public surface is deliberate: adding or removing a name is a visible change."""
+
+from __future__ import annotations
+
+import inspect
+
+import fprune
+
+PUBLIC = {
+    "NM", "Blocks", "Criterion", "Pattern",
+    "apply_masks", "block_scores", "criterion", "expand_blocks", "expand_masks", "from_2d",
+    "global_masks", "gradient", "grid_masks", "grid_shape", "group_lasso", "indivisible_layers",
+    "is_prune_step", "iterative", "layer_sparsity", "local_masks", "magnitude", "masks", "oneshot",
+    "parse_pattern", "pattern_lock_masks", "prune_steps", "rank_keys", "reduce_blocks",
+    "reduce_masks", "shape_2d", "snip", "snip_momentum", "to_2d", "total_sparsity",
+}
+
+
+def test_public_names_are_pinned():
+    assert set(fprune.__all__) == PUBLIC
+    assert all(hasattr(fprune, name) for name in fprune.__all__)
+
+
+def test_options_are_keyword_only():
+    """Tensors are positional; every option after them is keyword-only."""
+    for name in fprune.__all__:
+        obj = getattr(fprune, name)
+        if not inspect.isfunction(obj):
+            continue
+        for param in inspect.signature(obj).parameters.values():
+            if param.default is not inspect.Parameter.empty and param.kind is param.POSITIONAL_OR_KEYWORD:
+                assert name in {"magnitude"}, f"{name}({param.name}=...) should be keyword-only"
+
+
+def test_every_public_function_has_a_docstring_example():
+    for name in fprune.__all__:
+        obj = getattr(fprune, name)
+        if inspect.isfunction(obj) or inspect.isclass(obj):
+            doc = inspect.getdoc(obj) or ""
+            assert doc, name
+            if inspect.isfunction(obj):
+                assert ">>>" in doc, f"{name} has no runnable example"
