@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from fprune.schedules import DECAYS, is_prune_step, iterative, oneshot, prune_steps
 from tests import reference
 
-RUNS = pathlib.Path(__file__).resolve().parents[2] / "shared" / "reference" / "inc-runs"
+RUNS = pathlib.Path(__file__).resolve().parent / "data" / "inc_runs"
 
 windows = st.tuples(st.integers(0, 20), st.integers(0, 40), st.integers(1, 7)).map(
     lambda t: (t[0], t[0] + t[1], t[2])
@@ -111,7 +111,7 @@ def test_schedule_and_counts_reproduce_inc_traces(run, blocks):
     runs prune at the start of INC's step s; the snip_momentum run is replayed with its
     window shifted one step earlier (fprune folds the step's gradients in first).
     """
-    info = json.loads((RUNS / run / "run.json").read_text())
+    info = json.loads((RUNS / f"{run}.json").read_text())
     cfg = info["config"]
     shift = 1 if cfg["pruning_type"] == "snip_momentum" else 0
     s = iterative(cfg["target"], start_step=cfg["start"] - shift, end_step=cfg["end"] - shift,
