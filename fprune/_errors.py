@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import numbers
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -62,7 +63,7 @@ def fraction(
                 "Pass a Python float or torch.tensor(x, dtype=torch.float64).",
             )
         return value
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise type_error(func, f"{arg} must be a float", value, "Pass a number such as 0.8.")
     value = float(value)
     upper = "1]" if allow_one else "1)"
@@ -76,8 +77,9 @@ def fraction(
 
 
 def positive_int(func: str, arg: str, value: Any, *, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise type_error(func, f"{arg} must be an int", value, f"Pass an integer >= {minimum}.")
+    value = int(value)
     if value < minimum:
         raise value_error(func, f"{arg} must be >= {minimum}", value, f"Pass an integer >= {minimum}.")
     return value

@@ -45,14 +45,15 @@ class Criterion(NamedTuple):
     Attributes:
         init: ``init(params) -> aux``, a dict of tensors (empty for stateless criteria).
         update: ``update(aux, params, grads) -> (scores, aux)``.
-        needs_grads: whether ``update`` reads ``grads``.
+        needs_grads: whether ``update`` reads ``grads`` (default True, the safe assumption
+            for a custom pair).
     """
 
     init: Callable[[Tensors], dict[str, torch.Tensor]]
     update: Callable[
         [Tensors, Tensors, Tensors | None], tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]
     ]
-    needs_grads: bool
+    needs_grads: bool = True
 
 
 def _params(func: str, params: object) -> Tensors:

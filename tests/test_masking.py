@@ -170,7 +170,9 @@ def test_masks_bad_arguments():
 def test_pattern_lock_keeps_exactly_the_nonzero_structure(pattern, data):
     params = data.draw(strategies.score_dicts(pattern, specials=False))
     zeroed = {n: torch.where(torch.rand(p.shape) < 0.6, torch.zeros_like(p), p) for n, p in params.items()}
+    before = {n: p.clone() for n, p in zeroed.items()}
     locked = fprune.pattern_lock_masks(zeroed, pattern=pattern)
+    assert same_bits(zeroed, before)
     # nothing non-zero is pruned
     applied = fprune.apply_masks(zeroed, locked)
     assert all(torch.equal(applied[n], zeroed[n]) for n in zeroed)

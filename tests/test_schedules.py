@@ -148,6 +148,13 @@ def test_iterative_bad_arguments(kwargs, error, message):
         iterative(args.pop("sparsity"), **args)
 
 
+def test_numpy_integers_and_floats_are_accepted():
+    np = pytest.importorskip("numpy")
+    a = iterative(np.float64(0.8), start_step=np.int64(0), end_step=np.int64(8), frequency=np.int32(2))
+    b = iterative(0.8, start_step=0, end_step=8, frequency=2)
+    assert [a(k) for k in range(10)] == [b(k) for k in range(10)]
+
+
 def test_oneshot_bad_arguments():
     with pytest.raises(ValueError, match=r"oneshot: sparsity must be a fraction in \[0, 1\) \(got -0.5\)"):
         oneshot(-0.5)

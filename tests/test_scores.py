@@ -88,6 +88,14 @@ def test_criterion_resolves_builtin_names():
     assert scores["w"].tolist() == [[2.0]]  # mean of |w * g| = (1 + 3) / 2
 
 
+def test_custom_criterion_pair_defaults_to_needing_grads():
+    crit = fprune.Criterion(lambda p: {}, lambda aux, p, g: (fprune.snip(p, g), aux))
+    assert crit.needs_grads
+    p, g = {"w": torch.ones(2, 2)}, {"w": torch.full((2, 2), 3.0)}
+    scores, aux = crit.update(crit.init(p), p, g)
+    assert aux == {} and scores["w"].tolist() == [[3.0, 3.0], [3.0, 3.0]]
+
+
 @pytest.mark.parametrize(("bad", "hint"), [("magnitdue", "magnitude"), ("snip_momentm", "snip_momentum"), ("grad", "gradient")])
 def test_unknown_criterion_suggests_closest(bad, hint):
     with pytest.raises(ValueError, match=rf"criterion: unknown criterion \(got '{bad}'\)\. Did you mean '{hint}'\?"):

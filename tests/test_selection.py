@@ -270,6 +270,13 @@ def test_bad_dicts_raise():
         global_masks({"w": torch.ones(4)}, sparsity=0.5, previous={"w": torch.ones(3, dtype=torch.bool)})
 
 
+def test_numpy_scalars_are_numbers():
+    np = pytest.importorskip("numpy")
+    s = {"w": torch.arange(8.0)}
+    assert same_bits(global_masks(s, sparsity=np.float32(0.5)), global_masks(s, sparsity=0.5))
+    assert same_bits(local_masks(s, sparsity=np.float64(0.25)), local_masks(s, sparsity=0.25))
+
+
 def test_tensor_sparsity_equals_float_sparsity():
     gen = torch.Generator().manual_seed(3)
     scores = {"a": torch.randn(6, 5, generator=gen), "b": torch.randn(7, generator=gen)}

@@ -1,0 +1,62 @@
+"""CUDA runs give the same masks as CPU runs (skipped without a CUDA device)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fprune
+from tests.strategies import FLOAT_DTYPES, same_bits
+
+pytestmark = pytest.mark.cuda
+
+
+def _scores(dtype):
+    gen = torch.Generator().manual_seed(0)
+    s = {
+        "layers.0.fc.weight": torch.randn(64, 32, generator=gen),
+        "layers.0.conv.weight": torch.randn(16, 8, 3, 3, generator=gen),
+        "layers.1.fc.weight": torch.randint(0, 4, (32, 64), generator=gen).float(),  # ties
+    }
+    s["layers.0.fc.weight"][0, :4] = float("nan")
+    s["layers.0.fc.weight"][1, :4] = float("inf")
+    return {n: v.to(dtype) for n, v in s.items()}
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize(("pattern", "sparsity"), [("1x1", 0.8), ("4x1", 0.7), ("channelx1", 0.5), ("2:4", 0.5)])
+@pytest.mark.parametrize("scope", ["global", "local"])
+def test_masks_on_cuda_equal_cpu(dtype, pattern, sparsity, scope):
+    cpu = _scores(dtype)
+    cuda = {n: v.cuda() for n, v in cpu.items()}
+    kw = dict(pattern=pattern, sparsity=sparsity, scope=scope, min_layer_sparsity=0.1)
+    want = fprune.masks(cpu, **kw)
+    got = fprune.masks(cuda, **kw)
+    assert all(m.device.type == "cuda" for m in got.values())
+    assert same_bits({n: m.cpu() for n, m in got.items()}, want)
+    again = fprune.masks(cuda, **kw, previous=got)
+    assert same_bits({n: m.cpu() for n, m in again.items()}, want)
+
+
+def test_primitives_on_cuda_with_tensor_targets():
+    params = {n: v.cuda() for n, v in _scores(torch.float32).items()}
+    target = torch.tensor(0.6, dtype=torch.float64, device="cuda")
+    m = fprune.masks(fprune.magnitude(params), pattern="4x1", sparsity=target)
+    assert float(fprune.total_sparsity(m, pattern="4x1")) == pytest.approx(0.6, abs=1e-3)
+    shrunk = fprune.group_lasso(params, pattern="4x1", strength=torch.tensor(0.1, device="cuda"))
+    assert all(v.device.type == "cuda" for v in shrunk.values())
+    schedule = fprune.iterative(0.8, start_step=0, end_step=8, frequency=2)
+    assert float(schedule(torch.tensor(8, device="cuda"))) == 0.8
+
+
+@pytest.mark.compile_inductor
+def test_masks_compiled_on_cuda_equal_eager():
+    scores = {n: v.cuda() for n, v in _scores(torch.bfloat16).items()}
+
+    def fn(s, r):
+        return fprune.masks(s, pattern="2:4", sparsity=r)
+
+    torch._dynamo.reset()
+    target = torch.tensor(0.5, dtype=torch.float64, device="cuda")
+    got = torch.compile(fn, fullgraph=True)(scores, target)
+    assert same_bits(got, fn(scores, 0.5))
