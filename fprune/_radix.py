@@ -47,7 +47,7 @@ def kth_key(
     width = 64 if dtype == torch.int64 else 32
     device = keys[0].device
     below = [torch.zeros((), dtype=torch.int64, device=device) for _ in keys]
-    at = below
+    at: list[torch.Tensor] = []
     tau = torch.zeros((), dtype=dtype, device=device)
     top = width - _BITS
     for shift in range(top, -1, -_BITS):

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 import torch
 
 from fprune import _errors
+from fprune._dtypes import widen
 from fprune.layout import from_2d, shape_2d, to_2d
 from fprune.patterns import NM, Pattern, parse_pattern
 
@@ -29,11 +30,6 @@ __all__ = [
 ]
 
 REDUCTIONS = ("mean", "sum", "max")
-
-
-def _wide(x: torch.Tensor) -> torch.Tensor:
-    # 16-bit floats are reduced in float32: sums of many half values overflow or round badly.
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 def reduce_blocks(view: torch.Tensor, block: tuple[int, int], *, reduce: str = "mean") -> torch.Tensor:
@@ -66,8 +62,8 @@ def reduce_blocks(view: torch.Tensor, block: tuple[int, int], *, reduce: str = "
             _errors.detail(f"block {block} on shape {tuple(view.shape)}"), "Use a block whose sides divide the shape.",
         )
     if (bn, bm) == (1, 1):
-        return _wide(view)
-    tiles = _wide(view).reshape(rows // bn, bn, cols // bm, bm)
+        return widen(view)
+    tiles = widen(view).reshape(rows // bn, bn, cols // bm, bm)
     if reduce == "mean":
         return tiles.mean(dim=(1, 3))
     if reduce == "sum":

@@ -16,7 +16,7 @@ from fprune import _errors
 from fprune.blocks import REDUCTIONS, block_scores, check_divisible, expand_masks, reduce_masks
 from fprune.nm import nm_masks
 from fprune.patterns import NM, Pattern, parse_pattern
-from fprune.selection import check_bounds, flat_keys, select_global, select_local
+from fprune.selection import check_bounds, flat_keys, select
 
 __all__ = ["SCOPES", "apply_masks", "grid_masks", "masks", "pattern_lock_masks"]
 
@@ -70,8 +70,7 @@ def _select(
             grid, pattern=pattern, sparsity=sparsity, scope=scope, min_layer_sparsity=lo,
             max_layer_sparsity=hi, previous=previous, reduce=reduce,
         )
-    keys = flat_keys(grid, previous)
-    pruned = select_local(keys, sparsity) if scope == "local" else select_global(keys, sparsity, lo, hi)
+    pruned = select(flat_keys(grid, previous), scope=scope, sparsity=sparsity, lo=lo, hi=hi)
     return {n: ~pruned[n].reshape(s.shape) for n, s in grid.items()}
 
 
@@ -186,11 +185,9 @@ def masks(
         prev = None if previous is None else reduce_masks({n: previous[n] for n in active}, pattern=pattern)
         chosen = _select(grid, pattern, sparsity, scope, lo, hi, prev, reduce)
         out = expand_masks(chosen, pattern=pattern, shapes={n: s.shape for n, s in active.items()})
-    dense = {
-        n: torch.ones_like(s, dtype=torch.bool) if previous is None else previous[n]
-        for n, s in scores.items() if n in skipped
-    }
-    return {n: out[n] if n in out else dense[n] for n in scores}
+    for n in skipped:  # left dense, or as they were
+        out[n] = torch.ones_like(scores[n], dtype=torch.bool) if previous is None else previous[n]
+    return {n: out[n] for n in scores}
 
 
 def pattern_lock_masks(

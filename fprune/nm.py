@@ -15,13 +15,13 @@ from collections.abc import Mapping
 
 import torch
 
+from fprune._dtypes import widen
 from fprune.patterns import NM
-from fprune.selection import rank_keys, select_global, select_local
+from fprune.selection import flat_keys, rank_keys, select
 
 
 def _group_score(low: torch.Tensor, reduce: str) -> torch.Tensor:
-    if low.dtype in (torch.float16, torch.bfloat16):
-        low = low.float()
+    low = widen(low)
     if reduce == "mean":
         return low.mean(dim=-1)
     if reduce == "sum":
@@ -49,29 +49,23 @@ def nm_masks(
 ) -> dict[str, torch.Tensor]:
     """Kept masks on the 2-D views of already-validated N:M layers (see module docstring)."""
     n, m = pattern.n, pattern.m
-    within, group_scores, converted = {}, {}, {}
+    within, group_scores, kept_groups = {}, {}, {}
     for name, view in views.items():
         rows, cols = view.shape
         pruned = None if previous is None else ~previous[name]
         keys = rank_keys(view, pruned=pruned).reshape(rows, cols // m, m)
         low = torch.sort(keys, dim=-1, stable=True).indices[..., :n]
         within[name] = torch.zeros_like(keys, dtype=torch.bool).scatter(-1, low, True)
-        grouped = view.reshape(rows, cols // m, m)
-        group_scores[name] = _group_score(grouped.gather(-1, low), reduce)
-        if pruned is not None:
-            converted[name] = pruned.reshape(rows, cols // m, m).any(dim=-1)
-    wide = any(s.dtype == torch.float64 for s in group_scores.values())
-    keys = {
-        name: rank_keys(s, pruned=converted.get(name), wide=wide).reshape(-1)
-        for name, s in group_scores.items()
-    }
-    fraction = group_fraction(sparsity, pattern)
-    if scope == "local":
-        chosen = select_local(keys, fraction)
-    else:
-        lo = group_fraction(min_layer_sparsity, pattern)
-        hi = group_fraction(max_layer_sparsity, pattern)
-        chosen = select_global(keys, fraction, lo, hi)
+        group_scores[name] = _group_score(view.reshape(rows, cols // m, m).gather(-1, low), reduce)
+        if pruned is not None:  # a group with any pruned weight was converted: it ranks first
+            kept_groups[name] = ~pruned.reshape(rows, cols // m, m).any(dim=-1)
+    chosen = select(
+        flat_keys(group_scores, kept_groups if previous is not None else None),
+        scope=scope,
+        sparsity=group_fraction(sparsity, pattern),
+        lo=group_fraction(min_layer_sparsity, pattern),
+        hi=group_fraction(max_layer_sparsity, pattern),
+    )
     out = {}
     for name, view in views.items():
         groups = chosen[name].reshape(within[name].shape[:-1])

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 import torch
 
 from fprune import _errors
+from fprune._dtypes import widen
 from fprune.blocks import check_divisible, expand_blocks
 from fprune.layout import from_2d, to_2d
 from fprune.patterns import Blocks, Pattern, parse_pattern
@@ -33,8 +34,7 @@ LASSO_MODES = ("proximal", "inc")
 def _block_norms(view: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
     rows, cols = view.shape
     bn, bm = block
-    wide = view.float() if view.dtype in (torch.float16, torch.bfloat16) else view
-    tiles = wide.reshape(rows // bn, bn, cols // bm, bm)
+    tiles = widen(view).reshape(rows // bn, bn, cols // bm, bm)
     return tiles.square().sum(dim=(1, 3)).sqrt()
 
 

@@ -17,12 +17,14 @@ into that form.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 import torch
 
 from fprune import _errors
+from fprune._dtypes import widen
 from fprune.blocks import REDUCTIONS, block_scores, check_divisible, grid_shape
 from fprune.patterns import Pattern, parse_pattern
 
@@ -140,19 +142,18 @@ def snip_momentum(
     func = "snip_momentum"
     reduce = _errors.choice(func, "reduce", reduce, REDUCTIONS)
     grid_pattern = None if pattern is None else parse_pattern(pattern)
-    if isinstance(momentum, bool) or not isinstance(momentum, int | float) or not 0.0 <= momentum <= 1.0:
+    if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) or not 0.0 <= momentum <= 1.0:
         raise _errors.value_error(func, "momentum must be a number in [0, 1]", momentum, "INC uses 0.9.")
 
     def _term(params: Tensors, grads: Tensors) -> dict[str, torch.Tensor]:
-        term = snip(params, grads)
+        # |w * g| in at least float32: float16 products overflow at 65504.
+        term = {n: (widen(p) * widen(grads[n])).abs() for n, p in params.items()}
         if grid_pattern is None:
             return term
         return block_scores(term, pattern=grid_pattern, reduce=reduce)
 
     def _dtype(p: torch.Tensor) -> torch.dtype:
-        if dtype is not None:
-            return dtype
-        return torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype
+        return widen(p).dtype if dtype is None else dtype
 
     def init(params: Tensors) -> dict[str, torch.Tensor]:
         params = _params(func, params)
@@ -171,7 +172,7 @@ def snip_momentum(
         grads = _grads(func, params, grads)
         term = _term(params, grads)
         _errors.same_shapes(func, "aux", aux, "scores", term)
-        new = {n: momentum * aux[n] + term[n].to(aux[n].dtype) for n in term}
+        new = {n: (momentum * aux[n].to(t.dtype) + t).to(aux[n].dtype) for n, t in term.items()}
         return new, new
 
     return Criterion(init, update, needs_grads=True)

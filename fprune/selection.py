@@ -114,6 +114,20 @@ def select_global(
     return {n: chosen[n] for n in keys}
 
 
+def select(
+    keys: Mapping[str, torch.Tensor],
+    *,
+    scope: str,
+    sparsity: float | torch.Tensor,
+    lo: float | torch.Tensor = 0.0,
+    hi: float | torch.Tensor = 1.0,
+) -> dict[str, torch.Tensor]:
+    """Pruned units (True) of 1-D keys in ``"local"`` or ``"global"`` scope (no validation)."""
+    if scope == "local":
+        return select_local(keys, sparsity)
+    return select_global(keys, sparsity, lo, hi)
+
+
 def flat_keys(
     scores: Mapping[str, torch.Tensor], previous: Mapping[str, torch.Tensor] | None
 ) -> dict[str, torch.Tensor]:

@@ -75,6 +75,16 @@ def test_snip_momentum_accumulator_dtypes():
     assert scores["w"].dtype == torch.bfloat16 and bool((scores["w"] == 2).all())
 
 
+def test_snip_momentum_computes_half_products_in_float32():
+    p = {"w": torch.full((4, 1), 300.0, dtype=torch.float16)}  # 300 * 300 overflows float16
+    crit = fprune.snip_momentum()
+    scores, _ = crit.update(crit.init(p), p, p)
+    assert scores["w"].dtype == torch.float32 and bool((scores["w"] == 90000.0).all())
+    crit = fprune.snip_momentum(pattern="4x1", reduce="sum")
+    scores, _ = crit.update(crit.init(p), p, p)
+    assert scores["w"].tolist() == [[360000.0]]
+
+
 def test_criterion_resolves_builtin_names():
     p, g = {"w": torch.tensor([[-2.0, 1.0]])}, {"w": torch.tensor([[0.5, -3.0]])}
     for name, fn in [("magnitude", fprune.magnitude), ("gradient", fprune.gradient), ("snip", fprune.snip)]:

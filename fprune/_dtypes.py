@@ -1,0 +1,12 @@
+"""Precision rules shared by the numeric modules."""
+
+from __future__ import annotations
+
+import torch
+
+HALF = (torch.float16, torch.bfloat16)
+
+
+def widen(x: torch.Tensor) -> torch.Tensor:
+    """16-bit floats as float32 (sums and products of half values overflow or round badly)."""
+    return x.float() if x.dtype in HALF else x
