@@ -97,11 +97,11 @@ def grid_shape(pattern: str | Pattern, shape: tuple[int, ...] | torch.Size) -> t
     return view if isinstance(pattern, NM) else pattern.grid_shape(view)
 
 
-def indivisible_layers(params: Mapping[str, torch.Tensor], pattern: str | Pattern) -> list[str]:
+def indivisible_layers(params: Mapping[str, torch.Tensor], *, pattern: str | Pattern) -> list[str]:
     """Names of the tensors whose 2-D view the pattern does not tile, in sorted order.
 
     Example:
-        >>> indivisible_layers({"a": torch.zeros(8, 8), "b": torch.zeros(6, 8)}, "4x1")
+        >>> indivisible_layers({"a": torch.zeros(8, 8), "b": torch.zeros(6, 8)}, pattern="4x1")
         ['b']
     """
     pattern = parse_pattern(pattern)
@@ -112,7 +112,7 @@ def check_divisible(
     func: str, params: Mapping[str, torch.Tensor], pattern: Pattern, *, skip_indivisible: bool
 ) -> frozenset[str]:
     """Raise for the first layer the pattern does not tile, or return them all when skipping."""
-    bad = indivisible_layers(params, pattern)
+    bad = indivisible_layers(params, pattern=pattern)
     if bad and not skip_indivisible:
         name = bad[0]
         shape = tuple(params[name].shape)

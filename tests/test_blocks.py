@@ -99,5 +99,5 @@ def test_block_scores_names_indivisible_layer():
 
 def test_indivisible_layers_lists_sorted_names():
     params = {"b": torch.zeros(6, 8), "a": torch.zeros(2, 6), "c": torch.zeros(8, 8)}
-    assert fprune.indivisible_layers(params, "4x1") == ["a", "b"]
-    assert fprune.indivisible_layers(params, "2:4") == ["a"]
+    assert fprune.indivisible_layers(params, pattern="4x1") == ["a", "b"]
+    assert fprune.indivisible_layers(params, pattern="2:4") == ["a"]

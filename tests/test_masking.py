@@ -141,7 +141,7 @@ def test_skip_indivisible_leaves_layers_dense_and_uncounted():
     prev = {"ok": torch.ones(8, 8, dtype=torch.bool), "odd": torch.rand(6, 5, generator=gen) > 0.5}
     m = fprune.masks(scores, pattern="4x1", sparsity=0.5, skip_indivisible=True, previous=prev)
     assert torch.equal(m["odd"], prev["odd"])  # nothing lost: a skipped layer keeps its mask
-    assert fprune.indivisible_layers(scores, "4x1") == ["odd"]
+    assert fprune.indivisible_layers(scores, pattern="4x1") == ["odd"]
 
 
 def test_masks_bad_arguments():

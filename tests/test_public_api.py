@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import inspect
+import pathlib
+import re
 
 import fprune
+
+DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs"
 
 PUBLIC = {
     "NM", "Blocks", "Criterion", "Pattern",
@@ -40,3 +44,9 @@ def test_every_public_function_has_a_docstring_example():
             assert doc, name
             if inspect.isfunction(obj):
                 assert ">>>" in doc, f"{name} has no runnable example"
+
+
+def test_every_public_name_is_in_the_api_reference():
+    text = (DOCS / "api.md").read_text()
+    documented = set(re.findall(r"`(\w+)\(", text)) | {"Pattern"}  # Pattern is a type alias
+    assert documented >= PUBLIC, sorted(PUBLIC - documented)
