@@ -100,6 +100,20 @@ def test_other_primitives_compile():
         torch.testing.assert_close(got[0][n], want[0][n], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("decay", ["exp", "cos", "linear", "cube"])
+def test_schedules_compile(decay):
+    schedule = fprune.iterative(0.8, start_step=3, end_step=23, frequency=4, decay=decay, initial_sparsity=0.1)
+
+    def fn(step):
+        return schedule(step), fprune.is_prune_step(step, start_step=3, end_step=23, frequency=4)
+
+    compiled_fn = compiled(fn)
+    for step in range(30):
+        value, prunes = compiled_fn(torch.tensor(step))
+        want_value, want_prunes = fn(torch.tensor(step))
+        assert torch.equal(value, want_value) and torch.equal(prunes, want_prunes)
+
+
 @pytest.mark.compile_inductor
 @pytest.mark.parametrize(("pattern", "scope"), [("4x1", "global"), ("2:4", "local")])
 def test_masks_compiled_with_inductor_equal_eager(pattern, scope):
