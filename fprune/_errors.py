@@ -137,6 +137,17 @@ def same_shapes(
             )
 
 
+def previous_masks(
+    func: str, previous: Any, ref_arg: str, ref: Mapping[str, torch.Tensor]
+) -> Mapping[str, torch.Tensor] | None:
+    """Check optional earlier masks: None, or bool masks with the keys and shapes of ``ref``."""
+    if previous is None:
+        return None
+    previous = bool_masks(func, "previous", previous)
+    same_shapes(func, "previous", previous, ref_arg, ref)
+    return previous
+
+
 def bool_masks(func: str, arg: str, value: Any) -> Mapping[str, torch.Tensor]:
     masks = tensor_dict(func, arg, value, floating=False)
     for name, mask in masks.items():

@@ -155,6 +155,11 @@ def block_scores(
     reduce = _errors.choice("block_scores", "reduce", reduce, REDUCTIONS)
     _errors.tensor_dict("block_scores", "scores", scores)
     check_divisible("block_scores", scores, pattern, skip_indivisible=False)
+    return to_grid(scores, pattern, reduce)
+
+
+def to_grid(scores: Mapping[str, torch.Tensor], pattern: Pattern, reduce: str) -> dict[str, torch.Tensor]:
+    """:func:`block_scores` without the checks, for callers that have validated already."""
     out = {}
     for name, score in scores.items():
         view = to_2d(score)

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import torch
 
 from fprune import _errors
-from fprune.blocks import REDUCTIONS, block_scores, check_divisible, expand_masks, reduce_masks
+from fprune.blocks import REDUCTIONS, check_divisible, expand_masks, reduce_masks, to_grid
 from fprune.nm import nm_masks
 from fprune.patterns import NM, Pattern, parse_pattern
 from fprune.selection import check_bounds, flat_keys, select
@@ -113,9 +113,7 @@ def grid_masks(
             )
     if isinstance(pattern, NM):
         check_divisible(func, grid_scores, pattern, skip_indivisible=False)
-    if previous is not None:
-        previous = _errors.bool_masks(func, "previous", previous)
-        _errors.same_shapes(func, "previous", previous, "grid_scores", grid_scores)
+    previous = _errors.previous_masks(func, previous, "grid_scores", grid_scores)
     return _select(grid_scores, pattern, sparsity, scope, lo, hi, previous, reduce)
 
 
@@ -174,14 +172,12 @@ def masks(
     )
     scores = _errors.tensor_dict(func, "scores", scores)
     _ndim_at_least_2(func, scores)
-    if previous is not None:
-        previous = _errors.bool_masks(func, "previous", previous)
-        _errors.same_shapes(func, "previous", previous, "scores", scores)
+    previous = _errors.previous_masks(func, previous, "scores", scores)
     skipped = check_divisible(func, scores, pattern, skip_indivisible=skip_indivisible)
     active = {n: s for n, s in scores.items() if n not in skipped}
     out: dict[str, torch.Tensor] = {}
     if active:
-        grid = block_scores(active, pattern=pattern, reduce=reduce)
+        grid = to_grid(active, pattern, reduce)  # validated above
         prev = None if previous is None else reduce_masks({n: previous[n] for n in active}, pattern=pattern)
         chosen = _select(grid, pattern, sparsity, scope, lo, hi, prev, reduce)
         out = expand_masks(chosen, pattern=pattern, shapes={n: s.shape for n, s in active.items()})

@@ -15,18 +15,15 @@ from collections.abc import Mapping
 
 import torch
 
-from fprune._dtypes import widen
+from fprune.blocks import reduce_blocks
 from fprune.patterns import NM
 from fprune.selection import flat_keys, rank_keys, select
 
 
 def _group_score(low: torch.Tensor, reduce: str) -> torch.Tensor:
-    low = widen(low)
-    if reduce == "mean":
-        return low.mean(dim=-1)
-    if reduce == "sum":
-        return low.sum(dim=-1)
-    return low.amax(dim=-1)
+    """Reduce ``[rows, groups, n]`` (each group's n lowest scores) to ``[rows, groups]``."""
+    rows, groups, n = low.shape
+    return reduce_blocks(low.reshape(rows, groups * n), (1, n), reduce=reduce)
 
 
 def group_fraction(value: float | torch.Tensor, pattern: NM) -> float | torch.Tensor:

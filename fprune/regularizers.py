@@ -22,7 +22,7 @@ import torch
 
 from fprune import _errors
 from fprune._dtypes import widen
-from fprune.blocks import check_divisible, expand_blocks
+from fprune.blocks import check_divisible, expand_blocks, reduce_blocks
 from fprune.layout import from_2d, to_2d
 from fprune.patterns import Blocks, Pattern, parse_pattern
 
@@ -32,10 +32,7 @@ LASSO_MODES = ("proximal", "inc")
 
 
 def _block_norms(view: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
-    rows, cols = view.shape
-    bn, bm = block
-    tiles = widen(view).reshape(rows // bn, bn, cols // bm, bm)
-    return tiles.square().sum(dim=(1, 3)).sqrt()
+    return reduce_blocks(widen(view).square(), block, reduce="sum").sqrt()
 
 
 def group_lasso(

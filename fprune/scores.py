@@ -25,7 +25,7 @@ import torch
 
 from fprune import _errors
 from fprune._dtypes import widen
-from fprune.blocks import REDUCTIONS, block_scores, check_divisible, grid_shape
+from fprune.blocks import REDUCTIONS, check_divisible, grid_shape, to_grid
 from fprune.patterns import Pattern, parse_pattern
 
 __all__ = [
@@ -150,7 +150,7 @@ def snip_momentum(
         term = {n: (widen(p) * widen(grads[n])).abs() for n, p in params.items()}
         if grid_pattern is None:
             return term
-        return block_scores(term, pattern=grid_pattern, reduce=reduce)
+        return to_grid(term, grid_pattern, reduce)  # params and grads validated by update
 
     def _dtype(p: torch.Tensor) -> torch.dtype:
         return widen(p).dtype if dtype is None else dtype

@@ -143,9 +143,7 @@ def _check(
     func: str, scores: object, previous: object, sparsity: object
 ) -> tuple[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor] | None, float | torch.Tensor]:
     scores = _errors.tensor_dict(func, "scores", scores)
-    if previous is not None:
-        previous = _errors.bool_masks(func, "previous", previous)
-        _errors.same_shapes(func, "previous", previous, "scores", scores)
+    previous = _errors.previous_masks(func, previous, "scores", scores)
     return scores, previous, _errors.fraction(func, "sparsity", sparsity)
 
 
