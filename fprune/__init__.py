@@ -13,6 +13,10 @@ Example:
     >>> params = fprune.apply_masks(params, m)
 """
 
+from fprune import (
+    _resolve,  # noqa: F401  (registers the built-ins)
+    nn,
+)
 from fprune.blocks import (
     block_scores,
     expand_blocks,
@@ -22,14 +26,29 @@ from fprune.blocks import (
     reduce_blocks,
     reduce_masks,
 )
+from fprune.config import from_config, to_config
 from fprune.layout import from_2d, shape_2d, to_2d
 from fprune.masking import apply_masks, grid_masks, masks, pattern_lock_masks
 from fprune.patterns import NM, Blocks, Pattern, parse_pattern
+from fprune.pruner import Pruner, pattern_lock, pruner
+from fprune.registry import (
+    get_criterion,
+    get_pattern,
+    get_pruner,
+    get_reg,
+    get_scheduler,
+    register_criterion,
+    register_pattern,
+    register_pruner,
+    register_reg,
+    register_scheduler,
+)
 from fprune.regularizers import group_lasso
 from fprune.schedules import is_prune_step, iterative, oneshot, prune_steps
 from fprune.scores import Criterion, criterion, gradient, magnitude, snip, snip_momentum
 from fprune.selection import global_masks, local_masks, rank_keys
 from fprune.sparsity import layer_sparsity, total_sparsity
+from fprune.state import PruneState
 
 __version__ = "0.1.0.dev0"
 
@@ -38,12 +57,20 @@ __all__ = [
     "Blocks",
     "Criterion",
     "Pattern",
+    "PruneState",
+    "Pruner",
     "apply_masks",
     "block_scores",
     "criterion",
     "expand_blocks",
     "expand_masks",
     "from_2d",
+    "from_config",
+    "get_criterion",
+    "get_pattern",
+    "get_pruner",
+    "get_reg",
+    "get_scheduler",
     "global_masks",
     "gradient",
     "grid_masks",
@@ -56,16 +83,25 @@ __all__ = [
     "local_masks",
     "magnitude",
     "masks",
+    "nn",
     "oneshot",
     "parse_pattern",
+    "pattern_lock",
     "pattern_lock_masks",
     "prune_steps",
+    "pruner",
     "rank_keys",
     "reduce_blocks",
     "reduce_masks",
+    "register_criterion",
+    "register_pattern",
+    "register_pruner",
+    "register_reg",
+    "register_scheduler",
     "shape_2d",
     "snip",
     "snip_momentum",
     "to_2d",
+    "to_config",
     "total_sparsity",
 ]

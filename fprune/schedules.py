@@ -155,10 +155,7 @@ def iterative(
             "The schedule only increases sparsity; lower initial_sparsity.",
         )
     start, end, freq = _window(func, start_step, end_step, frequency)
-    if callable(decay):
-        curve = decay
-    else:
-        curve = _DECAY_FNS[_errors.choice(func, "decay", decay, DECAYS)]
+    curve = decay_curve(func, decay)
     last = (end - start) // freq  # T: the index of the last prune step
 
     def value(t: int) -> float:
@@ -170,14 +167,44 @@ def iterative(
 
     def schedule(step: Step) -> float | torch.Tensor:
         if isinstance(step, torch.Tensor):
-            t = torch.div(step - start, freq, rounding_mode="floor").clamp(0, max(last, 0))
-            ramp = curve(t.to(torch.float64) / max(last, 1), initial, target)
-            ramp = torch.as_tensor(ramp, dtype=torch.float64).clamp(initial, target)
-            ramp = torch.where(t == 0, initial, ramp)
-            ramp = torch.where(t >= last, target, ramp)
-            return torch.where(step < start, initial, ramp)
+            return ramp(step, start=start, end=end, frequency=freq, curve=curve,
+                        initial=torch.tensor(initial, dtype=torch.float64), target=target)
         if step < start:
             return initial
         return value((step - start) // freq)
 
     return schedule
+
+
+def decay_curve(func: str, decay: object) -> Decay:
+    """The decay callable for a name in :data:`DECAYS`, or ``decay`` itself if callable."""
+    if callable(decay):
+        return decay  # type: ignore[return-value]
+    return _DECAY_FNS[_errors.choice(func, "decay", decay, DECAYS)]
+
+
+def ramp(
+    step: torch.Tensor,
+    *,
+    start: int,
+    end: int,
+    frequency: int,
+    curve: Decay,
+    initial: torch.Tensor,
+    target: float,
+) -> torch.Tensor:
+    """The iterative schedule as tensor math (float64 0-d), with the initial sparsity as data.
+
+    No Python branch reads a tensor, so it runs under ``torch.compile`` and ``vmap``. An
+    ``initial`` above ``target`` holds at ``initial`` (nothing is left to prune).
+    """
+    last = (end - start) // frequency
+    initial = initial.to(torch.float64)
+    goal = torch.maximum(initial, torch.tensor(target, dtype=torch.float64, device=initial.device))
+    t = torch.div(step - start, frequency, rounding_mode="floor").clamp(0, max(last, 0))
+    value = torch.as_tensor(curve(t.to(torch.float64) / max(last, 1), initial, target), dtype=torch.float64)
+    value = torch.maximum(torch.minimum(value, goal), initial)
+    value = torch.where(t == 0, initial, value)
+    value = torch.where(t >= last, goal, value)
+    value = torch.where(initial >= target, initial, value)  # also guards exp's 0/0 at initial 1
+    return torch.where(step < start, initial, value)

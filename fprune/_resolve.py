@@ -1,0 +1,158 @@
+"""Names and objects -> the callables the pruner runs (criteria, patterns, schedulers).
+
+Also registers the built-ins, so importing :mod:`fprune` fills the registries.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+from fprune import _errors, registry
+from fprune.patterns import Blocks, Pattern, parse_pattern
+from fprune.regularizers import group_lasso
+from fprune.schedules import Decay, ramp
+from fprune.scores import Criterion, gradient, magnitude, snip, snip_momentum
+
+Tensors = Mapping[str, torch.Tensor]
+Target = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def is_factory(obj: object) -> bool:
+    """A callable whose parameters are all keyword-only (the factory protocols)."""
+    try:
+        params = inspect.signature(obj).parameters.values()  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    kinds = {p.kind for p in params}
+    return bool(kinds) and kinds <= {inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.VAR_KEYWORD}
+
+
+def describe(obj: object) -> str:
+    """A process-independent description of a setting, for the fingerprint."""
+    if isinstance(obj, Criterion):
+        return f"Criterion({describe(obj.init)},{describe(obj.update)},{obj.needs_grads})"
+    if callable(obj) and not isinstance(obj, type):
+        module = getattr(obj, "__module__", None) or type(obj).__module__
+        name = getattr(obj, "__qualname__", None) or type(obj).__qualname__
+        return f"{module}.{name}"
+    return repr(obj)
+
+
+def _stateless(fn: Callable[..., dict[str, torch.Tensor]], needs_grads: bool) -> Criterion:
+    def init(params: Tensors) -> dict[str, torch.Tensor]:
+        return {}
+
+    def update(aux: Tensors, params: Tensors, grads: Tensors | None):  # type: ignore[no-untyped-def]
+        return fn(params, grads), {}
+
+    return Criterion(init, update, needs_grads)
+
+
+def criterion(
+    spec: object, *, pattern: Pattern, reduce: str, dtype: torch.dtype | None
+) -> Criterion:
+    """Resolve a criterion name, :class:`Criterion`, factory or scoring function."""
+    if isinstance(spec, str):
+        spec = registry.get_criterion(spec)
+    if isinstance(spec, Criterion):
+        return spec
+    if not callable(spec):
+        raise _errors.type_error(
+            "pruner", "criterion must be a name, a Criterion or a function", type(spec).__name__,
+            "Pass e.g. 'snip_momentum', or f(params, grads) -> scores.",
+        )
+    if is_factory(spec):
+        made = spec(pattern=pattern, reduce=reduce, dtype=dtype)
+        if not isinstance(made, Criterion):
+            raise _errors.type_error(
+                "pruner", "a criterion factory must return a Criterion", type(made).__name__,
+                "Return fprune.Criterion(init, update).",
+            )
+        return made
+    needs = getattr(spec, "needs_grads", False)  # a plain function gets grads as given, None included
+    return _stateless(spec, bool(needs))  # type: ignore[arg-type]
+
+
+def pattern(spec: object) -> Pattern:
+    """Resolve a pattern string, registered name or pattern object."""
+    if isinstance(spec, str):
+        try:
+            return parse_pattern(spec)
+        except ValueError:
+            if spec in registry.registered("pattern"):
+                return registry.get_pattern(spec)
+            raise
+    return parse_pattern(spec)  # type: ignore[arg-type]
+
+
+def _oneshot(
+    step: torch.Tensor, *, initial: torch.Tensor, sparsity: float, start_step: int,
+    end_step: int, frequency: int, decay: Decay,
+) -> torch.Tensor:
+    """Straight to the target at ``start_step``."""
+    goal = torch.clamp(initial.to(torch.float64), min=sparsity)
+    return torch.where(step >= start_step, goal, initial.to(torch.float64))
+
+
+def _iterative(
+    step: torch.Tensor, *, initial: torch.Tensor, sparsity: float, start_step: int,
+    end_step: int, frequency: int, decay: Decay,
+) -> torch.Tensor:
+    """INC's iterative ramp (see :func:`fprune.iterative`)."""
+    return ramp(step, start=start_step, end=end_step, frequency=frequency, curve=decay,
+                initial=initial, target=sparsity)
+
+
+def _magnitude_factory(*, pattern: Pattern, reduce: str, dtype: torch.dtype | None) -> Criterion:
+    return _stateless(magnitude, needs_grads=False)
+
+
+def _stateless_factory(fn: Callable[..., dict[str, torch.Tensor]]) -> Callable[..., Criterion]:
+    def make(*, pattern: Pattern, reduce: str, dtype: torch.dtype | None) -> Criterion:
+        return _stateless(fn, needs_grads=True)
+
+    make.__qualname__ = f"{fn.__name__}_factory"
+    return make
+
+
+def _snip_momentum_factory(*, pattern: Pattern, reduce: str, dtype: torch.dtype | None) -> Criterion:
+    # Accumulate on the block grid (INC does); N:M keeps elementwise scores.
+    return snip_momentum(pattern=pattern if isinstance(pattern, Blocks) else None, reduce=reduce, dtype=dtype)
+
+
+def _check_criterion(func: str, name: str, obj: Any) -> None:
+    if not (isinstance(obj, Criterion) or callable(obj)):
+        raise _errors.type_error(
+            func, f"criterion {name!r} must be a Criterion, a scoring function or a factory",
+            type(obj).__name__, "See fprune.registry for the protocol.",
+        )
+
+
+def _check_pattern(func: str, name: str, obj: Any) -> None:
+    if not isinstance(obj, Pattern):
+        raise _errors.type_error(
+            func, f"pattern {name!r} must be a Blocks or NM value", type(obj).__name__,
+            "Register e.g. fprune.NM(2, 4).",
+        )
+    try:
+        parse_pattern(name)
+    except ValueError:
+        return
+    raise _errors.value_error(
+        func, "the name is already a pattern string", name, "Choose a name such as 'tensor_core'.",
+    )
+
+
+registry.set_check("criterion", _check_criterion)
+registry.set_check("pattern", _check_pattern)
+registry.register_criterion("magnitude", _magnitude_factory)
+registry.register_criterion("gradient", _stateless_factory(gradient))
+registry.register_criterion("snip", _stateless_factory(snip))
+registry.register_criterion("snip_momentum", _snip_momentum_factory)
+registry.register_scheduler("oneshot", _oneshot)
+registry.register_scheduler("iterative", _iterative)
+registry.register_reg("group_lasso", group_lasso)

@@ -1,0 +1,335 @@
+"""INC-style config dicts -> pruners, and back.
+
+:func:`from_config` reads the keys of INC's ``WeightPruningConfig`` (and the older names),
+fills each ``pruning_configs`` entry from the global keys and then INC's defaults, checks
+every value, and builds one :class:`~fprune.pruner.Pruner` per entry. Nothing is shared
+or mutated: the input dict is left as it was. :func:`to_config` writes a pruner back.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import types
+from collections.abc import Mapping
+from typing import Any
+
+from fprune import _errors, registry
+from fprune.pruner import Pruner
+
+__all__ = ["DEFAULTS", "LEGACY_NAMES", "UNSUPPORTED", "from_config", "to_config"]
+
+#: INC 3.x keys and defaults (``pruning_op_types`` etc. as tuples: nothing mutable is shared).
+DEFAULTS: Mapping[str, Any] = types.MappingProxyType({
+    "target_sparsity": 0.9,
+    "pruning_type": "snip_momentum",
+    "pattern": "4x1",
+    "op_names": (),
+    "excluded_op_names": (),
+    "start_step": 0,
+    "end_step": 0,
+    "pruning_scope": "global",
+    "pruning_frequency": 1,
+    "min_sparsity_ratio_per_op": 0.0,
+    "max_sparsity_ratio_per_op": 0.98,
+    "sparsity_decay_type": "exp",
+    "pruning_op_types": ("Conv", "Linear"),
+    "low_memory_usage": False,
+    "backend": None,
+    "resume_from_pruned_checkpoint": False,
+    "reg_type": None,
+    "reg_coeff": 0.0,
+    "criterion_reduce_type": "mean",
+    "lock_init_sparsity": False,
+    # fprune extensions
+    "skip_indivisible": False,
+    "schedule": None,
+})
+
+#: Older (INC 1.x / experimental) names and the keys they map to.
+LEGACY_NAMES: Mapping[str, str] = types.MappingProxyType({
+    "prune_domain": "pruning_scope",
+    "update_frequency_on_step": "pruning_frequency",
+    "max_sparsity_ratio_per_layer": "max_sparsity_ratio_per_op",
+    "min_sparsity_ratio_per_layer": "min_sparsity_ratio_per_op",
+    "prune_type": "pruning_type",
+    "names": "op_names",
+    "excluded_names": "excluded_op_names",
+    "extra_excluded_names": "excluded_op_names",
+    "prune_layer_type": "pruning_op_types",
+    "reduce_type": "criterion_reduce_type",
+})
+
+#: INC pruning types fprune does not implement.
+UNSUPPORTED = ("progressive", "block_mask", "retrain_free", "sparse_gpt", "mha", "wanda")
+
+_FUNC = "from_config"
+_STRUCTURE = ("pruning_configs", "parameters")
+
+
+def _unsupported(key: str, value: object) -> ValueError:
+    return _errors.value_error(
+        _FUNC, f"{key} names an INC feature fprune does not support", value,
+        "fprune implements magnitude, gradient, snip, snip_momentum and pattern_lock pruning "
+        "(plus registered criteria); see docs/divergences.md.",
+    )
+
+
+def _normalize(where: str, entry: object) -> dict[str, Any]:
+    """Legacy names -> 3.x names; unknown keys are an error; ``parameters`` is flattened."""
+    if not isinstance(entry, Mapping):
+        raise _errors.type_error(_FUNC, f"{where} must be a dict", type(entry).__name__, "Pass a dict of INC keys.")
+    out: dict[str, Any] = {}
+    for key, value in entry.items():
+        if key == "parameters":
+            if not isinstance(value, Mapping) or set(value) - {"reg_coeff"}:
+                raise _errors.value_error(
+                    _FUNC, f"{where}['parameters'] may only hold reg_coeff", value,
+                    "Pass parameters={'reg_coeff': 0.01} or a top-level reg_coeff.",
+                )
+            key, value = "reg_coeff", value.get("reg_coeff")
+        name = LEGACY_NAMES.get(key, key)
+        if name == "excluded_op_names" and name in out and value is not None:  # INC joins both lists
+            value = [*_strings(key, out[name]), *_strings(key, value)]
+            out[name] = value
+            continue
+        if name not in DEFAULTS:
+            valid = sorted([*DEFAULTS, *LEGACY_NAMES, *_STRUCTURE])
+            raise _errors.value_error(
+                _FUNC, f"unknown key in {where}", key, f"Valid keys: {', '.join(valid)}.",
+            )
+        if name in out and out[name] != value and value is not None:
+            raise _errors.value_error(
+                _FUNC, f"{where} sets {name!r} twice with different values (a key and its legacy name)",
+                _errors.detail(f"{out[name]!r} and {value!r}"), "Keep one of the two keys.",
+            )
+        if value is not None:
+            out[name] = value
+    return out
+
+
+def _number(key: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
+        raise _errors.type_error(_FUNC, f"{key} must be a finite number", value, "Pass e.g. 0.8.")
+    return float(value)
+
+
+def _int(key: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise _errors.type_error(_FUNC, f"{key} must be an int", value, "Pass an integer.")
+    return int(value)
+
+
+def _type(key: str, value: object, kind: type, hint: str) -> Any:
+    if not isinstance(value, kind):
+        raise _errors.type_error(_FUNC, f"{key} must be a {kind.__name__}", value, hint)
+    return value
+
+
+def _strings(key: str, value: object) -> tuple[str, ...]:
+    if isinstance(value, str):
+        raise _errors.type_error(_FUNC, f"{key} must be a list of strings", value, f"Wrap it in a list: [{value!r}].")
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise _errors.type_error(_FUNC, f"{key} must be a list of strings", value, f"Pass e.g. {key}=['fc1'].")
+    return tuple(value)
+
+
+def _settings(where: str, cfg: Mapping[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """Checked values -> (pruner kind, keyword settings, loop extras)."""
+    ptype = _type("pruning_type", cfg["pruning_type"], str, "Pass e.g. 'snip_momentum'.")
+    pattern = _type("pattern", cfg["pattern"], str, "Pass e.g. '4x1' or '2:4'.")
+    if any(word in ptype for word in UNSUPPORTED):
+        raise _unsupported("pruning_type", ptype)
+    if "mha" in pattern:
+        raise _unsupported("pattern", pattern)
+    if cfg["backend"] is not None:
+        raise _errors.value_error(
+            _FUNC, "backend selects INC's Keras/TensorFlow pruner, which fprune does not support",
+            cfg["backend"], "Remove the key (fprune is for PyTorch).",
+        )
+    _type("resume_from_pruned_checkpoint", cfg["resume_from_pruned_checkpoint"], bool, "Pass True or False.")
+    reg_type = cfg["reg_type"]
+    if reg_type is not None:
+        _type("reg_type", reg_type, str, "Pass 'group_lasso' or None.")
+        registry.get_reg(reg_type)  # unknown names suggest the closest
+    reg_coeff = _number("reg_coeff", cfg["reg_coeff"])
+    if reg_coeff < 0:
+        raise _errors.value_error(_FUNC, "reg_coeff must be >= 0", reg_coeff, "Pass a non-negative coefficient.")
+    extras = {
+        "op_names": _strings("op_names", cfg["op_names"]),
+        "excluded_op_names": _strings("excluded_op_names", cfg["excluded_op_names"]),
+        "pruning_op_types": _strings("pruning_op_types", cfg["pruning_op_types"]),
+        "reg_type": reg_type,
+        "reg_coeff": reg_coeff,
+    }
+    kind = "pattern_lock" if ptype == "pattern_lock" else "basic"
+    if ptype in registry.registered("pruner") and ptype != "basic":
+        kind = ptype
+    settings = dict(
+        sparsity=_number("target_sparsity", cfg["target_sparsity"]),
+        pattern=_pattern_text(pattern),
+        criterion=ptype if kind == "basic" else "snip_momentum",
+        start_step=_int("start_step", cfg["start_step"]),
+        end_step=_int("end_step", cfg["end_step"]),
+        frequency=_int("pruning_frequency", cfg["pruning_frequency"]),
+        schedule=cfg["schedule"],
+        decay=_type("sparsity_decay_type", cfg["sparsity_decay_type"], str, "Pass 'exp', 'cos', 'linear' or 'cube'."),
+        scope=_type("pruning_scope", cfg["pruning_scope"], str, "Pass 'global' or 'local'."),
+        min_layer_sparsity=_number("min_sparsity_ratio_per_op", cfg["min_sparsity_ratio_per_op"]),
+        max_layer_sparsity=_number("max_sparsity_ratio_per_op", cfg["max_sparsity_ratio_per_op"]),
+        reduce=_type("criterion_reduce_type", cfg["criterion_reduce_type"], str, "Pass 'mean', 'sum' or 'max'."),
+        low_memory_usage=_type("low_memory_usage", cfg["low_memory_usage"], bool, "Pass True or False."),
+        lock_init_sparsity=_type("lock_init_sparsity", cfg["lock_init_sparsity"], bool, "Pass True or False."),
+        skip_indivisible=_type("skip_indivisible", cfg["skip_indivisible"], bool, "Pass True or False."),
+    )
+    return kind, settings, extras
+
+
+def _pattern_text(pattern: str) -> str:
+    """INC reads only the text after the last ``_`` (``"tile_pattern_4x1"``), unless the whole
+    string is a registered pattern name."""
+    if "_" in pattern and pattern not in registry.registered("pattern"):
+        return pattern.rsplit("_", 1)[1]
+    return pattern
+
+
+def from_config(config: Mapping[str, Any], model: Any = None) -> list[Pruner]:
+    """Build one pruner per ``pruning_configs`` entry of an INC-style config dict.
+
+    Each entry is filled from the global keys, then from INC's defaults (:data:`DEFAULTS`);
+    an empty ``pruning_configs`` list means one pruner from the global keys. Legacy names
+    (:data:`LEGACY_NAMES`) are accepted. ``pruning_type`` is a criterion name (built-in or
+    registered), ``"pattern_lock"``, or a registered pruner name.
+
+    With ``model`` each pruner's ``names`` lists the weights it covers, selected as INC does
+    (:func:`fprune.nn.prunable`: regex search, exclusions, op types, classifier head left out).
+
+    Args:
+        config: the dict (it is not modified).
+        model: optional ``nn.Module`` to resolve layer names against.
+
+    Returns:
+        A list of :class:`~fprune.pruner.Pruner`, in ``pruning_configs`` order.
+
+    Raises:
+        ValueError: unknown keys (the valid ones are listed), unsupported INC features,
+            bad values, an entry that matches no layer, or a layer matched by two entries.
+        TypeError: a value of the wrong type.
+
+    Example:
+        >>> import fprune
+        >>> cfg = {"target_sparsity": 0.8, "pattern": "4x1", "start_step": 0, "end_step": 100,
+        ...        "pruning_frequency": 10, "pruning_configs": [{"op_names": ["fc1"]},
+        ...        {"op_names": ["fc2"], "pattern": "2:4", "target_sparsity": 0.5, "pruning_type": "magnitude"}]}
+        >>> [(p.settings["pattern"], p.settings["sparsity"], p.settings["criterion"]) for p in fprune.from_config(cfg)]
+        [('4x1', 0.8, 'snip_momentum'), ('2:4', 0.5, 'magnitude')]
+    """
+    top = _normalize("config", {k: v for k, v in _mapping(config).items() if k != "pruning_configs"})
+    entries = _mapping(config).get("pruning_configs", [{}])
+    if not isinstance(entries, (list, tuple)):
+        raise _errors.type_error(_FUNC, "pruning_configs must be a list of dicts", entries, "Pass e.g. [{'op_names': ['fc1']}].")
+    if len(entries) == 0:
+        entries = [{}]
+    pruners, owner = [], {}
+    for i, entry in enumerate(entries):
+        where = f"pruning_configs[{i}]"
+        cfg = {**DEFAULTS, **top, **_normalize(where, entry)}
+        kind, settings, extras = _settings(where, cfg)
+        factory = registry.get_pruner(kind)
+        built = factory(**settings)
+        if not isinstance(built, Pruner):
+            raise _errors.type_error(_FUNC, f"pruner factory {kind!r} must return a Pruner", type(built).__name__, "Fix the registered factory.")
+        names = None
+        if model is not None:
+            from fprune.nn import prunable  # integration layer, only when a model is given
+
+            chosen = prunable(
+                model, op_names=extras["op_names"], excluded_op_names=extras["excluded_op_names"],
+                op_types=extras["pruning_op_types"],
+            )
+            names = chosen.names
+            if not names:
+                raise _errors.value_error(
+                    _FUNC, f"{where} matches no prunable layer", list(extras["op_names"]) or [".*"],
+                    "Check op_names, excluded_op_names and pruning_op_types against model.named_modules().",
+                )
+            for name in names:
+                if name in owner:
+                    raise _errors.value_error(
+                        _FUNC, f"layer {name!r} is matched by two entries",
+                        _errors.detail(f"pruning_configs[{owner[name]}] and {where}"),
+                        "Make the entries' op_names disjoint (use excluded_op_names).",
+                    )
+                owner[name] = i
+            extras["head"] = chosen.head
+        settings = dict(built.settings)
+        pruners.append(Pruner(built.init, built.step, types.MappingProxyType(settings), names,
+                              types.MappingProxyType(extras)))
+    return pruners
+
+
+def _mapping(config: object) -> Mapping[str, Any]:
+    if not isinstance(config, Mapping):
+        raise _errors.type_error(_FUNC, "config must be a dict", type(config).__name__, "Pass a dict of INC keys.")
+    return config
+
+
+def _name_of(kind: str, value: object) -> str:
+    if isinstance(value, str):
+        return value
+    for name in registry.registered(kind):
+        if getattr(registry, f"get_{kind}")(name) is value:
+            return name
+    raise _errors.value_error(
+        "to_config", f"the {kind} is an unregistered object", value,
+        f"Register it with fprune.register_{kind}(name, obj) so a config can name it.",
+    )
+
+
+def to_config(pruner: Pruner) -> dict[str, Any]:
+    """An INC-style dict (3.x key names) that :func:`from_config` turns back into ``pruner``.
+
+    Raises:
+        ValueError: a setting is an unregistered callable (a config can only name things).
+
+    Example:
+        >>> import fprune
+        >>> p = fprune.pruner(0.5, pattern="1x1", criterion="magnitude", end_step=4, decay="cos")
+        >>> cfg = fprune.to_config(p)
+        >>> cfg["pruning_type"], cfg["sparsity_decay_type"]
+        ('magnitude', 'cos')
+        >>> fprune.from_config(cfg)[0].settings == p.settings
+        True
+    """
+    if not isinstance(pruner, Pruner):
+        raise _errors.type_error("to_config", "pruner must be a Pruner", type(pruner).__name__, "Pass a Pruner.")
+    s, extra = dict(pruner.settings), dict(pruner.extra)
+    out: dict[str, Any] = {"pattern": s["pattern"], "skip_indivisible": s["skip_indivisible"]}
+    if s["kind"] == "pattern_lock":
+        out["pruning_type"] = "pattern_lock"
+    else:
+        if s["kind"] != "basic":
+            out["pruning_type"] = s["kind"]
+        else:
+            out["pruning_type"] = _name_of("criterion", s["criterion"])
+        if not isinstance(s["decay"], str):
+            raise _errors.value_error(
+                "to_config", "a decay callable cannot be written to a config", s["decay"],
+                "Use a named decay ('exp', 'cos', 'linear', 'cube').",
+            )
+        out.update(
+            target_sparsity=s["sparsity"], start_step=s["start_step"], end_step=s["end_step"],
+            pruning_frequency=s["frequency"], pruning_scope=s["scope"],
+            min_sparsity_ratio_per_op=s["min_layer_sparsity"], max_sparsity_ratio_per_op=s["max_layer_sparsity"],
+            sparsity_decay_type=s["decay"], criterion_reduce_type=s["reduce"],
+            low_memory_usage=s["low_memory_usage"], lock_init_sparsity=s["lock_init_sparsity"],
+        )
+        if s["schedule"] is not None:
+            out["schedule"] = _name_of("scheduler", s["schedule"])
+    for key in ("op_names", "excluded_op_names", "pruning_op_types"):
+        if key in extra:
+            out[key] = list(extra[key])
+    if extra.get("reg_type") is not None:
+        out["reg_type"] = extra["reg_type"]
+        out["parameters"] = {"reg_coeff": extra.get("reg_coeff", 0.0)}
+    return out

@@ -1,0 +1,448 @@
+"""The functional pruner: ``Pruner(init, step)`` built by a factory (the optax pattern).
+
+``init(params) -> PruneState`` and ``step(state, params, grads) -> (state, masks)`` are pure:
+inputs are never mutated, and every setting lives in the factory's closure. ``step`` folds
+this step's ``grads`` into the criterion first, then, on a prune step, computes new masks:
+
+* the target ``r`` is the schedule's value at this step (never below the previous target);
+* units (blocks, channels, N:M groups) are selected exactly, ``floor(r * n + 1e-9)`` of
+  them, previously pruned units first, so masks are nested;
+* in global scope each layer's pruned fraction lies in
+  ``[min_layer_sparsity * r / sparsity, max_layer_sparsity]``.
+
+On other steps the masks are returned unchanged and no selection work is done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+from fprune import _errors, _resolve, registry
+from fprune.blocks import (
+    REDUCTIONS,
+    check_divisible,
+    expand_masks,
+    grid_shape,
+    reduce_masks,
+    to_grid,
+)
+from fprune.masking import SCOPES, _ndim_at_least_2, _select, pattern_lock_masks
+from fprune.patterns import NM, Pattern
+from fprune.schedules import _window, decay_curve, is_prune_step
+from fprune.selection import check_bounds
+from fprune.sparsity import total_sparsity
+from fprune.state import PruneState, hash64, layout_text
+
+__all__ = ["Pruner", "pattern_lock", "pruner"]
+
+Tensors = Mapping[str, torch.Tensor]
+
+
+@dataclasses.dataclass(frozen=True)
+class Pruner:
+    """A pruning method as two pure functions, plus the settings that built it.
+
+    Attributes:
+        init: ``init(params) -> PruneState``.
+        step: ``step(state, params, grads=None) -> (state, masks)``.
+        settings: the keyword arguments that rebuild it with its factory (read-only),
+            including ``kind``, the registered pruner name (``"basic"``, ``"pattern_lock"``).
+        names: the parameter names it prunes, when known (set by :func:`fprune.from_config`
+            with a model); None otherwise.
+        extra: config keys that concern the training loop rather than ``init``/``step``
+            (layer selection, regularizer), kept so :meth:`to_config` round-trips.
+    """
+
+    init: Callable[[Tensors], PruneState]
+    step: Callable[..., tuple[PruneState, dict[str, torch.Tensor]]]
+    settings: Mapping[str, Any]
+    names: tuple[str, ...] | None = None
+    extra: Mapping[str, Any] = dataclasses.field(default_factory=lambda: types.MappingProxyType({}))
+
+    def to_config(self) -> dict[str, Any]:
+        """An INC-style config dict that :func:`fprune.from_config` turns back into this pruner.
+
+        Example:
+            >>> import fprune
+            >>> fprune.pruner(0.5, pattern="2:4", start_step=0, end_step=9).to_config()["pattern"]
+            '2:4'
+        """
+        from fprune.config import to_config  # the config layer sits above this one
+
+        return to_config(self)
+
+    def regularize(
+        self, params: Tensors, *, step: int, lr: float, grads: Tensors | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Apply the configured regularizer (``reg_type``) after the optimizer step.
+
+        Inside ``start_step <= step <= end_step`` returns ``reg(params, pattern=...,
+        strength=lr * reg_coeff, grads=grads)``; outside the window, or without a
+        regularizer, returns ``params`` unchanged (as a new dict).
+        """
+        reg_type = self.extra.get("reg_type")
+        start = self.settings.get("start_step", 0)
+        end = self.settings.get("end_step", start)
+        if reg_type is None or not start <= step <= end:
+            return dict(params)
+        reg = registry.get_reg(reg_type) if isinstance(reg_type, str) else reg_type
+        strength = lr * float(self.extra.get("reg_coeff", 0.0))
+        return reg(params, pattern=self.settings["pattern"], strength=strength, grads=grads)
+
+
+def _tracing(t: torch.Tensor) -> bool:
+    """True under torch.compile or a torch.func transform (no Python reads of values)."""
+    return torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(t)
+
+
+def _check_params(func: str, params: object, state: PruneState) -> Tensors:
+    params = _errors.tensor_dict(func, "params", params)
+    _errors.same_shapes(func, "params", params, "the params given to init (state.masks)", state.masks)
+    return params
+
+
+def _check_state(func: str, state: object) -> PruneState:
+    if not isinstance(state, PruneState):
+        raise _errors.type_error(
+            func, "state must be a PruneState", type(state).__name__,
+            "Pass the state returned by init or by the previous step.",
+        )
+    return state
+
+
+def _check_fingerprint(func: str, state: PruneState, config_hash: int, params: Tensors) -> None:
+    if _tracing(state.fingerprint):
+        return  # values cannot be read while tracing; checked in eager calls
+    stored = state.fingerprint.tolist()
+    if stored[0] != config_hash:
+        raise _errors.value_error(
+            func, "state was made by a pruner with different settings",
+            _errors.detail(f"fingerprint {stored[0]}, this pruner {config_hash}"),
+            "Use the state from this pruner's init (or rebuild the pruner with the same settings).",
+        )
+    if stored[1] != hash64(layout_text(params)):
+        dtypes = {n: str(p.dtype) for n, p in params.items()}
+        raise _errors.value_error(
+            func, "params dtypes differ from those given to init", dtypes,
+            "Step with params of the same dtypes as at init (or call init again).",
+        )
+
+
+def _scalar(value: float | int, dtype: torch.dtype) -> torch.Tensor:
+    return torch.tensor(value, dtype=dtype)
+
+
+def pruner(
+    sparsity: float,
+    *,
+    pattern: str | Pattern = "4x1",
+    criterion: Any = "snip_momentum",
+    start_step: int = 0,
+    end_step: int | None = None,
+    frequency: int = 1,
+    schedule: str | Callable[..., Any] | None = None,
+    decay: str | Callable[..., Any] = "exp",
+    scope: str = "global",
+    min_layer_sparsity: float = 0.0,
+    max_layer_sparsity: float = 0.98,
+    reduce: str = "mean",
+    low_memory_usage: bool = False,
+    lock_init_sparsity: bool = False,
+    skip_indivisible: bool = False,
+) -> Pruner:
+    """Build a pruner: ``init(params) -> state`` and ``step(state, params, grads) -> (state, masks)``.
+
+    Args:
+        sparsity: final target, in [0, 1) (at most N/M for N:M patterns); counted in the
+            pattern's units (blocks, channels, or N:M groups times N/M).
+        pattern: ``"4x1"``, ``"1x1"``, ``"channelx1"``, ``"1xchannel"``, ``"2:4"``, a
+            registered name, or a pattern object.
+        criterion: ``"magnitude"``, ``"gradient"``, ``"snip"``, ``"snip_momentum"``, a
+            registered name, a :class:`~fprune.Criterion`, or ``f(params, grads) -> scores``
+            (weight-shaped or grid-shaped scores; lower is pruned first). A plain function
+            receives ``grads`` as given, None included; give it a ``needs_grads = True``
+            attribute to make ``step`` reject calls without gradients.
+        start_step, end_step, frequency: prune at ``start_step <= s <= end_step`` with
+            ``(s - start_step) % frequency == 0``; ``end_step`` defaults to ``start_step``.
+        schedule: ``"oneshot"``, ``"iterative"``, a registered scheduler, or a callable
+            ``step -> sparsity`` (called on the prune steps; clamped to ``[0, sparsity]``).
+            None: ``"oneshot"`` if ``start_step == end_step``, else ``"iterative"``.
+        decay: the iterative ramp, ``"exp"``, ``"cos"``, ``"linear"``, ``"cube"`` or
+            ``decay(x, initial, final)``.
+        scope: ``"global"`` ranks all layers together, ``"local"`` prunes each layer to the
+            target.
+        min_layer_sparsity, max_layer_sparsity: per-layer bounds in global scope; the lower
+            one ramps with the schedule (``min * r / sparsity``).
+        reduce: block score reduction, ``"mean"``, ``"sum"`` or ``"max"``.
+        low_memory_usage: keep snip_momentum's accumulators in bfloat16.
+        lock_init_sparsity: start from the existing zeros of the params given to ``init``
+            (their pattern-lock masks), and ramp from their sparsity (INC's init ratio).
+        skip_indivisible: leave layers the pattern does not divide dense instead of raising
+            at ``init`` (see :func:`fprune.indivisible_layers`).
+
+    Returns:
+        A :class:`Pruner`.
+
+    Raises:
+        ValueError: a bad fraction, name or window; ``sparsity > max_layer_sparsity``;
+            ``min_layer_sparsity > sparsity``; N:M ``sparsity > N/M``; ``"oneshot"`` with
+            ``end_step != start_step``.
+        TypeError: an argument of the wrong type.
+
+    Example:
+        >>> import torch, fprune
+        >>> g = torch.Generator().manual_seed(0)
+        >>> params = {"fc1.weight": torch.randn(8, 16, generator=g), "fc2.weight": torch.randn(4, 8, generator=g)}
+        >>> prune = fprune.pruner(0.5, pattern="4x1", criterion="magnitude", end_step=2)
+        >>> state = prune.init(params)
+        >>> for s in range(3):
+        ...     state, masks = prune.step(state, params)
+        ...     params = fprune.apply_masks(params, masks)
+        ...     print(s, round(float(state.target), 4), round(float(fprune.total_sparsity(masks, pattern="4x1")), 4))
+        0 0.0 0.0
+        1 0.2929 0.275
+        2 0.5 0.5
+    """
+    func = "pruner"
+    target = _errors.fraction(func, "sparsity", sparsity)
+    if isinstance(target, torch.Tensor):
+        raise _errors.type_error(func, "sparsity must be a Python float", sparsity, "Pass e.g. 0.8.")
+    pat = _resolve.pattern(pattern)
+    end = start_step if end_step is None else end_step
+    start, end, freq = _window(func, start_step, end, frequency)
+    scope = _errors.choice(func, "scope", scope, SCOPES)
+    reduce = _errors.choice(func, "reduce", reduce, REDUCTIONS)
+    if isinstance(min_layer_sparsity, torch.Tensor) or isinstance(max_layer_sparsity, torch.Tensor):
+        raise _errors.type_error(
+            func, "layer bounds must be Python floats", _errors.detail("a tensor"), "Pass e.g. 0.98.",
+        )
+    lo, hi = (float(b) for b in check_bounds(func, target, min_layer_sparsity, max_layer_sparsity))
+    if isinstance(pat, NM) and target > pat.max_sparsity:
+        raise _errors.value_error(
+            func, f"pattern {str(pat)!r} cannot exceed sparsity N/M = {pat.max_sparsity}", target,
+            f"Lower sparsity to at most {pat.max_sparsity}, or use a larger N:M ratio.",
+        )
+    for arg, flag in (("low_memory_usage", low_memory_usage), ("lock_init_sparsity", lock_init_sparsity),
+                      ("skip_indivisible", skip_indivisible)):
+        if not isinstance(flag, bool):
+            raise _errors.type_error(func, f"{arg} must be a bool", flag, "Pass True or False.")
+    crit = _resolve.criterion(
+        criterion, pattern=pat, reduce=reduce, dtype=torch.bfloat16 if low_memory_usage else None
+    )
+    curve = decay_curve(func, decay)
+    target_at = _target_fn(func, schedule, target, start, end, freq, curve)
+
+    settings = dict(
+        sparsity=target, pattern=str(pat) if not isinstance(pattern, str) else pattern,
+        criterion=criterion, start_step=start, end_step=end, frequency=freq, schedule=schedule,
+        decay=decay, scope=scope, min_layer_sparsity=lo, max_layer_sparsity=hi, reduce=reduce,
+        low_memory_usage=low_memory_usage, lock_init_sparsity=lock_init_sparsity,
+        skip_indivisible=skip_indivisible,
+    )
+    config_hash = hash64(repr(sorted((k, _resolve.describe(v)) for k, v in settings.items())))
+    settings["kind"] = "basic"
+
+    def _active(params: Tensors) -> dict[str, torch.Tensor]:
+        """The layers the pattern divides (the others are skipped or raise)."""
+        skipped = check_divisible("init", params, pat, skip_indivisible=skip_indivisible)
+        return {n: p for n, p in params.items() if n not in skipped}
+
+    def init(params: Tensors) -> PruneState:
+        params = _errors.tensor_dict("init", "params", params)
+        _ndim_at_least_2("init", params)
+        active = _active(params)
+        aux = crit.init(active) if active else {}
+        if lock_init_sparsity:
+            masks = pattern_lock_masks(params, pattern=pat, skip_indivisible=skip_indivisible)
+            initial = (
+                total_sparsity({n: masks[n] for n in active}, pattern=pat) if active
+                else _scalar(0.0, torch.float64)
+            ).cpu()
+        else:
+            masks = {n: torch.ones_like(p, dtype=torch.bool) for n, p in params.items()}
+            initial = _scalar(0.0, torch.float64)
+        return PruneState(
+            step=_scalar(0, torch.int64),
+            target=initial.clone(),
+            initial=initial,
+            masks=masks,
+            aux=dict(aux),
+            fingerprint=torch.tensor([config_hash, hash64(layout_text(params))], dtype=torch.int64),
+        )
+
+    def _prune(
+        step_t: torch.Tensor, state: PruneState, grid: dict[str, torch.Tensor], shapes: dict[str, torch.Size]
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        r = torch.maximum(target_at(step_t, state.initial), state.target)
+        low: float | torch.Tensor = 0.0 if lo == 0.0 else r * (lo / target)
+        previous = {n: state.masks[n] for n in grid}
+        chosen = _select(grid, pat, r, scope, low, hi, reduce_masks(previous, pattern=pat), reduce)
+        expanded = expand_masks(chosen, pattern=pat, shapes=shapes)
+        return {n: expanded[n] & previous[n] for n in grid}, r
+
+    def step(
+        state: PruneState, params: Tensors, grads: Tensors | None = None
+    ) -> tuple[PruneState, dict[str, torch.Tensor]]:
+        func = "step"
+        state = _check_state(func, state)
+        params = _check_params(func, params, state)
+        if grads is None and crit.needs_grads:
+            raise _errors.value_error(
+                func, "this criterion needs gradients", None,
+                "Pass grads (e.g. {n: p.grad for n, p in model.named_parameters() if n in params}) "
+                "after backward, or use criterion='magnitude'.",
+            )
+        if grads is not None:
+            grads = _errors.tensor_dict(func, "grads", grads)
+            _errors.same_shapes(func, "grads", grads, "params", params)
+        _check_fingerprint(func, state, config_hash, params)
+        active = _active(params)
+        agrads = None if grads is None else {n: grads[n] for n in active}
+        scores, aux = crit.update(state.aux, active, agrads) if active else ({}, {})
+        grid = _grids(func, scores, active, pat, reduce)
+        shapes = {n: p.shape for n, p in active.items()}
+
+        if _tracing(state.step):
+            pred = is_prune_step(state.step, start_step=start, end_step=end, frequency=freq)
+
+            def prune_branch(step_t, st, g):  # type: ignore[no-untyped-def]
+                return _prune(step_t, st, g, shapes)
+
+            def keep_branch(step_t, st, g):  # type: ignore[no-untyped-def]
+                return {n: st.masks[n].clone() for n in g}, st.target.clone()
+
+            new_active, new_target = torch.cond(pred, prune_branch, keep_branch, (state.step, state, grid))
+        elif is_prune_step(int(state.step), start_step=start, end_step=end, frequency=freq):
+            new_active, new_target = _prune(state.step, state, grid, shapes)
+        else:
+            new_active, new_target = {n: state.masks[n] for n in grid}, state.target
+        masks = {n: new_active.get(n, state.masks[n]) for n in params}
+        new_state = dataclasses.replace(
+            state, step=state.step + 1, target=new_target, masks=masks, aux=dict(aux)
+        )
+        return new_state, dict(masks)
+
+    return Pruner(init, step, types.MappingProxyType(settings))
+
+
+def _grids(
+    func: str, scores: object, params: Tensors, pat: Pattern, reduce: str
+) -> dict[str, torch.Tensor]:
+    """Scores on each layer's grid: weight-shaped scores are reduced, grid-shaped pass."""
+    if not params:
+        return {}
+    scores = _errors.tensor_dict(func, "scores (the criterion's output)", scores)
+    _errors.same_keys(func, "scores (the criterion's output)", scores, "params", params)
+    out = {}
+    for name, score in scores.items():
+        shape = tuple(params[name].shape)
+        if tuple(score.shape) == shape:
+            out[name] = to_grid({name: score}, pat, reduce)[name]
+        elif tuple(score.shape) == grid_shape(pat, shape):
+            out[name] = score
+        else:
+            raise _errors.value_error(
+                func, f"the criterion's score for {name!r} has the wrong shape",
+                _errors.detail(f"{tuple(score.shape)}; weight {shape}, grid {grid_shape(pat, shape)}"),
+                "A criterion returns scores shaped like the weight or like its pattern grid.",
+            )
+    return out
+
+
+def _target_fn(
+    func: str, schedule: object, target: float, start: int, end: int, freq: int, curve: Any
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``(step, initial) -> target`` as float64 0-d tensor math, from the ``schedule`` setting."""
+    if schedule is None:
+        schedule = "oneshot" if start == end else "iterative"
+    if schedule == "oneshot" and start != end:
+        raise _errors.value_error(
+            func, "a oneshot schedule prunes once, at start_step",
+            _errors.detail(f"start_step={start}, end_step={end}"),
+            "Set end_step = start_step (or leave it out), or use schedule='iterative'.",
+        )
+    if isinstance(schedule, str):
+        rich = registry.get_scheduler(schedule)
+    elif callable(schedule):
+        rich = schedule if _resolve.is_factory(schedule) else None
+    else:
+        raise _errors.type_error(
+            func, "schedule must be a name or a callable", type(schedule).__name__,
+            "Pass 'oneshot', 'iterative', or a function step -> sparsity.",
+        )
+    simple = None if rich is not None else schedule
+
+    def target_at(step: torch.Tensor, initial: torch.Tensor) -> torch.Tensor:
+        if rich is not None:
+            value = rich(step, initial=initial, sparsity=target, start_step=start, end_step=end,
+                         frequency=freq, decay=curve)
+        else:
+            value = simple(step if _tracing(step) else int(step))  # type: ignore[misc]
+        value = torch.as_tensor(value, dtype=torch.float64)
+        return torch.clamp(torch.minimum(value, torch.clamp(initial, min=target)), min=0.0)
+
+    return target_at
+
+
+def pattern_lock(*, pattern: str | Pattern = "4x1", skip_indivisible: bool = False) -> Pruner:
+    """A pruner whose masks are the existing zeros of the params at ``init``, never changing.
+
+    A block is kept iff any of its weights is non-zero; for N:M every non-zero weight is
+    kept. Use it to fine-tune an already-pruned model without losing its structure: apply
+    the masks after every optimizer step. ``step`` only advances the counter (``grads`` is
+    ignored).
+
+    Example:
+        >>> import torch, fprune
+        >>> w = {"w": torch.tensor([[0., 1.], [0., 2.], [0., 0.], [0., 0.]])}
+        >>> lock = fprune.pattern_lock(pattern="2x1")
+        >>> state = lock.init(w)
+        >>> state, masks = lock.step(state, w)
+        >>> masks["w"].int().tolist()
+        [[0, 1], [0, 1], [0, 0], [0, 0]]
+    """
+    func = "pattern_lock"
+    pat = _resolve.pattern(pattern)
+    if not isinstance(skip_indivisible, bool):
+        raise _errors.type_error(func, "skip_indivisible must be a bool", skip_indivisible, "Pass True or False.")
+    settings: dict[str, Any] = dict(
+        pattern=str(pat) if not isinstance(pattern, str) else pattern, skip_indivisible=skip_indivisible,
+    )
+    config_hash = hash64(f"pattern_lock:{pat}:{skip_indivisible}")
+    settings["kind"] = "pattern_lock"
+
+    def init(params: Tensors) -> PruneState:
+        params = _errors.tensor_dict("init", "params", params)
+        _ndim_at_least_2("init", params)
+        masks = pattern_lock_masks(params, pattern=pat, skip_indivisible=skip_indivisible)
+        zero = _scalar(0.0, torch.float64)
+        return PruneState(
+            step=_scalar(0, torch.int64), target=zero.clone(), initial=zero, masks=masks, aux={},
+            fingerprint=torch.tensor([config_hash, hash64(layout_text(params))], dtype=torch.int64),
+        )
+
+    def step(
+        state: PruneState, params: Tensors, grads: Tensors | None = None
+    ) -> tuple[PruneState, dict[str, torch.Tensor]]:
+        state = _check_state("step", state)
+        params = _check_params("step", params, state)
+        _check_fingerprint("step", state, config_hash, params)
+        return dataclasses.replace(state, step=state.step + 1), dict(state.masks)
+
+    return Pruner(init, step, types.MappingProxyType(settings))
+
+
+def _pattern_lock_factory(
+    *, pattern: str | Pattern = "4x1", skip_indivisible: bool = False, **ignored: Any
+) -> Pruner:
+    """The registered ``pattern_lock`` factory: the pruner settings it does not use are ignored."""
+    return pattern_lock(pattern=pattern, skip_indivisible=skip_indivisible)
+
+
+registry.register_pruner("basic", pruner)
+registry.register_pruner("pattern_lock", _pattern_lock_factory)

@@ -1,0 +1,241 @@
+"""The pruner: init/step semantics on real training loops, schedules, exact counts, nesting."""
+
+from __future__ import annotations
+
+import math
+
+import hypothesis.strategies as st
+import pytest
+import torch
+from hypothesis import given
+
+import fprune
+from fprune.layout import to_2d
+from tests.models import MLP, ConvNet, train
+
+CRITERIA = ("magnitude", "gradient", "snip", "snip_momentum")
+PATTERNS = ("1x1", "4x1", "channelx1", "1xchannel", "2:4")
+SCHEDULES = {"oneshot": dict(start_step=2, end_step=2), "iterative": dict(start_step=1, end_step=7, frequency=2)}
+
+
+def _units(mask: torch.Tensor, pattern: str) -> tuple[int, int]:
+    """(pruned units, all units) of one mask; N:M counts groups with N pruned."""
+    pat = fprune.parse_pattern(pattern)
+    if isinstance(pat, fprune.NM):
+        groups = (~to_2d(mask)).reshape(mask.shape[0], -1, pat.m).sum(-1)
+        assert bool(((groups == 0) | (groups == pat.n)).all()), "an N:M group is neither dense nor N:M"
+        return int((groups == pat.n).sum()), groups.numel()
+    grid = fprune.reduce_masks({"m": mask}, pattern=pat)["m"]
+    # block constancy: expanding the grid gives the mask back
+    assert torch.equal(fprune.expand_masks({"m": grid}, pattern=pat, shapes={"m": mask.shape})["m"], mask)
+    return int((~grid).sum()), grid.numel()
+
+
+def _count(r: float, n: int) -> int:
+    return math.floor(r * n + 1e-9)
+
+
+@pytest.mark.parametrize("model_cls", [MLP, ConvNet])
+@pytest.mark.parametrize("schedule", list(SCHEDULES))
+@pytest.mark.parametrize("scope", ["global", "local"])
+@pytest.mark.parametrize("pattern", PATTERNS)
+@pytest.mark.parametrize("criterion", CRITERIA)
+def test_pruner_matrix(criterion, pattern, scope, schedule, model_cls):
+    torch.manual_seed(0)
+    model = model_cls()
+    names = fprune.nn.prunable(model).names
+    sparsity = 0.5 if pattern == "2:4" else 0.7
+    window = SCHEDULES[schedule]
+    prune = fprune.pruner(sparsity, pattern=pattern, criterion=criterion, scope=scope, decay="cube", **window)
+    expected = (
+        fprune.oneshot(sparsity, start_step=window["start_step"]) if schedule == "oneshot"
+        else fprune.iterative(sparsity, decay="cube", **window)
+    )
+    params = dict(model.named_parameters())
+    seen = {"previous": None, "targets": []}
+
+    def check(s, state, masks):
+        # the per-step target is the schedule's (its tensor path; the float path agrees to 1 ulp)
+        assert float(state.target) == float(expected(torch.tensor(s)))
+        assert float(state.target) == pytest.approx(expected(s), rel=1e-14, abs=1e-15)
+        seen["targets"].append(float(state.target))
+        if seen["previous"] is not None:  # nested: nothing pruned before revives
+            assert all(bool((masks[n] <= seen["previous"][n]).all()) for n in names)
+        seen["previous"] = masks
+        for n in names:  # pruned weights are zero after every optimizer step (momentum 0.9)
+            assert bool((params[n].detach()[~masks[n]] == 0).all())
+
+    state = train(model, prune, names, steps=9, on_step=check)
+    masks = state.masks
+    units = {n: _units(masks[n], pattern) for n in names}
+    pat = fprune.parse_pattern(pattern)
+    fraction = sparsity * pat.m / pat.n if isinstance(pat, fprune.NM) else sparsity
+    if scope == "global":
+        total = sum(u for _, u in units.values())
+        assert sum(p for p, _ in units.values()) == _count(fraction, total)
+    else:
+        assert all(p == _count(fraction, u) for p, u in units.values())
+    assert float(state.target) == sparsity and int(state.step) == 9
+
+
+@pytest.mark.parametrize("criterion", CRITERIA)
+def test_pruner_matches_the_masks_primitive(criterion):
+    """A one-shot pruner at step 0 is ``masks(criterion scores)``: the layers compose."""
+    torch.manual_seed(0)
+    params = {"a": torch.randn(8, 16), "b": torch.randn(16, 8)}
+    grads = {n: torch.randn_like(p) for n, p in params.items()}
+    prune = fprune.pruner(0.6, pattern="4x1", criterion=criterion)
+    _, got = prune.step(prune.init(params), params, grads)
+    crit = fprune.criterion(criterion, pattern="4x1")
+    scores, _ = crit.update(crit.init(params), params, grads)
+    if criterion == "snip_momentum":
+        want = fprune.expand_masks(fprune.grid_masks(scores, pattern="4x1", sparsity=0.6), pattern="4x1",
+                                   shapes={n: p.shape for n, p in params.items()})
+    else:
+        want = fprune.masks(scores, pattern="4x1", sparsity=0.6)
+    assert all(torch.equal(got[n], want[n]) for n in params)
+
+
+def test_step_folds_grads_before_pruning():
+    """snip prunes at step 0 with the gradients it is given (INC cannot)."""
+    params = {"w": torch.ones(4, 4)}
+    grads = {"w": torch.arange(16.0).reshape(4, 4)}
+    prune = fprune.pruner(0.25, pattern="1x1", criterion="snip")
+    _, masks = prune.step(prune.init(params), params, grads)
+    assert (~masks["w"]).nonzero().tolist() == [[0, 0], [0, 1], [0, 2], [0, 3]]
+
+
+def test_non_prune_steps_keep_masks_and_accumulate_scores():
+    torch.manual_seed(0)
+    params = {"w": torch.randn(8, 8)}
+    prune = fprune.pruner(0.5, pattern="4x1", start_step=3)
+    state = prune.init(params)
+    for _ in range(3):
+        before = state.aux["w"].clone()
+        state, masks = prune.step(state, params, {"w": torch.randn(8, 8)})
+        assert bool(masks["w"].all())
+        assert not torch.equal(state.aux["w"], before)
+    state, masks = prune.step(state, params, {"w": torch.randn(8, 8)})
+    assert float(fprune.total_sparsity(masks, pattern="4x1")) == 0.5
+
+
+@given(
+    sparsity=st.sampled_from([0.3, 0.5, 0.75, 0.9]),
+    lo=st.sampled_from([0.0, 0.1, 0.3]),
+    hi=st.sampled_from([0.9, 0.95, 0.98]),
+    seed=st.integers(0, 2**16),
+)
+def test_pruner_global_bounds_ramp_with_the_schedule(sparsity, lo, hi, seed):
+    """Every prune step: total exact, each layer in [min * r / sparsity, max] (in blocks)."""
+    g = torch.Generator().manual_seed(seed)
+    params = {"a": torch.randn(8, 8, generator=g), "b": torch.randn(16, 8, generator=g) * 10,
+              "c": torch.randn(4, 32, generator=g) * 0.1}
+    lo = min(lo, sparsity)
+    prune = fprune.pruner(sparsity, pattern="4x1", criterion="magnitude", end_step=4,
+                          min_layer_sparsity=lo, max_layer_sparsity=hi)
+    state = prune.init(params)
+    for _ in range(5):
+        state, masks = prune.step(state, params)
+        r = float(state.target)
+        per = {n: _units(m, "4x1") for n, m in masks.items()}
+        total = sum(u for _, u in per.values())
+        room = sum(_count(hi, u) for _, u in per.values())  # the caps can hold less than K
+        assert sum(p for p, _ in per.values()) == min(_count(r, total), room)
+        for p, u in per.values():
+            assert _count(lo * r / sparsity, u) <= p <= _count(hi, u)
+
+
+def test_skip_indivisible_leaves_layers_dense():
+    params = {"ok": torch.randn(8, 8), "odd": torch.randn(6, 8)}
+    with pytest.raises(ValueError, match="does not divide layer 'odd'"):
+        fprune.pruner(0.5, pattern="4x1", criterion="magnitude").init(params)
+    prune = fprune.pruner(0.5, pattern="4x1", criterion="magnitude", skip_indivisible=True)
+    _, masks = prune.step(prune.init(params), params)
+    assert bool(masks["odd"].all()) and float(fprune.layer_sparsity(masks)["ok"]) == 0.5
+
+
+def test_lock_init_sparsity_starts_from_existing_zeros():
+    torch.manual_seed(0)
+    w = torch.randn(8, 8)
+    w[:4, :4] = 0  # 4 of the 16 4x1 blocks
+    prune = fprune.pruner(0.5, pattern="4x1", criterion="magnitude", start_step=0, end_step=2,
+                          decay="linear", lock_init_sparsity=True)
+    state = prune.init({"w": w})
+    assert float(state.initial) == 0.25 and bool((~state.masks["w"][:4, :4]).all())
+    targets = []
+    for _ in range(3):
+        state, masks = prune.step(state, {"w": w})
+        targets.append(float(state.target))
+        assert bool((~masks["w"][:4, :4]).all())  # the existing zeros stay pruned
+    assert targets == [0.25, 0.375, 0.5]
+
+
+def test_low_memory_usage_keeps_bfloat16_accumulators():
+    params = {"w": torch.randn(8, 8)}
+    state = fprune.pruner(0.5, low_memory_usage=True).init(params)
+    assert state.aux["w"].dtype == torch.bfloat16 and state.aux["w"].shape == (2, 8)
+
+
+def test_custom_criteria():
+    params = {"w": torch.arange(1.0, 17.0).reshape(4, 4)}
+
+    def largest_first(params, grads):
+        return {n: -p for n, p in params.items()}
+
+    prune = fprune.pruner(0.25, pattern="1x1", criterion=largest_first)
+    _, masks = prune.step(prune.init(params), params)  # grads None: the function ignores them
+    assert (~masks["w"]).nonzero().tolist() == [[3, 0], [3, 1], [3, 2], [3, 3]]
+
+    counter = fprune.Criterion(
+        init=lambda params: {"n": torch.zeros(())},
+        update=lambda aux, params, grads: ({k: p.abs() for k, p in params.items()}, {"n": aux["n"] + 1}),
+        needs_grads=False,
+    )
+    prune = fprune.pruner(0.25, pattern="1x1", criterion=counter)
+    state = prune.init(params)
+    for _ in range(3):
+        state, _ = prune.step(state, params)
+    assert float(state.aux["n"]) == 3
+
+
+def test_pruner_is_pure():
+    torch.manual_seed(0)
+    params = {"w": torch.randn(8, 8)}
+    grads = {"w": torch.randn(8, 8)}
+    copies = {k: v.clone() for k, v in {**params, "g": grads["w"]}.items()}
+    prune = fprune.pruner(0.5)
+    state = prune.init(params)
+    kept = {k: v.clone() for k, v in state.state_dict().items()}
+    new, _ = prune.step(state, params, grads)
+    assert torch.equal(params["w"], copies["w"]) and torch.equal(grads["w"], copies["g"])
+    assert all(torch.equal(v, kept[k]) for k, v in state.state_dict().items())  # old state untouched
+    assert int(new.step) == 1 and int(state.step) == 0
+
+
+def test_pattern_lock_pruner_keeps_structure():
+    torch.manual_seed(0)
+    w = torch.randn(8, 8)
+    w[:, ::2] = 0
+    lock = fprune.pattern_lock(pattern="2:4")
+    state = lock.init({"w": w})
+    for _ in range(3):
+        state, masks = lock.step(state, {"w": torch.randn(8, 8)})
+        assert torch.equal(masks["w"], w != 0)
+    assert int(state.step) == 3
+
+
+def test_callable_and_registered_schedules():
+    params = {"w": torch.randn(8, 8)}
+    prune = fprune.pruner(0.5, pattern="1x1", criterion="magnitude", end_step=3,
+                          schedule=lambda s: 0.1 * s + 0.9)  # clamped to the target
+    state = prune.init(params)
+    state, _ = prune.step(state, params)
+    assert float(state.target) == 0.5
+    prune = fprune.pruner(0.5, pattern="1x1", criterion="magnitude", end_step=3,
+                          schedule=fprune.iterative(0.5, start_step=0, end_step=3, decay="linear"))
+    state = prune.init(params)
+    targets = []
+    for _ in range(4):
+        state, _ = prune.step(state, params)
+        targets.append(round(float(state.target), 6))
+    assert targets == [0.0, 0.166667, 0.333333, 0.5]
