@@ -327,8 +327,7 @@ def to_config(pruner: Pruner) -> dict[str, Any]:
         if s["schedule"] is not None:
             out["schedule"] = _name_of("scheduler", s["schedule"])
     for key in ("op_names", "excluded_op_names", "pruning_op_types"):
-        if key in extra:
-            out[key] = list(extra[key])
+        out[key] = list(extra.get(key, DEFAULTS[key]))
     if extra.get("reg_type") is not None:
         out["reg_type"] = extra["reg_type"]
         out["parameters"] = {"reg_coeff": extra.get("reg_coeff", 0.0)}

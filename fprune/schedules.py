@@ -34,7 +34,7 @@ __all__ = ["DECAYS", "Schedule", "is_prune_step", "iterative", "oneshot", "prune
 
 Step = int | torch.Tensor
 Schedule = Callable[[Step], float | torch.Tensor]
-Decay = Callable[[float | torch.Tensor, float, float], float | torch.Tensor]
+Decay = Callable[[float | torch.Tensor, float | torch.Tensor, float], float | torch.Tensor]
 
 
 def _cos(x: float | torch.Tensor) -> float | torch.Tensor:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.utils._pytree as pytree
@@ -104,7 +105,10 @@ class PruneState:
                     f"Keys are {', '.join(_SCALARS)}, masks/<name> and aux/<name>.",
                 )
             fields[prefix][name] = value
-        return cls(**{k: state_dict[k] for k in _SCALARS}, **fields)
+        return cls(
+            step=state_dict["step"], target=state_dict["target"], initial=state_dict["initial"],
+            masks=fields["masks"], aux=fields["aux"], fingerprint=state_dict["fingerprint"],
+        )
 
 
 def _flatten(state: PruneState) -> tuple[list[object], None]:
@@ -115,7 +119,7 @@ def _unflatten(children: list[object], context: None) -> PruneState:
     return PruneState(*children)  # type: ignore[arg-type]
 
 
-def _flatten_with_keys(state: PruneState) -> tuple[list[tuple[object, object]], None]:
+def _flatten_with_keys(state: PruneState) -> tuple[list[tuple[Any, Any]], None]:
     children = [(pytree.GetAttrKey(f.name), getattr(state, f.name)) for f in dataclasses.fields(state)]
     return children, None
 

@@ -15,8 +15,6 @@ from fprune.state import PruneState
 from tests.models import MLP, ConvNet, batches
 
 
-
-
 def _equal_states(a: PruneState, b: PruneState) -> bool:
     sa, sb = a.state_dict(), b.state_dict()
     return sa.keys() == sb.keys() and all(
@@ -151,5 +149,5 @@ def test_from_state_dict_errors():
         PruneState.from_state_dict({k: v for k, v in sd.items() if k != "fingerprint"})
     with pytest.raises(ValueError, match="unknown key"):
         PruneState.from_state_dict({**sd, "weights/a": torch.ones(1)})
-    with pytest.raises(TypeError, match="must be a torch.Tensor"):
+    with pytest.raises(TypeError, match=r"must be a torch\.Tensor"):
         PruneState.from_state_dict({**sd, "masks/a": [1, 2]})
