@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
+from torch._C import _functorch  # type: ignore[attr-defined]
 
 from fprune import _errors, _resolve, registry
 from fprune.blocks import (
@@ -97,7 +98,7 @@ class Pruner:
 
 def _tracing(t: torch.Tensor) -> bool:
     """True under torch.compile or a torch.func transform (no Python reads of values)."""
-    return torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(t)
+    return torch.compiler.is_compiling() or _functorch.is_functorch_wrapped_tensor(t)
 
 
 def _check_params(func: str, params: object, state: PruneState) -> Tensors:
@@ -276,14 +277,28 @@ def pruner(
         )
 
     def _prune(
-        step_t: torch.Tensor, state: PruneState, grid: dict[str, torch.Tensor], shapes: dict[str, torch.Size]
+        step_t: torch.Tensor,
+        initial: torch.Tensor,
+        current: torch.Tensor,
+        previous: dict[str, torch.Tensor],
+        grid: dict[str, torch.Tensor],
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        r = torch.maximum(target_at(step_t, state.initial), state.target)
+        """New masks of the active layers and the new target, at a prune step (pure tensors)."""
+        r = torch.maximum(target_at(step_t, initial), current)
         low: float | torch.Tensor = 0.0 if lo == 0.0 else r * (lo / target)
-        previous = {n: state.masks[n] for n in grid}
         chosen = _select(grid, pat, r, scope, low, hi, reduce_masks(previous, pattern=pat), reduce)
-        expanded = expand_masks(chosen, pattern=pat, shapes=shapes)
+        expanded = expand_masks(chosen, pattern=pat, shapes={n: m.shape for n, m in previous.items()})
         return {n: expanded[n] & previous[n] for n in grid}, r
+
+    def _keep(
+        step_t: torch.Tensor,
+        initial: torch.Tensor,
+        current: torch.Tensor,
+        previous: dict[str, torch.Tensor],
+        grid: dict[str, torch.Tensor],
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The other branch of ``torch.cond``: unchanged masks (cloned: branches may not alias)."""
+        return {n: m.clone() for n, m in previous.items()}, current.clone()
 
     def step(
         state: PruneState, params: Tensors, grads: Tensors | None = None
@@ -305,20 +320,13 @@ def pruner(
         agrads = None if grads is None else {n: grads[n] for n in active}
         scores, aux = crit.update(state.aux, active, agrads) if active else ({}, {})
         grid = _grids(func, scores, active, pat, reduce)
-        shapes = {n: p.shape for n, p in active.items()}
+        operands = (state.step, state.initial, state.target, {n: state.masks[n] for n in grid}, grid)
 
-        if _tracing(state.step):
+        if _tracing(state.step):  # compiled or transformed: both branches are traced
             pred = is_prune_step(state.step, start_step=start, end_step=end, frequency=freq)
-
-            def prune_branch(step_t, st, g):  # type: ignore[no-untyped-def]
-                return _prune(step_t, st, g, shapes)
-
-            def keep_branch(step_t, st, g):  # type: ignore[no-untyped-def]
-                return {n: st.masks[n].clone() for n in g}, st.target.clone()
-
-            new_active, new_target = torch.cond(pred, prune_branch, keep_branch, (state.step, state, grid))
+            new_active, new_target = torch.cond(pred, _prune, _keep, operands)
         elif is_prune_step(int(state.step), start_step=start, end_step=end, frequency=freq):
-            new_active, new_target = _prune(state.step, state, grid, shapes)
+            new_active, new_target = _prune(*operands)
         else:
             new_active, new_target = {n: state.masks[n] for n in grid}, state.target
         masks = {n: new_active.get(n, state.masks[n]) for n in params}

@@ -239,3 +239,68 @@ def test_callable_and_registered_schedules():
         state, _ = prune.step(state, params)
         targets.append(round(float(state.target), 6))
     assert targets == [0.0, 0.166667, 0.333333, 0.5]
+
+
+@pytest.mark.parametrize(("kwargs", "error", "message"), [
+    (dict(sparsity=float("nan")), ValueError, r"sparsity must be a fraction in \[0, 1\) \(got nan\)"),
+    (dict(sparsity=float("inf")), ValueError, r"sparsity must be a fraction in \[0, 1\) \(got inf\)"),
+    (dict(sparsity=1.0), ValueError, "sparsity must be a fraction"),
+    (dict(sparsity="0.5"), TypeError, "sparsity must be a float"),
+    (dict(sparsity=torch.tensor(0.5)), TypeError, "sparsity must be a Python float"),
+    (dict(sparsity=0.5, pattern="4y1"), ValueError, "pattern"),
+    (dict(sparsity=0.6, pattern="2:4"), ValueError, r"cannot exceed sparsity N/M = 0.5 \(got 0.6\)"),
+    (dict(sparsity=0.99), ValueError, "sparsity exceeds max_layer_sparsity"),
+    (dict(sparsity=0.5, min_layer_sparsity=0.6), ValueError, "min_layer_sparsity exceeds sparsity"),
+    (dict(sparsity=0.5, max_layer_sparsity=torch.tensor(0.9)), TypeError, "layer bounds must be Python floats"),
+    (dict(sparsity=0.5, criterion="snipp"), ValueError, "unknown criterion .* Did you mean 'snip'"),
+    (dict(sparsity=0.5, criterion=3), TypeError, "criterion must be a name, a Criterion or a function"),
+    (dict(sparsity=0.5, scope="layer"), ValueError, "unknown scope"),
+    (dict(sparsity=0.5, reduce="median"), ValueError, "unknown reduce"),
+    (dict(sparsity=0.5, decay="sqrt", end_step=4), ValueError, "unknown decay"),
+    (dict(sparsity=0.5, schedule="oneshot", end_step=4), ValueError, "a oneshot schedule prunes once"),
+    (dict(sparsity=0.5, schedule="linear"), ValueError, "unknown scheduler"),
+    (dict(sparsity=0.5, schedule=3), TypeError, "schedule must be a name or a callable"),
+    (dict(sparsity=0.5, start_step=-1), ValueError, "start_step must be >= 0"),
+    (dict(sparsity=0.5, start_step=4, end_step=2), ValueError, "end_step is before start_step"),
+    (dict(sparsity=0.5, frequency=0), ValueError, "frequency must be >= 1"),
+    (dict(sparsity=0.5, low_memory_usage=1), TypeError, "low_memory_usage must be a bool"),
+])
+def test_pruner_bad_arguments(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        fprune.pruner(**kwargs)
+
+
+def test_init_and_step_bad_inputs():
+    prune = fprune.pruner(0.5, criterion="magnitude")
+    with pytest.raises(ValueError, match="fewer than 2 dimensions"):
+        prune.init({"bias": torch.ones(8)})
+    with pytest.raises(TypeError, match="must be a floating tensor"):
+        prune.init({"w": torch.ones(8, 8, dtype=torch.int64)})
+    with pytest.raises(ValueError, match="params is empty"):
+        prune.init({})
+    bad = fprune.pruner(0.5, pattern="1x1", criterion=lambda p, g: {n: t.sum(0) for n, t in p.items()})
+    params = {"w": torch.ones(4, 4)}
+    with pytest.raises(ValueError, match="the criterion's score for 'w' has the wrong shape"):
+        bad.step(bad.init(params), params)
+    snip = fprune.pruner(0.5, pattern="1x1", criterion="snip")
+    with pytest.raises(ValueError, match="step: this criterion needs gradients"):
+        snip.step(snip.init(params), params)
+
+
+@pytest.mark.parametrize(("pattern", "criterion", "scope"), [("4x1", "snip_momentum", "global"),
+                                                              ("2:4", "magnitude", "local")])
+def test_compiled_step_equals_eager(pattern, criterion, scope):
+    """Under torch.compile the prune/keep decision is a torch.cond; results equal eager."""
+    torch.manual_seed(0)
+    params = {"a": torch.randn(8, 16), "b": torch.randn(16, 8)}
+    prune = fprune.pruner(0.5, pattern=pattern, criterion=criterion, scope=scope, start_step=1, end_step=5,
+                          frequency=2)
+    compiled = torch.compile(prune.step, fullgraph=True, backend="aot_eager")
+    eager_state, compiled_state = prune.init(params), prune.init(params)
+    for _ in range(7):
+        grads = {n: torch.randn_like(p) for n, p in params.items()}
+        eager_state, eager_masks = prune.step(eager_state, params, grads)
+        compiled_state, compiled_masks = compiled(compiled_state, params, grads)
+        assert all(torch.equal(eager_masks[n], compiled_masks[n]) for n in params)
+        assert float(eager_state.target) == float(compiled_state.target)
+        assert int(compiled_state.step) == int(eager_state.step)
