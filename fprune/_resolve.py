@@ -49,6 +49,7 @@ def _stateless(fn: Callable[..., dict[str, torch.Tensor]], needs_grads: bool) ->
     def update(aux: Tensors, params: Tensors, grads: Tensors | None):  # type: ignore[no-untyped-def]
         return fn(params, grads), {}
 
+    update.stateless = True  # type: ignore[attr-defined]  # the pruner may skip it off prune steps
     return Criterion(init, update, needs_grads)
 
 

@@ -10,7 +10,8 @@ this step's ``grads`` into the criterion first, then, on a prune step, computes 
 * in global scope each layer's pruned fraction lies in
   ``[min_layer_sparsity * r / sparsity, max_layer_sparsity]``.
 
-On other steps the masks are returned unchanged and no selection work is done.
+On other steps the masks are returned unchanged and no selection work is done; stateless
+criteria (magnitude, gradient, snip, plain functions) are not even evaluated there.
 """
 
 from __future__ import annotations
@@ -166,7 +167,8 @@ def pruner(
         criterion: ``"magnitude"``, ``"gradient"``, ``"snip"``, ``"snip_momentum"``, a
             registered name, a :class:`~fprune.Criterion`, or ``f(params, grads) -> scores``
             (weight-shaped or grid-shaped scores; lower is pruned first). A plain function
-            receives ``grads`` as given, None included; give it a ``needs_grads = True``
+            is stateless, so it is called on prune steps only (in eager mode); it receives
+            ``grads`` as given, None included; give it a ``needs_grads = True``
             attribute to make ``step`` reject calls without gradients.
         start_step, end_step, frequency: prune at ``start_step <= s <= end_step`` with
             ``(s - start_step) % frequency == 0``; ``end_step`` defaults to ``start_step``.
@@ -235,6 +237,7 @@ def pruner(
     crit = _resolve.criterion(
         criterion, pattern=pat, reduce=reduce, dtype=torch.bfloat16 if low_memory_usage else None
     )
+    stateless = getattr(crit.update, "stateless", False)  # built-in |w|, |g|, |w g|: no aux
     curve = decay_curve(func, decay)
     target_at = _target_fn(func, schedule, target, start, end, freq, curve)
 
@@ -316,16 +319,21 @@ def pruner(
             grads = _errors.tensor_dict(func, "grads", grads)
             _errors.same_shapes(func, "grads", grads, "params", params)
         _check_fingerprint(func, state, config_hash, params)
+        tracing = _tracing(state.step)
+        prune_now = None if tracing else is_prune_step(int(state.step), start_step=start, end_step=end,
+                                                       frequency=freq)
+        if prune_now is False and stateless:  # nothing to accumulate, nothing to select
+            return dataclasses.replace(state, step=state.step + 1), dict(state.masks)
         active = _active(params)
         agrads = None if grads is None else {n: grads[n] for n in active}
         scores, aux = crit.update(state.aux, active, agrads) if active else ({}, {})
         grid = _grids(func, scores, active, pat, reduce)
         operands = (state.step, state.initial, state.target, {n: state.masks[n] for n in grid}, grid)
 
-        if _tracing(state.step):  # compiled or transformed: both branches are traced
+        if tracing:  # compiled or transformed: both branches are traced
             pred = is_prune_step(state.step, start_step=start, end_step=end, frequency=freq)
             new_active, new_target = torch.cond(pred, _prune, _keep, operands)
-        elif is_prune_step(int(state.step), start_step=start, end_step=end, frequency=freq):
+        elif prune_now:
             new_active, new_target = _prune(*operands)
         else:
             new_active, new_target = {n: state.masks[n] for n in grid}, state.target

@@ -304,3 +304,18 @@ def test_compiled_step_equals_eager(pattern, criterion, scope):
         assert all(torch.equal(eager_masks[n], compiled_masks[n]) for n in params)
         assert float(eager_state.target) == float(compiled_state.target)
         assert int(compiled_state.step) == int(eager_state.step)
+
+
+def test_stateless_criteria_are_evaluated_on_prune_steps_only():
+    calls = []
+
+    def counted(params, grads):
+        calls.append(1)
+        return {n: p.abs() for n, p in params.items()}
+
+    params = {"w": torch.randn(4, 4)}
+    prune = fprune.pruner(0.5, pattern="1x1", criterion=counted, start_step=2, end_step=6, frequency=2)
+    state = prune.init(params)
+    for _ in range(9):
+        state, _ = prune.step(state, params)
+    assert len(calls) == 3  # steps 2, 4 and 6
