@@ -60,3 +60,31 @@ def test_masks_compiled_on_cuda_equal_eager():
     target = torch.tensor(0.5, dtype=torch.float64, device="cuda")
     got = torch.compile(fn, fullgraph=True)(scores, target)
     assert same_bits(got, fn(scores, 0.5))
+
+
+@pytest.mark.parametrize("criterion", ["magnitude", "snip", "snip_momentum"])
+@pytest.mark.parametrize("pattern", ["4x1", "2:4", "1xchannel"])
+@pytest.mark.parametrize("low_memory_usage", [False, True])
+def test_pruner_on_cuda_equals_cpu(criterion, pattern, low_memory_usage):
+    """A whole iterative run of the pruner on CUDA params gives the CPU run's masks and state."""
+    gen = torch.Generator().manual_seed(0)
+    params = {"a": torch.randn(16, 32, generator=gen), "b": torch.randn(8, 4, 3, 3, generator=gen)}
+    grads = [{n: torch.randn(p.shape, generator=gen) for n, p in params.items()} for _ in range(6)]
+    prune = fprune.pruner(0.5, pattern=pattern, criterion=criterion, start_step=1, end_step=5, frequency=2,
+                          low_memory_usage=low_memory_usage)
+
+    def run(device):
+        p = {n: v.to(device) for n, v in params.items()}
+        state = prune.init(p)
+        for g in grads:
+            state, masks = prune.step(state, p, {n: v.to(device) for n, v in g.items()})
+        return state, masks
+
+    cpu_state, cpu_masks = run("cpu")
+    cuda_state, cuda_masks = run("cuda")
+    assert all(m.device.type == "cuda" for m in cuda_masks.values())
+    assert same_bits({n: m.cpu() for n, m in cuda_masks.items()}, cpu_masks)
+    assert float(cuda_state.target) == float(cpu_state.target) == 0.5
+    on_device = {n: v.cuda() for n, v in params.items()}
+    fprune.nn.apply_masks_(on_device, cuda_masks)  # in place, on the device
+    assert all(bool((on_device[n][~cuda_masks[n]] == 0).all()) for n in params)
