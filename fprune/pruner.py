@@ -86,6 +86,15 @@ class Pruner:
         Inside ``start_step <= step <= end_step`` returns ``reg(params, pattern=...,
         strength=lr * reg_coeff, grads=grads)``; outside the window, or without a
         regularizer, returns ``params`` unchanged (as a new dict).
+
+        Example:
+            >>> import torch, fprune
+            >>> (p,) = fprune.from_config({"reg_type": "group_lasso", "parameters": {"reg_coeff": 1.0},
+            ...                            "pattern": "1x1", "end_step": 5})
+            >>> p.regularize({"w": torch.tensor([[0.5, -2.0]])}, step=3, lr=1.0)["w"].tolist()
+            [[0.0, -1.0]]
+            >>> p.regularize({"w": torch.tensor([[0.5, -2.0]])}, step=6, lr=1.0)["w"].tolist()
+            [[0.5, -2.0]]
         """
         reg_type = self.extra.get("reg_type")
         start = self.settings.get("start_step", 0)
@@ -185,6 +194,8 @@ def pruner(
         low_memory_usage: keep snip_momentum's accumulators in bfloat16.
         lock_init_sparsity: start from the existing zeros of the params given to ``init``
             (their pattern-lock masks), and ramp from their sparsity (INC's init ratio).
+            Existing zeros stay pruned even where they do not fill a unit (an N:M group with
+            fewer or more than N zeros), so element sparsity can then exceed the target.
         skip_indivisible: leave layers the pattern does not divide dense instead of raising
             at ``init`` (see :func:`fprune.indivisible_layers`).
 
