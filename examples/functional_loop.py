@@ -14,13 +14,10 @@ from __future__ import annotations
 import argparse
 
 import torch
+from _task import data, mlp  # the synthetic task, shared by the examples
 from torch.func import functional_call, grad
 
 import fprune
-
-
-def teacher_labels(x: torch.Tensor) -> torch.Tensor:
-    return (x @ torch.randn(32, 8, generator=torch.Generator().manual_seed(1234))).argmax(dim=1)
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -35,12 +32,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
-    x, x_test = torch.randn(4096, 32, generator=gen), torch.randn(1024, 32, generator=gen)
-    y, y_test = teacher_labels(x), teacher_labels(x_test)
-    model = torch.nn.Sequential(
-        torch.nn.Linear(32, 128), torch.nn.ReLU(), torch.nn.Linear(128, 128), torch.nn.ReLU(),
-        torch.nn.Linear(128, 8),
-    )
+    x, y, x_test, y_test = data(gen)
+    model = mlp()
     params = {n: p.detach() for n, p in model.named_parameters()}
     pruned = fprune.nn.prunable(model).names
 

@@ -16,18 +16,9 @@ from __future__ import annotations
 import argparse
 
 import torch
+from _task import accuracy, data, mlp  # the synthetic task, shared by the examples
 
 import fprune
-
-
-def teacher_labels(x: torch.Tensor) -> torch.Tensor:
-    """Labels from a fixed random linear teacher (the same rule for train and test)."""
-    return (x @ torch.randn(32, 8, generator=torch.Generator().manual_seed(1234))).argmax(dim=1)
-
-
-def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    with torch.no_grad():
-        return float((model(x).argmax(dim=1) == y).float().mean())
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -41,12 +32,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
-    x, x_test = torch.randn(4096, 32, generator=gen), torch.randn(1024, 32, generator=gen)
-    y, y_test = teacher_labels(x), teacher_labels(x_test)
-    model = torch.nn.Sequential(
-        torch.nn.Linear(32, 128), torch.nn.ReLU(), torch.nn.Linear(128, 128), torch.nn.ReLU(),
-        torch.nn.Linear(128, 8),
-    )
+    x, y, x_test, y_test = data(gen)
+    model = mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     # Prune the hidden weights; the classifier head stays dense (as INC does).
     weights = {n: p for n, p in model.named_parameters() if n in ("0.weight", "2.weight")}

@@ -304,14 +304,10 @@ def pruner(
         expanded = expand_masks(chosen, pattern=pat, shapes={n: m.shape for n, m in previous.items()})
         return {n: expanded[n] & previous[n] for n in grid}, r
 
-    def _keep(
-        step_t: torch.Tensor,
-        initial: torch.Tensor,
-        current: torch.Tensor,
-        previous: dict[str, torch.Tensor],
-        grid: dict[str, torch.Tensor],
-    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """The other branch of ``torch.cond``: unchanged masks (cloned: branches may not alias)."""
+    def _keep(*operands: Any) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The other branch of ``torch.cond`` (same operands as ``_prune``): unchanged masks
+        and target, cloned because cond branches may not return their inputs."""
+        _, _, current, previous, _ = operands
         return {n: m.clone() for n, m in previous.items()}, current.clone()
 
     def step(
