@@ -38,6 +38,8 @@ def test_from_config_matches_the_keyword_api():
                             reduce="sum")
     assert dict(built.settings) == dict(keyword.settings)
     assert _same_masks(built, keyword)
+    params = {"x": torch.randn(8, 16)}  # same settings, same fingerprint: states are interchangeable
+    built.step(keyword.init(params), params, {"x": torch.ones(8, 16)})
 
 
 def test_legacy_names_build_the_same_pruner():

@@ -319,3 +319,45 @@ def test_stateless_criteria_are_evaluated_on_prune_steps_only():
     for _ in range(9):
         state, _ = prune.step(state, params)
     assert len(calls) == 3  # steps 2, 4 and 6
+
+
+@given(
+    pattern=st.sampled_from(["1x1", "2x1", "1x2", "channelx1", "1xchannel", "1:2", "2:4"]),
+    scope=st.sampled_from(["global", "local"]),
+    decay=st.sampled_from(["exp", "cos", "linear", "cube"]),
+    start=st.integers(0, 3),
+    length=st.integers(0, 6),
+    frequency=st.integers(1, 3),
+    fraction=st.floats(0.0, 0.95),
+    criterion=st.sampled_from(["magnitude", "snip_momentum"]),
+    seed=st.integers(0, 2**16),
+)
+def test_pruner_properties(pattern, scope, decay, start, length, frequency, fraction, criterion, seed):
+    """Any window, decay and target: the target is the schedule's at every step, masks change on
+    prune steps only and are nested, and the last prune step hits the exact count."""
+    pat = fprune.parse_pattern(pattern)
+    sparsity = fraction * (pat.max_sparsity if isinstance(pat, fprune.NM) else 1.0)
+    g = torch.Generator().manual_seed(seed)
+    params = {"a": torch.randn(4, 8, generator=g), "b": torch.randn(8, 4, 2, generator=g)}
+    end = start + length
+    prune = fprune.pruner(sparsity, pattern=pattern, criterion=criterion, scope=scope, decay=decay,
+                          start_step=start, end_step=end, frequency=frequency)
+    schedule = (fprune.oneshot(sparsity, start_step=start) if length == 0
+                else fprune.iterative(sparsity, start_step=start, end_step=end, frequency=frequency, decay=decay))
+    state = prune.init(params)
+    previous = state.masks
+    for s in range(end + 3):
+        grads = {n: torch.randn(p.shape, generator=g) for n, p in params.items()}
+        state, masks = prune.step(state, params, grads)
+        assert float(state.target) == float(schedule(torch.tensor(s)))
+        assert all(bool((masks[n] <= previous[n]).all()) for n in params)
+        if not fprune.is_prune_step(s, start_step=start, end_step=end, frequency=frequency):
+            assert all(torch.equal(masks[n], previous[n]) for n in params)
+        previous = masks
+    units = {n: _units(masks[n], pattern) for n in params}
+    assert float(state.target) == sparsity  # the last prune step is exactly on the target
+    r = sparsity * pat.m / pat.n if isinstance(pat, fprune.NM) else sparsity
+    if scope == "global":
+        assert sum(p for p, _ in units.values()) == _count(r, sum(u for _, u in units.values()))
+    else:
+        assert all(p == _count(r, u) for p, u in units.values())
