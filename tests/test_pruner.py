@@ -361,3 +361,25 @@ def test_pruner_properties(pattern, scope, decay, start, length, frequency, frac
         assert sum(p for p, _ in units.values()) == _count(r, sum(u for _, u in units.values()))
     else:
         assert all(p == _count(r, u) for p, u in units.values())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("criterion", CRITERIA)
+@pytest.mark.parametrize("pattern", ["4x1", "2:4"])
+def test_pruner_in_every_float_dtype(dtype, criterion, pattern):
+    """Exact counts in every dtype; 16-bit accumulators are float32 (bfloat16 with low_memory_usage)."""
+    torch.manual_seed(0)
+    params = {"a": torch.randn(8, 16).to(dtype), "b": (torch.randn(16, 8) * 100).to(dtype)}
+    for low_memory_usage in (False, True):
+        prune = fprune.pruner(0.5, pattern=pattern, criterion=criterion, end_step=2,
+                              low_memory_usage=low_memory_usage)
+        state = prune.init(params)
+        for _ in range(3):
+            grads = {n: torch.randn(p.shape).to(dtype) for n, p in params.items()}
+            state, masks = prune.step(state, params, grads)
+        units = [_units(masks[n], pattern) for n in params]
+        fraction = 1.0 if pattern == "2:4" else 0.5
+        assert sum(p for p, _ in units) == _count(fraction, sum(u for _, u in units))
+        if criterion == "snip_momentum":
+            wide = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+            assert all(a.dtype == (torch.bfloat16 if low_memory_usage else wide) for a in state.aux.values())
