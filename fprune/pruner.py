@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -66,6 +66,10 @@ class Pruner:
     names: tuple[str, ...] | None = None
     extra: Mapping[str, Any] = dataclasses.field(default_factory=lambda: types.MappingProxyType({}))
 
+    def __iter__(self) -> Iterator[Callable[..., Any]]:
+        """Unpack as the ``(init, step)`` pair: ``init, step = fprune.pruner(0.5)``."""
+        return iter((self.init, self.step))
+
     def to_config(self) -> dict[str, Any]:
         """An INC-style config dict that :func:`fprune.from_config` turns back into this pruner.
 
@@ -109,6 +113,13 @@ class Pruner:
 def _tracing(t: torch.Tensor) -> bool:
     """True under torch.compile or a torch.func transform (no Python reads of values)."""
     return torch.compiler.is_compiling() or _functorch.is_functorch_wrapped_tensor(t)
+
+
+def _detached(tensors: Tensors) -> dict[str, torch.Tensor]:
+    """Views that autograd does not track: scores and masks carry no graph from step to step
+    (passing ``dict(model.named_parameters())`` directly would otherwise chain one graph per
+    step through the accumulators)."""
+    return {n: t.detach() for n, t in tensors.items()}
 
 
 def _check_params(func: str, params: object, state: PruneState) -> Tensors:
@@ -268,7 +279,7 @@ def pruner(
         return {n: p for n, p in params.items() if n not in skipped}
 
     def init(params: Tensors) -> PruneState:
-        params = _errors.tensor_dict("init", "params", params)
+        params = _detached(_errors.tensor_dict("init", "params", params))
         _ndim_at_least_2("init", params)
         active = _active(params)
         aux = crit.init(active) if active else {}
@@ -315,7 +326,7 @@ def pruner(
     ) -> tuple[PruneState, dict[str, torch.Tensor]]:
         func = "step"
         state = _check_state(func, state)
-        params = _check_params(func, params, state)
+        params = _detached(_check_params(func, params, state))
         if grads is None and crit.needs_grads:
             raise _errors.value_error(
                 func, "this criterion needs gradients", None,
@@ -323,7 +334,7 @@ def pruner(
                 "after backward, or use criterion='magnitude'.",
             )
         if grads is not None:
-            grads = _errors.tensor_dict(func, "grads", grads)
+            grads = _detached(_errors.tensor_dict(func, "grads", grads))
             _errors.same_shapes(func, "grads", grads, "params", params)
         _check_fingerprint(func, state, config_hash, params)
         tracing = _tracing(state.step)
@@ -440,7 +451,7 @@ def pattern_lock(*, pattern: str | Pattern = "4x1", skip_indivisible: bool = Fal
     settings["kind"] = "pattern_lock"
 
     def init(params: Tensors) -> PruneState:
-        params = _errors.tensor_dict("init", "params", params)
+        params = _detached(_errors.tensor_dict("init", "params", params))
         _ndim_at_least_2("init", params)
         masks = pattern_lock_masks(params, pattern=pat, skip_indivisible=skip_indivisible)
         zero = _scalar(0.0, torch.float64)
@@ -453,7 +464,7 @@ def pattern_lock(*, pattern: str | Pattern = "4x1", skip_indivisible: bool = Fal
         state: PruneState, params: Tensors, grads: Tensors | None = None
     ) -> tuple[PruneState, dict[str, torch.Tensor]]:
         state = _check_state("step", state)
-        params = _check_params("step", params, state)
+        params = _detached(_check_params("step", params, state))
         _check_fingerprint("step", state, config_hash, params)
         return dataclasses.replace(state, step=state.step + 1), dict(state.masks)
 

@@ -383,3 +383,25 @@ def test_pruner_in_every_float_dtype(dtype, criterion, pattern):
         if criterion == "snip_momentum":
             wide = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
             assert all(a.dtype == (torch.bfloat16 if low_memory_usage else wide) for a in state.aux.values())
+
+
+def test_step_takes_parameters_that_require_grad_without_building_graphs():
+    """Passing dict(model.named_parameters()) directly: no autograd graph reaches the state."""
+    model = torch.nn.Linear(16, 8)
+    prune = fprune.pruner(0.5, pattern="4x1", end_step=3)
+    params = {"weight": model.weight}
+    state = prune.init(params)
+    for _ in range(4):
+        model(torch.randn(2, 16)).sum().backward()
+        state, masks = prune.step(state, params, {"weight": model.weight.grad})
+        model.weight.grad = None
+    leaves = [*state.masks.values(), *state.aux.values(), state.target]
+    assert not any(t.requires_grad or t.grad_fn is not None for t in leaves)
+    assert float(fprune.total_sparsity(masks, pattern="4x1")) == 0.5
+
+
+def test_pruner_unpacks_as_init_step_pair():
+    init, step = fprune.pruner(0.5, pattern="1x1", criterion="magnitude")
+    params = {"w": torch.arange(1.0, 9.0).reshape(2, 4)}
+    _, masks = step(init(params), params)
+    assert int((~masks["w"]).sum()) == 4
