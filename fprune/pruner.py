@@ -107,7 +107,8 @@ class Pruner:
             return dict(params)
         reg = registry.get_reg(reg_type) if isinstance(reg_type, str) else reg_type
         strength = lr * float(self.extra.get("reg_coeff", 0.0))
-        return reg(params, pattern=self.settings["pattern"], strength=strength, grads=grads)
+        pattern = _resolve.pattern(self.settings["pattern"])  # registered names too
+        return reg(params, pattern=pattern, strength=strength, grads=grads)
 
 
 def _tracing(t: torch.Tensor) -> bool:

@@ -111,3 +111,12 @@ def test_registered_pruner_from_config():
     fprune.register_pruner("local_magnitude", local_magnitude)
     (p,) = fprune.from_config({"pruning_type": "local_magnitude", "target_sparsity": 0.5})
     assert p.settings["scope"] == "local" and p.settings["criterion"] == "magnitude"
+
+
+def test_regularize_resolves_a_registered_pattern_name():
+    fprune.register_pattern("rows4", fprune.Blocks(4, 1))
+    (p,) = fprune.from_config({"pattern": "rows4", "reg_type": "group_lasso", "reg_coeff": 1.0, "end_step": 3})
+    params = {"w": torch.randn(8, 8, generator=torch.Generator().manual_seed(0))}
+    got = p.regularize(params, step=1, lr=0.5)
+    want = fprune.group_lasso(params, pattern="4x1", strength=0.5)
+    assert torch.equal(got["w"], want["w"])
