@@ -28,9 +28,10 @@ from fprune.blocks import (
 )
 from fprune.config import from_config, to_config
 from fprune.layout import from_2d, shape_2d, to_2d
+from fprune.lock import pattern_lock
 from fprune.masking import apply_masks, grid_masks, masks, pattern_lock_masks
 from fprune.patterns import NM, Blocks, Pattern, parse_pattern
-from fprune.pruner import Pruner, pattern_lock, pruner
+from fprune.pruner import Pruner, pruner
 from fprune.registry import (
     get_criterion,
     get_pattern,

@@ -22,9 +22,8 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
-from torch._C import _functorch  # type: ignore[attr-defined]
 
-from fprune import _errors, _resolve, registry
+from fprune import _checks, _errors, _resolve, registry
 from fprune.blocks import (
     REDUCTIONS,
     check_divisible,
@@ -40,7 +39,7 @@ from fprune.selection import check_bounds
 from fprune.sparsity import total_sparsity
 from fprune.state import PruneState, hash64, layout_text
 
-__all__ = ["Pruner", "pattern_lock", "pruner"]
+__all__ = ["Pruner", "pruner"]
 
 Tensors = Mapping[str, torch.Tensor]
 
@@ -109,55 +108,6 @@ class Pruner:
         strength = lr * float(self.extra.get("reg_coeff", 0.0))
         pattern = _resolve.pattern(self.settings["pattern"])  # registered names too
         return reg(params, pattern=pattern, strength=strength, grads=grads)
-
-
-def _tracing(t: torch.Tensor) -> bool:
-    """True under torch.compile or a torch.func transform (no Python reads of values)."""
-    return torch.compiler.is_compiling() or _functorch.is_functorch_wrapped_tensor(t)
-
-
-def _detached(tensors: Tensors) -> dict[str, torch.Tensor]:
-    """Views that autograd does not track: scores and masks carry no graph from step to step
-    (passing ``dict(model.named_parameters())`` directly would otherwise chain one graph per
-    step through the accumulators)."""
-    return {n: t.detach() for n, t in tensors.items()}
-
-
-def _check_params(func: str, params: object, state: PruneState) -> Tensors:
-    params = _errors.tensor_dict(func, "params", params)
-    _errors.same_shapes(func, "params", params, "the params given to init (state.masks)", state.masks)
-    return params
-
-
-def _check_state(func: str, state: object) -> PruneState:
-    if not isinstance(state, PruneState):
-        raise _errors.type_error(
-            func, "state must be a PruneState", type(state).__name__,
-            "Pass the state returned by init or by the previous step.",
-        )
-    return state
-
-
-def _check_fingerprint(func: str, state: PruneState, config_hash: int, params: Tensors) -> None:
-    if _tracing(state.fingerprint):
-        return  # values cannot be read while tracing; checked in eager calls
-    stored = state.fingerprint.tolist()
-    if stored[0] != config_hash:
-        raise _errors.value_error(
-            func, "state was made by a pruner with different settings",
-            _errors.detail(f"fingerprint {stored[0]}, this pruner {config_hash}"),
-            "Use the state from this pruner's init (or rebuild the pruner with the same settings).",
-        )
-    if stored[1] != hash64(layout_text(params)):
-        dtypes = {n: str(p.dtype) for n, p in params.items()}
-        raise _errors.value_error(
-            func, "params dtypes differ from those given to init", dtypes,
-            "Step with params of the same dtypes as at init (or call init again).",
-        )
-
-
-def _scalar(value: float | int, dtype: torch.dtype) -> torch.Tensor:
-    return torch.tensor(value, dtype=dtype)
 
 
 def pruner(
@@ -280,7 +230,7 @@ def pruner(
         return {n: p for n, p in params.items() if n not in skipped}
 
     def init(params: Tensors) -> PruneState:
-        params = _detached(_errors.tensor_dict("init", "params", params))
+        params = _checks.detached(_errors.tensor_dict("init", "params", params))
         _ndim_at_least_2("init", params)
         active = _active(params)
         aux = crit.init(active) if active else {}
@@ -288,13 +238,13 @@ def pruner(
             masks = pattern_lock_masks(params, pattern=pat, skip_indivisible=skip_indivisible)
             initial = (
                 total_sparsity({n: masks[n] for n in active}, pattern=pat) if active
-                else _scalar(0.0, torch.float64)
+                else _checks.scalar(0.0, torch.float64)
             ).cpu()
         else:
             masks = {n: torch.ones_like(p, dtype=torch.bool) for n, p in params.items()}
-            initial = _scalar(0.0, torch.float64)
+            initial = _checks.scalar(0.0, torch.float64)
         return PruneState(
-            step=_scalar(0, torch.int64),
+            step=_checks.scalar(0, torch.int64),
             target=initial.clone(),
             initial=initial,
             masks=masks,
@@ -326,8 +276,8 @@ def pruner(
         state: PruneState, params: Tensors, grads: Tensors | None = None
     ) -> tuple[PruneState, dict[str, torch.Tensor]]:
         func = "step"
-        state = _check_state(func, state)
-        params = _detached(_check_params(func, params, state))
+        state = _checks.check_state(func, state)
+        params = _checks.detached(_checks.check_params(func, params, state))
         if grads is None and crit.needs_grads:
             raise _errors.value_error(
                 func, "this criterion needs gradients", None,
@@ -335,10 +285,10 @@ def pruner(
                 "after backward, or use criterion='magnitude'.",
             )
         if grads is not None:
-            grads = _detached(_errors.tensor_dict(func, "grads", grads))
+            grads = _checks.detached(_errors.tensor_dict(func, "grads", grads))
             _errors.same_shapes(func, "grads", grads, "params", params)
-        _check_fingerprint(func, state, config_hash, params)
-        tracing = _tracing(state.step)
+        _checks.check_fingerprint(func, state, config_hash, params)
+        tracing = _checks.tracing(state.step)
         prune_now = None if tracing else is_prune_step(int(state.step), start_step=start, end_step=end,
                                                        frequency=freq)
         if prune_now is False and stateless:  # nothing to accumulate, nothing to select
@@ -417,67 +367,11 @@ def _target_fn(
             value = rich(step, initial=initial, sparsity=target, start_step=start, end_step=end,
                          frequency=freq, decay=curve)
         else:
-            value = simple(step if _tracing(step) else int(step))  # type: ignore[misc]
+            value = simple(step if _checks.tracing(step) else int(step))  # type: ignore[misc]
         value = torch.as_tensor(value, dtype=torch.float64)
         return torch.clamp(torch.minimum(value, torch.clamp(initial, min=target)), min=0.0)
 
     return target_at
 
 
-def pattern_lock(*, pattern: str | Pattern = "4x1", skip_indivisible: bool = False) -> Pruner:
-    """A pruner whose masks are the existing zeros of the params at ``init``, never changing.
-
-    A block is kept iff any of its weights is non-zero; for N:M every non-zero weight is
-    kept. Use it to fine-tune an already-pruned model without losing its structure: apply
-    the masks after every optimizer step. ``step`` only advances the counter (``grads`` is
-    ignored).
-
-    Example:
-        >>> import torch, fprune
-        >>> w = {"w": torch.tensor([[0., 1.], [0., 2.], [0., 0.], [0., 0.]])}
-        >>> lock = fprune.pattern_lock(pattern="2x1")
-        >>> state = lock.init(w)
-        >>> state, masks = lock.step(state, w)
-        >>> masks["w"].int().tolist()
-        [[0, 1], [0, 1], [0, 0], [0, 0]]
-    """
-    func = "pattern_lock"
-    pat = _resolve.pattern(pattern)
-    if not isinstance(skip_indivisible, bool):
-        raise _errors.type_error(func, "skip_indivisible must be a bool", skip_indivisible, "Pass True or False.")
-    settings: dict[str, Any] = dict(
-        pattern=str(pat) if not isinstance(pattern, str) else pattern, skip_indivisible=skip_indivisible,
-    )
-    config_hash = hash64(f"pattern_lock:{pat}:{skip_indivisible}")
-    settings["kind"] = "pattern_lock"
-
-    def init(params: Tensors) -> PruneState:
-        params = _detached(_errors.tensor_dict("init", "params", params))
-        _ndim_at_least_2("init", params)
-        masks = pattern_lock_masks(params, pattern=pat, skip_indivisible=skip_indivisible)
-        zero = _scalar(0.0, torch.float64)
-        return PruneState(
-            step=_scalar(0, torch.int64), target=zero.clone(), initial=zero, masks=masks, aux={},
-            fingerprint=torch.tensor([config_hash, hash64(layout_text(params))], dtype=torch.int64),
-        )
-
-    def step(
-        state: PruneState, params: Tensors, grads: Tensors | None = None
-    ) -> tuple[PruneState, dict[str, torch.Tensor]]:
-        state = _check_state("step", state)
-        params = _detached(_check_params("step", params, state))
-        _check_fingerprint("step", state, config_hash, params)
-        return dataclasses.replace(state, step=state.step + 1), dict(state.masks)
-
-    return Pruner(init, step, types.MappingProxyType(settings))
-
-
-def _pattern_lock_factory(
-    *, pattern: str | Pattern = "4x1", skip_indivisible: bool = False, **ignored: Any
-) -> Pruner:
-    """The registered ``pattern_lock`` factory: the pruner settings it does not use are ignored."""
-    return pattern_lock(pattern=pattern, skip_indivisible=skip_indivisible)
-
-
 registry.register_pruner("basic", pruner)
-registry.register_pruner("pattern_lock", _pattern_lock_factory)

@@ -1,0 +1,62 @@
+"""Checks and helpers shared by the pruners' ``init`` and ``step`` (private)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch._C import _functorch  # type: ignore[attr-defined]
+
+from fprune import _errors
+from fprune.state import PruneState, hash64, layout_text
+
+Tensors = Mapping[str, torch.Tensor]
+
+
+def tracing(t: torch.Tensor) -> bool:
+    """True under torch.compile or a torch.func transform (no Python reads of values)."""
+    return torch.compiler.is_compiling() or _functorch.is_functorch_wrapped_tensor(t)
+
+
+def detached(tensors: Tensors) -> dict[str, torch.Tensor]:
+    """Views that autograd does not track: scores and masks carry no graph from step to step
+    (passing ``dict(model.named_parameters())`` directly would otherwise chain one graph per
+    step through the accumulators)."""
+    return {n: t.detach() for n, t in tensors.items()}
+
+
+def check_params(func: str, params: object, state: PruneState) -> Tensors:
+    params = _errors.tensor_dict(func, "params", params)
+    _errors.same_shapes(func, "params", params, "the params given to init (state.masks)", state.masks)
+    return params
+
+
+def check_state(func: str, state: object) -> PruneState:
+    if not isinstance(state, PruneState):
+        raise _errors.type_error(
+            func, "state must be a PruneState", type(state).__name__,
+            "Pass the state returned by init or by the previous step.",
+        )
+    return state
+
+
+def check_fingerprint(func: str, state: PruneState, config_hash: int, params: Tensors) -> None:
+    if tracing(state.fingerprint):
+        return  # values cannot be read while tracing; checked in eager calls
+    stored = state.fingerprint.tolist()
+    if stored[0] != config_hash:
+        raise _errors.value_error(
+            func, "state was made by a pruner with different settings",
+            _errors.detail(f"fingerprint {stored[0]}, this pruner {config_hash}"),
+            "Use the state from this pruner's init (or rebuild the pruner with the same settings).",
+        )
+    if stored[1] != hash64(layout_text(params)):
+        dtypes = {n: str(p.dtype) for n, p in params.items()}
+        raise _errors.value_error(
+            func, "params dtypes differ from those given to init", dtypes,
+            "Step with params of the same dtypes as at init (or call init again).",
+        )
+
+
+def scalar(value: float | int, dtype: torch.dtype) -> torch.Tensor:
+    return torch.tensor(value, dtype=dtype)
