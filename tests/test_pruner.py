@@ -405,3 +405,11 @@ def test_pruner_unpacks_as_init_step_pair():
     params = {"w": torch.arange(1.0, 9.0).reshape(2, 4)}
     _, masks = step(init(params), params)
     assert int((~masks["w"]).sum()) == 4
+
+
+def test_golden_inc_local_4x1_at_0_7():
+    """INC's recorded local case: 4x1 at r = 0.7 leaves a 64x64 layer at floor(1024 * 0.7) / 1024."""
+    params = {"w": torch.randn(64, 64, generator=torch.Generator().manual_seed(3))}
+    prune = fprune.pruner(0.7, pattern="4x1", criterion="magnitude", scope="local")
+    _, masks = prune.step(prune.init(params), params)
+    assert float(fprune.layer_sparsity(masks)["w"]) == 0.69921875 == 716 / 1024
