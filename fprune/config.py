@@ -162,9 +162,8 @@ def _settings(where: str, cfg: Mapping[str, Any]) -> tuple[str, dict[str, Any], 
         "reg_type": reg_type,
         "reg_coeff": reg_coeff,
     }
-    kind = "pattern_lock" if ptype == "pattern_lock" else "basic"
-    if ptype in registry.registered("pruner") and ptype != "basic":
-        kind = ptype
+    # a registered pruner name (pattern_lock, or the user's) picks that factory; else a criterion
+    kind = ptype if ptype in registry.registered("pruner") and ptype != "basic" else "basic"
     settings = dict(
         sparsity=_number("target_sparsity", cfg["target_sparsity"]),
         pattern=_pattern_text(pattern),
