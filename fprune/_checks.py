@@ -40,6 +40,11 @@ def check_state(func: str, state: object) -> PruneState:
     return state
 
 
+def fingerprint(config_hash: int, params: Tensors) -> torch.Tensor:
+    """The state's int64 ``[2]`` fingerprint: the settings' hash and the params' layout hash."""
+    return torch.tensor([config_hash, hash64(layout_text(params))], dtype=torch.int64)
+
+
 def check_fingerprint(func: str, state: PruneState, config_hash: int, params: Tensors) -> None:
     if tracing(state.fingerprint):
         return  # values cannot be read while tracing; checked in eager calls

@@ -15,7 +15,8 @@ from fprune import _errors, registry
 from fprune.patterns import Blocks, Pattern, parse_pattern
 from fprune.regularizers import group_lasso
 from fprune.schedules import Decay, ramp
-from fprune.scores import Criterion, gradient, magnitude, snip, snip_momentum
+from fprune.scores import Criterion, snip_momentum, stateless
+from fprune.scores import criterion as builtin_criterion
 
 Tensors = Mapping[str, torch.Tensor]
 Target = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -42,17 +43,6 @@ def describe(obj: object) -> str:
     return repr(obj)
 
 
-def _stateless(fn: Callable[..., dict[str, torch.Tensor]], needs_grads: bool) -> Criterion:
-    def init(params: Tensors) -> dict[str, torch.Tensor]:
-        return {}
-
-    def update(aux: Tensors, params: Tensors, grads: Tensors | None):  # type: ignore[no-untyped-def]
-        return fn(params, grads), {}
-
-    update.stateless = True  # type: ignore[attr-defined]  # the pruner may skip it off prune steps
-    return Criterion(init, update, needs_grads)
-
-
 def criterion(
     spec: object, *, pattern: Pattern, reduce: str, dtype: torch.dtype | None
 ) -> Criterion:
@@ -75,7 +65,7 @@ def criterion(
             )
         return made
     needs = getattr(spec, "needs_grads", False)  # a plain function gets grads as given, None included
-    return _stateless(spec, bool(needs))  # type: ignore[arg-type]
+    return stateless(spec, bool(needs))  # type: ignore[arg-type]
 
 
 def pattern(spec: object) -> Pattern:
@@ -108,15 +98,13 @@ def _iterative(
                 initial=initial, target=sparsity)
 
 
-def _magnitude_factory(*, pattern: Pattern, reduce: str, dtype: torch.dtype | None) -> Criterion:
-    return _stateless(magnitude, needs_grads=False)
+def _builtin_factory(name: str) -> Callable[..., Criterion]:
+    """A registry factory for the stateless built-in ``name`` (pattern and dtype unused)."""
 
-
-def _stateless_factory(fn: Callable[..., dict[str, torch.Tensor]]) -> Callable[..., Criterion]:
     def make(*, pattern: Pattern, reduce: str, dtype: torch.dtype | None) -> Criterion:
-        return _stateless(fn, needs_grads=True)
+        return builtin_criterion(name)
 
-    make.__qualname__ = f"{fn.__name__}_factory"
+    make.__qualname__ = f"{name}_factory"
     return make
 
 
@@ -150,9 +138,8 @@ def _check_pattern(func: str, name: str, obj: Any) -> None:
 
 registry.set_check("criterion", _check_criterion)
 registry.set_check("pattern", _check_pattern)
-registry.register_criterion("magnitude", _magnitude_factory)
-registry.register_criterion("gradient", _stateless_factory(gradient))
-registry.register_criterion("snip", _stateless_factory(snip))
+for _name in ("magnitude", "gradient", "snip"):
+    registry.register_criterion(_name, _builtin_factory(_name))
 registry.register_criterion("snip_momentum", _snip_momentum_factory)
 registry.register_scheduler("oneshot", _oneshot)
 registry.register_scheduler("iterative", _iterative)

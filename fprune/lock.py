@@ -13,7 +13,7 @@ from fprune import _checks, _errors, _resolve, registry
 from fprune.masking import _ndim_at_least_2, pattern_lock_masks
 from fprune.patterns import Pattern
 from fprune.pruner import Pruner
-from fprune.state import PruneState, hash64, layout_text
+from fprune.state import PruneState, hash64
 
 __all__ = ["pattern_lock"]
 
@@ -54,7 +54,7 @@ def pattern_lock(*, pattern: str | Pattern = "4x1", skip_indivisible: bool = Fal
         zero = _checks.scalar(0.0, torch.float64)
         return PruneState(
             step=_checks.scalar(0, torch.int64), target=zero.clone(), initial=zero, masks=masks, aux={},
-            fingerprint=torch.tensor([config_hash, hash64(layout_text(params))], dtype=torch.int64),
+            fingerprint=_checks.fingerprint(config_hash, params),
         )
 
     def step(

@@ -37,7 +37,7 @@ from fprune.patterns import NM, Pattern
 from fprune.schedules import _window, decay_curve, is_prune_step
 from fprune.selection import check_bounds
 from fprune.sparsity import total_sparsity
-from fprune.state import PruneState, hash64, layout_text
+from fprune.state import PruneState, hash64
 
 __all__ = ["Pruner", "pruner"]
 
@@ -249,7 +249,7 @@ def pruner(
             initial=initial,
             masks=masks,
             aux=dict(aux),
-            fingerprint=torch.tensor([config_hash, hash64(layout_text(params))], dtype=torch.int64),
+            fingerprint=_checks.fingerprint(config_hash, params),
         )
 
     def _prune(

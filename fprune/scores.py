@@ -178,7 +178,12 @@ def snip_momentum(
     return Criterion(init, update, needs_grads=True)
 
 
-def _stateless(fn: Callable[[Tensors, Tensors | None], dict[str, torch.Tensor]], needs_grads: bool) -> Criterion:
+def stateless(fn: Callable[[Tensors, Tensors | None], dict[str, torch.Tensor]], needs_grads: bool) -> Criterion:
+    """Wrap a scoring function ``f(params, grads) -> scores`` as a :class:`Criterion` with no aux.
+
+    Its ``update`` is tagged ``stateless``, so the pruner may skip it on non-prune steps.
+    """
+
     def init(params: Tensors) -> dict[str, torch.Tensor]:
         return {}
 
@@ -187,6 +192,7 @@ def _stateless(fn: Callable[[Tensors, Tensors | None], dict[str, torch.Tensor]],
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         return fn(params, grads), dict(aux)
 
+    update.stateless = True  # type: ignore[attr-defined]
     return Criterion(init, update, needs_grads)
 
 
@@ -217,4 +223,4 @@ def criterion(
     if name == "snip_momentum":
         return snip_momentum(pattern=pattern, reduce=reduce)
     fn = {"magnitude": magnitude, "gradient": gradient, "snip": snip}[name]
-    return _stateless(fn, needs_grads=name != "magnitude")
+    return stateless(fn, needs_grads=name != "magnitude")
