@@ -18,6 +18,12 @@ def tracing(t: torch.Tensor) -> bool:
     return torch.compiler.is_compiling() or _functorch.is_functorch_wrapped_tensor(t)
 
 
+def batched(t: torch.Tensor) -> bool:
+    """True for a tensor batched by ``vmap`` (eager or compiled). ``torch.cond`` cannot take a
+    batched predicate with several outputs (torch 2.13), so ``step`` selects with ``where``."""
+    return _functorch.is_batchedtensor(t)
+
+
 def detached(tensors: Tensors) -> dict[str, torch.Tensor]:
     """Views that autograd does not track: scores and masks carry no graph from step to step
     (passing ``dict(model.named_parameters())`` directly would otherwise chain one graph per

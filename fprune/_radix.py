@@ -2,9 +2,13 @@
 
 The keys are the order-preserving integers of :func:`fprune.selection.rank_keys`. The search
 never concatenates tensors and never sorts: it fixes the threshold 16 bits at a time from
-the top, counting each layer's keys per digit with ``bincount`` (65,536 bins), so extra
-memory is of the order of the largest layer. ``k`` is a tensor, so a changing target
-needs no recompilation, and nothing reads a tensor value back to Python.
+the top, counting each layer's keys per digit into 65,536 bins, so extra memory is of the
+order of the largest layer. ``k`` is a tensor, so a changing target needs no recompilation,
+and nothing reads a tensor value back to Python.
+
+The counts come from ``index_add`` into a fixed-size histogram rather than ``bincount``:
+``bincount``'s output length depends on the data, which ``torch.cond`` branches under
+``vmap`` cannot trace, and it has no ``vmap`` batching rule (it is also no faster on CPU).
 
 Per-layer bounds turn the plain count into a water-filling count: layer ``l`` contributes
 ``clamp(count_l(key <= t), lo_l, hi_l)``, which is what global selection with per-layer
@@ -20,6 +24,12 @@ import torch
 _BITS = 16
 _BINS = 1 << _BITS
 _HALF = 1 << (_BITS - 1)
+
+
+def _histogram(digit: torch.Tensor) -> torch.Tensor:
+    """Counts of the digits ``0 .. _BINS - 1`` in a 1-D tensor (the extra bin ``_BINS`` is dropped)."""
+    ones = torch.ones((), dtype=torch.int64, device=digit.device).expand(digit.shape)
+    return torch.zeros(_BINS + 1, dtype=torch.int64, device=digit.device).index_add(0, digit, ones)[:_BINS]
 
 
 def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -61,7 +71,7 @@ def kth_key(
                 in_range = (key >> upper) == (tau >> upper)
                 digit = torch.where(in_range, (key >> shift) & (_BINS - 1), _BINS)
             # Keys outside the current prefix land in the extra bin, which is dropped.
-            hist = torch.bincount(digit.reshape(-1), minlength=_BINS + 1)[:_BINS]
+            hist = _histogram(digit.reshape(-1))
             running = torch.cumsum(hist, 0)
             count = below[i] + running
             if lo is not None and hi is not None:

@@ -81,16 +81,16 @@ def pattern(spec: object) -> Pattern:
 
 
 def _oneshot(
-    step: torch.Tensor, *, initial: torch.Tensor, sparsity: float, start_step: int,
+    step: torch.Tensor, *, initial: torch.Tensor, sparsity: torch.Tensor, start_step: int,
     end_step: int, frequency: int, decay: Decay,
 ) -> torch.Tensor:
     """Straight to the target at ``start_step``."""
-    goal = torch.clamp(initial.to(torch.float64), min=sparsity)
+    goal = torch.maximum(initial.to(torch.float64), sparsity.to(torch.float64))
     return torch.where(step >= start_step, goal, initial.to(torch.float64))
 
 
 def _iterative(
-    step: torch.Tensor, *, initial: torch.Tensor, sparsity: float, start_step: int,
+    step: torch.Tensor, *, initial: torch.Tensor, sparsity: torch.Tensor, start_step: int,
     end_step: int, frequency: int, decay: Decay,
 ) -> torch.Tensor:
     """INC's iterative ramp (see :func:`fprune.iterative`)."""

@@ -47,14 +47,19 @@ def pattern_lock(*, pattern: str | Pattern = "4x1", skip_indivisible: bool = Fal
     config_hash = hash64(f"pattern_lock:{pat}:{skip_indivisible}")
     settings["kind"] = "pattern_lock"
 
-    def init(params: Tensors) -> PruneState:
+    def init(params: Tensors, *, sparsity: None = None) -> PruneState:
+        if sparsity is not None:
+            raise _errors.value_error(
+                "init", "pattern_lock has no target sparsity to override", _errors.detail(repr(sparsity)),
+                "Call init(params) without sparsity; the masks come from the existing zeros.",
+            )
         params = _checks.detached(_errors.tensor_dict("init", "params", params))
         _ndim_at_least_2("init", params)
         masks = pattern_lock_masks(params, pattern=pat, skip_indivisible=skip_indivisible)
         zero = _checks.scalar(0.0, torch.float64)
         return PruneState(
             step=_checks.scalar(0, torch.int64), target=zero.clone(), initial=zero, masks=masks, aux={},
-            fingerprint=_checks.fingerprint(config_hash, params),
+            fingerprint=_checks.fingerprint(config_hash, params), sparsity=zero.clone(),
         )
 
     def step(

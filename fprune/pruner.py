@@ -49,7 +49,8 @@ class Pruner:
     """A pruning method as two pure functions, plus the settings that built it.
 
     Attributes:
-        init: ``init(params) -> PruneState``.
+        init: ``init(params, *, sparsity=None) -> PruneState``; ``sparsity`` (a float or
+            a 0-d tensor) overrides the final target, as data in the state.
         step: ``step(state, params, grads=None) -> (state, masks)``.
         settings: the keyword arguments that rebuild it with its factory (read-only),
             including ``kind``, the registered pruner name (``"basic"``, ``"pattern_lock"``).
@@ -59,7 +60,7 @@ class Pruner:
             (layer selection, regularizer), kept so :meth:`to_config` round-trips.
     """
 
-    init: Callable[[Tensors], PruneState]
+    init: Callable[..., PruneState]
     step: Callable[..., tuple[PruneState, dict[str, torch.Tensor]]]
     settings: Mapping[str, Any]
     names: tuple[str, ...] | None = None
@@ -211,8 +212,9 @@ def pruner(
         criterion, pattern=pat, reduce=reduce, dtype=torch.bfloat16 if low_memory_usage else None
     )
     stateless = getattr(crit.update, "stateless", False)  # built-in |w|, |g|, |w g|: no aux
+    cap = pat.max_sparsity if isinstance(pat, NM) else 1.0
     curve = decay_curve(func, decay)
-    target_at = _target_fn(func, schedule, target, start, end, freq, curve)
+    target_at = _target_fn(func, schedule, start, end, freq, curve)
 
     settings = dict(
         sparsity=target, pattern=str(pat) if not isinstance(pattern, str) else pattern,
@@ -229,7 +231,8 @@ def pruner(
         skipped = check_divisible("init", params, pat, skip_indivisible=skip_indivisible)
         return {n: p for n, p in params.items() if n not in skipped}
 
-    def init(params: Tensors) -> PruneState:
+    def init(params: Tensors, *, sparsity: float | torch.Tensor | None = None) -> PruneState:
+        final = _final_target(sparsity)
         params = _checks.detached(_errors.tensor_dict("init", "params", params))
         _ndim_at_least_2("init", params)
         active = _active(params)
@@ -250,26 +253,51 @@ def pruner(
             masks=masks,
             aux=dict(aux),
             fingerprint=_checks.fingerprint(config_hash, params),
+            sparsity=final,
         )
+
+    def _final_target(value: object) -> torch.Tensor:
+        """``init``'s final target: the factory's, or an override checked like it (in eager
+        calls; a traced or vmapped tensor is clamped into the allowed range instead)."""
+        if value is None:
+            return _checks.scalar(target, torch.float64)
+        if isinstance(value, torch.Tensor) and (value.ndim != 0 or not value.is_floating_point()):
+            raise _errors.type_error(
+                "init", "sparsity must be a float or a floating 0-d tensor",
+                _errors.detail(f"{value.dtype} tensor of shape {tuple(value.shape)}"),
+                "Pass e.g. torch.tensor(0.8); under vmap, a 1-D tensor of targets maps to 0-d.",
+            )
+        if not isinstance(value, torch.Tensor) or not _checks.tracing(value):
+            number = _errors.fraction("init", "sparsity", float(value) if isinstance(value, torch.Tensor) else value)
+            check_bounds("init", number, lo, hi)
+            if number > cap:
+                raise _errors.value_error(
+                    "init", f"pattern {str(pat)!r} cannot exceed sparsity N/M = {cap}", number,
+                    f"Pass a sparsity of at most {cap}.",
+                )
+        tensor = value.detach() if isinstance(value, torch.Tensor) else torch.tensor(value, dtype=torch.float64)
+        return tensor.to(device="cpu", dtype=torch.float64).clamp(lo, min(hi, cap))
 
     def _prune(
         step_t: torch.Tensor,
         initial: torch.Tensor,
         current: torch.Tensor,
+        final: torch.Tensor,
         previous: dict[str, torch.Tensor],
         grid: dict[str, torch.Tensor],
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """New masks of the active layers and the new target, at a prune step (pure tensors)."""
-        r = torch.maximum(target_at(step_t, initial), current)
-        low: float | torch.Tensor = 0.0 if lo == 0.0 else r * (lo / target)
+        r = torch.maximum(target_at(step_t, initial, final), current)
+        # the lower bound ramps with the schedule: min * r / sparsity (0 while r is 0)
+        low: float | torch.Tensor = 0.0 if lo == 0.0 else r * lo / torch.clamp(final, min=lo)
         chosen = _select(grid, pat, r, scope, low, hi, reduce_masks(previous, pattern=pat), reduce)
         expanded = expand_masks(chosen, pattern=pat, shapes={n: m.shape for n, m in previous.items()})
         return {n: expanded[n] & previous[n] for n in grid}, r
 
     def _keep(*operands: Any) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """The other branch of ``torch.cond`` (same operands as ``_prune``): unchanged masks
-        and target, cloned because cond branches may not return their inputs."""
-        _, _, current, previous, _ = operands
+        """The other branch of ``torch.cond`` (same operands as the prune branch): unchanged
+        masks and target, cloned because cond branches may not return their inputs."""
+        current, previous = operands[2], operands[4]
         return {n: m.clone() for n, m in previous.items()}, current.clone()
 
     def step(
@@ -295,17 +323,37 @@ def pruner(
             return dataclasses.replace(state, step=state.step + 1), dict(state.masks)
         active = _active(params)
         agrads = None if grads is None else {n: grads[n] for n in active}
-        scores, aux = crit.update(state.aux, active, agrads) if active else ({}, {})
-        grid = _grids(func, scores, active, pat, reduce)
-        operands = (state.step, state.initial, state.target, {n: state.masks[n] for n in grid}, grid)
+        if stateless:  # scored inside the prune branch: a compiled non-prune step skips it too
+            aux: Mapping[str, torch.Tensor] = {}
 
-        if tracing:  # compiled or transformed: both branches are traced
+            def grid() -> dict[str, torch.Tensor]:
+                return _grids(func, crit.update({}, active, agrads)[0], active, pat, reduce)
+        else:  # accumulators fold in every step's grads
+            scores, aux = crit.update(state.aux, active, agrads) if active else ({}, {})
+            ready = _grids(func, scores, active, pat, reduce)
+
+            def grid() -> dict[str, torch.Tensor]:
+                return ready
+
+        def prune_branch(*operands: Any) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+            return _prune(*operands, grid())
+
+        previous = {n: state.masks[n] for n in active}
+        operands = (state.step, state.initial, state.target, state.sparsity, previous)
+        if not active:
+            new_active, new_target = {}, state.target
+        elif tracing and not _checks.batched(state.step):  # compiled: both branches traced, one runs
             pred = is_prune_step(state.step, start_step=start, end_step=end, frequency=freq)
-            new_active, new_target = torch.cond(pred, _prune, _keep, operands)
+            new_active, new_target = torch.cond(pred, prune_branch, _keep, operands)
+        elif tracing:  # vmapped (eager or compiled): members may disagree, so compute and select
+            pred = is_prune_step(state.step, start_step=start, end_step=end, frequency=freq)
+            chosen, r = prune_branch(*operands)
+            new_active = {n: torch.where(pred, chosen[n], state.masks[n]) for n in active}
+            new_target = torch.where(pred, r, state.target)
         elif prune_now:
-            new_active, new_target = _prune(*operands)
+            new_active, new_target = prune_branch(*operands)
         else:
-            new_active, new_target = {n: state.masks[n] for n in grid}, state.target
+            new_active, new_target = previous, state.target
         masks = {n: new_active.get(n, state.masks[n]) for n in params}
         new_state = dataclasses.replace(
             state, step=state.step + 1, target=new_target, masks=masks, aux=dict(aux)
@@ -340,9 +388,9 @@ def _grids(
 
 
 def _target_fn(
-    func: str, schedule: object, target: float, start: int, end: int, freq: int, curve: Any
-) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """``(step, initial) -> target`` as float64 0-d tensor math, from the ``schedule`` setting."""
+    func: str, schedule: object, start: int, end: int, freq: int, curve: Any
+) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``(step, initial, final) -> target`` as float64 0-d tensor math, from ``schedule``."""
     if schedule is None:
         schedule = "oneshot" if start == end else "iterative"
     if schedule == "oneshot" and start != end:
@@ -362,14 +410,14 @@ def _target_fn(
         )
     simple = None if rich is not None else schedule
 
-    def target_at(step: torch.Tensor, initial: torch.Tensor) -> torch.Tensor:
+    def target_at(step: torch.Tensor, initial: torch.Tensor, final: torch.Tensor) -> torch.Tensor:
         if rich is not None:
-            value = rich(step, initial=initial, sparsity=target, start_step=start, end_step=end,
+            value = rich(step, initial=initial, sparsity=final, start_step=start, end_step=end,
                          frequency=freq, decay=curve)
         else:
             value = simple(step if _checks.tracing(step) else int(step))  # type: ignore[misc]
         value = torch.as_tensor(value, dtype=torch.float64)
-        return torch.clamp(torch.minimum(value, torch.clamp(initial, min=target)), min=0.0)
+        return torch.clamp(torch.minimum(value, torch.maximum(initial, final)), min=0.0)
 
     return target_at
 

@@ -11,9 +11,10 @@ a config dict and the object itself are interchangeable. Each has a protocol:
   under a name that is not itself a pattern string. Pattern strings (``"4x1"``, ``"2:4"``)
   need no registration.
 * **scheduler**: ``f(step, *, initial, sparsity, start_step, end_step, frequency, decay)
-  -> sparsity``, with ``step`` an int64 0-d tensor, ``initial`` a float64 0-d tensor and
-  ``decay`` a callable ``decay(x, initial, final)``; it must not branch in Python on tensor
-  values. Built in: ``oneshot``, ``iterative``.
+  -> sparsity``, with ``step`` an int64 0-d tensor, ``initial`` and ``sparsity`` (the
+  state's final target) float64 0-d tensors and ``decay`` a callable
+  ``decay(x, initial, final)``; it must not branch in Python on tensor values. Built in:
+  ``oneshot``, ``iterative``.
 * **reg**: ``f(params, *, pattern, strength, grads=None) -> params``, a pure transform
   applied after the optimizer step. Built in: ``group_lasso``.
 * **pruner**: a factory ``f(sparsity, **settings) -> Pruner`` taking the keyword arguments

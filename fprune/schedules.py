@@ -34,7 +34,7 @@ __all__ = ["DECAYS", "Schedule", "is_prune_step", "iterative", "oneshot", "prune
 
 Step = int | torch.Tensor
 Schedule = Callable[[Step], float | torch.Tensor]
-Decay = Callable[[float | torch.Tensor, float | torch.Tensor, float], float | torch.Tensor]
+Decay = Callable[[float | torch.Tensor, float | torch.Tensor, float | torch.Tensor], float | torch.Tensor]
 
 
 def _cos(x: float | torch.Tensor) -> float | torch.Tensor:
@@ -191,16 +191,17 @@ def ramp(
     frequency: int,
     curve: Decay,
     initial: torch.Tensor,
-    target: float,
+    target: float | torch.Tensor,
 ) -> torch.Tensor:
     """The iterative schedule as tensor math (float64 0-d), with the initial sparsity as data.
 
     No Python branch reads a tensor, so it runs under ``torch.compile`` and ``vmap``. An
-    ``initial`` above ``target`` holds at ``initial`` (nothing is left to prune).
+    ``initial`` above ``target`` holds at ``initial`` (nothing is left to prune). ``target``
+    may be a float64 0-d tensor (a final target that is data, e.g. swept by ``vmap``).
     """
     last = (end - start) // frequency
     initial = initial.to(torch.float64)
-    goal = torch.maximum(initial, torch.tensor(target, dtype=torch.float64, device=initial.device))
+    goal = torch.maximum(initial, torch.as_tensor(target, dtype=torch.float64, device=initial.device))
     t = torch.div(step - start, frequency, rounding_mode="floor").clamp(0, max(last, 0))
     value = torch.as_tensor(curve(t.to(torch.float64) / max(last, 1), initial, target), dtype=torch.float64)
     value = torch.maximum(torch.minimum(value, goal), initial)

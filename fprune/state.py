@@ -25,7 +25,7 @@ from fprune import _errors
 
 __all__ = ["PruneState"]
 
-_SCALARS = ("step", "target", "initial", "fingerprint")
+_SCALARS = ("step", "target", "initial", "fingerprint", "sparsity")
 _DICTS = ("masks", "aux")
 
 
@@ -43,13 +43,15 @@ class PruneState:
         fingerprint: int64 tensor ``[2]``: a hash of the pruner's settings and one of the
             parameter names, shapes and dtypes given to ``init``. ``step`` rejects a state
             whose fingerprint does not match.
+        sparsity: float64 0-d tensor, the final target: the pruner's ``sparsity``, or the
+            value given to ``init(params, sparsity=...)`` (data, so ``vmap`` can sweep it).
 
     Example:
         >>> import fprune
         >>> prune = fprune.pruner(0.5, pattern="1x1", criterion="magnitude")
         >>> state = prune.init({"w": torch.ones(2, 2)})
         >>> int(state.step), float(state.target), sorted(state.state_dict())
-        (0, 0.0, ['fingerprint', 'initial', 'masks/w', 'step', 'target'])
+        (0, 0.0, ['fingerprint', 'initial', 'masks/w', 'sparsity', 'step', 'target'])
     """
 
     step: torch.Tensor
@@ -58,9 +60,10 @@ class PruneState:
     masks: dict[str, torch.Tensor]
     aux: dict[str, torch.Tensor]
     fingerprint: torch.Tensor
+    sparsity: torch.Tensor
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """A flat ``dict[str, Tensor]``: the four scalars, ``masks/<name>``, ``aux/<name>``.
+        """A flat ``dict[str, Tensor]``: the five scalars, ``masks/<name>``, ``aux/<name>``.
 
         Tensors are made contiguous (safetensors needs that); they are not copied otherwise.
         """
@@ -89,6 +92,11 @@ class PruneState:
         func = "PruneState.from_state_dict"
         state_dict = _errors.tensor_dict(func, "state_dict", state_dict, floating=False)
         missing = [k for k in _SCALARS if k not in state_dict]
+        if missing == ["sparsity"]:  # saved before the final target was part of the state
+            raise _errors.value_error(
+                func, "state_dict lacks the final target 'sparsity'", missing,
+                "Add it: state_dict['sparsity'] = torch.tensor(<the pruner's sparsity>, dtype=torch.float64).",
+            )
         if missing:
             raise _errors.value_error(
                 func, "state_dict lacks required entries", missing,
@@ -108,6 +116,7 @@ class PruneState:
         return cls(
             step=state_dict["step"], target=state_dict["target"], initial=state_dict["initial"],
             masks=fields["masks"], aux=fields["aux"], fingerprint=state_dict["fingerprint"],
+            sparsity=state_dict["sparsity"],
         )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch._dynamo.testing import CompileCounterWithBackend
 
 import fprune
 from tests.strategies import FLOAT_DTYPES, same_bits
@@ -88,3 +89,43 @@ def test_pruner_on_cuda_equals_cpu(criterion, pattern, low_memory_usage):
     on_device = {n: v.cuda() for n, v in params.items()}
     fprune.nn.apply_masks_(on_device, cuda_masks)  # in place, on the device
     assert all(bool((on_device[n][~cuda_masks[n]] == 0).all()) for n in params)
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_compiled_step_on_cuda_equals_eager_cpu(backend):
+    """torch.compile(prune.step) on CUDA tensors: one compile, masks equal to an eager CPU run."""
+    gen = torch.Generator().manual_seed(0)
+    params = {"a": torch.randn(16, 32, generator=gen), "b": torch.randn(8, 4, 3, 3, generator=gen)}
+    grads = [{n: torch.randn(p.shape, generator=gen) for n, p in params.items()} for _ in range(12)]
+    prune = fprune.pruner(0.7, pattern="4x1", criterion="snip_momentum", start_step=1, end_step=9, frequency=2)
+    cpu_state = prune.init(params)
+    cuda_params = {n: v.cuda() for n, v in params.items()}
+    cuda_state = prune.init(cuda_params)
+    counter = CompileCounterWithBackend(backend)
+    torch._dynamo.reset()
+    compiled = torch.compile(prune.step, fullgraph=True, backend=counter)
+    for g in grads:
+        cpu_state, cpu_masks = prune.step(cpu_state, params, g)
+        cuda_state, cuda_masks = compiled(cuda_state, cuda_params, {n: v.cuda() for n, v in g.items()})
+        assert same_bits({n: m.cpu() for n, m in cuda_masks.items()}, cpu_masks)
+        assert float(cuda_state.target) == float(cpu_state.target)
+    assert counter.frame_count <= 2 and sum(len(g.graph.nodes) > 0 for g in counter.graphs) == 1
+
+
+def test_vmapped_sweep_on_cuda_equals_cpu():
+    """vmap over init's target and over step, on CUDA: the CPU loop's masks per target."""
+    gen = torch.Generator().manual_seed(0)
+    params = {"a": torch.randn(16, 32, generator=gen), "b": torch.randn(8, 16, generator=gen)}
+    grads = [{n: torch.randn(p.shape, generator=gen) for n, p in params.items()} for _ in range(5)]
+    prune = fprune.pruner(0.8, pattern="4x1", criterion="snip_momentum", start_step=0, end_step=4, frequency=2)
+    targets = torch.tensor([0.2, 0.5, 0.8], dtype=torch.float64)
+    cuda_params = {n: v.cuda() for n, v in params.items()}
+    state = torch.func.vmap(lambda s: prune.init(cuda_params, sparsity=s))(targets)
+    for g in grads:
+        state, masks = torch.func.vmap(prune.step, in_dims=(0, None, None))(
+            state, cuda_params, {n: v.cuda() for n, v in g.items()})
+    for i, target in enumerate(targets.tolist()):
+        alone = prune.init(params, sparsity=target)
+        for g in grads:
+            alone, alone_masks = prune.step(alone, params, g)
+        assert same_bits({n: m[i].cpu() for n, m in masks.items()}, alone_masks)

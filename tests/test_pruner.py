@@ -287,25 +287,6 @@ def test_init_and_step_bad_inputs():
         snip.step(snip.init(params), params)
 
 
-@pytest.mark.parametrize(("pattern", "criterion", "scope"), [("4x1", "snip_momentum", "global"),
-                                                              ("2:4", "magnitude", "local")])
-def test_compiled_step_equals_eager(pattern, criterion, scope):
-    """Under torch.compile the prune/keep decision is a torch.cond; results equal eager."""
-    torch.manual_seed(0)
-    params = {"a": torch.randn(8, 16), "b": torch.randn(16, 8)}
-    prune = fprune.pruner(0.5, pattern=pattern, criterion=criterion, scope=scope, start_step=1, end_step=5,
-                          frequency=2)
-    compiled = torch.compile(prune.step, fullgraph=True, backend="aot_eager")
-    eager_state, compiled_state = prune.init(params), prune.init(params)
-    for _ in range(7):
-        grads = {n: torch.randn_like(p) for n, p in params.items()}
-        eager_state, eager_masks = prune.step(eager_state, params, grads)
-        compiled_state, compiled_masks = compiled(compiled_state, params, grads)
-        assert all(torch.equal(eager_masks[n], compiled_masks[n]) for n in params)
-        assert float(eager_state.target) == float(compiled_state.target)
-        assert int(compiled_state.step) == int(eager_state.step)
-
-
 def test_stateless_criteria_are_evaluated_on_prune_steps_only():
     calls = []
 

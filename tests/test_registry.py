@@ -92,7 +92,7 @@ def test_criterion_factory_protocol():
 
 def test_registered_scheduler_drives_the_pruner():
     def halfway(step, *, initial, sparsity, start_step, end_step, frequency, decay):
-        return torch.where(step >= (start_step + end_step) // 2, torch.tensor(sparsity, dtype=torch.float64), initial)
+        return torch.where(step >= (start_step + end_step) // 2, sparsity, initial)
 
     fprune.register_scheduler("halfway", halfway)
     prune = fprune.pruner(0.5, pattern="1x1", criterion="magnitude", end_step=4, schedule="halfway")

@@ -1,0 +1,65 @@
+"""Shared pieces of the benchmarks: the workload, a median timer, the machine description."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+
+
+def workload(blocks: int = 12, *, seed: int = 0) -> dict[str, torch.Tensor]:
+    """``blocks`` transformer-sized blocks of 6 Linear weights: 4 x (768, 768), (3072, 768),
+    (768, 3072), default init after ``torch.manual_seed(seed)``; 12 blocks = 84,934,656 values."""
+    torch.manual_seed(seed)
+    params = {}
+    for b in range(blocks):
+        for name, (fan_in, fan_out) in {
+            "q": (768, 768), "k": (768, 768), "v": (768, 768), "o": (768, 768),
+            "up": (768, 3072), "down": (3072, 768),
+        }.items():
+            params[f"block{b}.{name}.weight"] = torch.nn.Linear(fan_in, fan_out, bias=False).weight.detach()
+    return params
+
+
+def gradients(params: dict[str, torch.Tensor], *, seed: int = 1) -> dict[str, torch.Tensor]:
+    """``torch.randn_like`` gradients from a fixed seed."""
+    torch.manual_seed(seed)
+    return {n: torch.randn_like(p) for n, p in params.items()}
+
+
+def median_seconds(fn: Callable[[], object], *, repeats: int, warmup: int = 1) -> tuple[float, list[float]]:
+    """Median wall time of ``fn()`` over ``repeats`` calls, after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), times
+
+
+def machine() -> dict[str, object]:
+    return {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+
+
+def write_json(name: str, payload: dict[str, object], path: str | None) -> pathlib.Path:
+    out = pathlib.Path(path) if path else RESULTS / name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=2) + "\n")
+    return out
