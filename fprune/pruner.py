@@ -335,8 +335,11 @@ def pruner(
             def grid() -> dict[str, torch.Tensor]:
                 return ready
 
-        def prune_branch(*operands: Any) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-            return _prune(*operands, grid())
+        def prune_branch(
+            step_t: torch.Tensor, initial: torch.Tensor, current: torch.Tensor, final: torch.Tensor,
+            previous: dict[str, torch.Tensor],
+        ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+            return _prune(step_t, initial, current, final, previous, grid())
 
         previous = {n: state.masks[n] for n in active}
         operands = (state.step, state.initial, state.target, state.sparsity, previous)
@@ -346,7 +349,7 @@ def pruner(
             pred = is_prune_step(state.step, start_step=start, end_step=end, frequency=freq)
             new_active, new_target = torch.cond(pred, prune_branch, _keep, operands)
         elif tracing:  # vmapped (eager or compiled): members may disagree, so compute and select
-            pred = is_prune_step(state.step, start_step=start, end_step=end, frequency=freq)
+            pred = torch.as_tensor(is_prune_step(state.step, start_step=start, end_step=end, frequency=freq))
             chosen, r = prune_branch(*operands)
             new_active = {n: torch.where(pred, chosen[n], state.masks[n]) for n in active}
             new_target = torch.where(pred, r, state.target)
