@@ -48,3 +48,12 @@ def test_functional_loop_example(pattern, sparsity):
     assert result["sparsity"] == sparsity
     assert result["zero_weights"] == pytest.approx(sparsity, abs=1e-12)
     assert result["sparse_accuracy"] > 0.3
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_sparsity_sweep_example(compiled):
+    argv = ["--quick", "--targets", "0.5,0.75"] + (["--compile"] if compiled else [])
+    rows = load("sparsity_sweep").main(argv)["rows"]
+    assert [r["sparsity"] for r in rows] == [0.5, 0.75]  # each member reaches its own target
+    assert all(r["zero_weights"] == pytest.approx(r["target"], abs=1e-12) for r in rows)
+    assert all(r["accuracy"] > 0.3 for r in rows)  # 8 classes: chance is 0.125
