@@ -15,22 +15,24 @@ import torch
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
 
-def workload(blocks: int = 12, *, seed: int = 0) -> dict[str, torch.Tensor]:
-    """``blocks`` transformer-sized blocks of 6 Linear weights: 4 x (768, 768), (3072, 768),
-    (768, 3072), default init after ``torch.manual_seed(seed)``; 12 blocks = 84,934,656 values."""
+SHAPES = [(768, 768)] * 4 + [(3072, 768), (768, 3072)]  # (out, in) of each block's weights
+NAMES = ["q", "k", "v", "o", "up", "down"]
+
+
+def workload(layers: int = 72, *, seed: int = 0) -> dict[str, torch.Tensor]:
+    """The first ``layers`` weights of 12 transformer-sized blocks, each Linear(768, 768) x 4,
+    Linear(768, 3072), Linear(3072, 768), default init after ``torch.manual_seed(seed)``.
+    72 layers (12 blocks) = 84,934,656 values."""
     torch.manual_seed(seed)
     params = {}
-    for b in range(blocks):
-        for name, (fan_in, fan_out) in {
-            "q": (768, 768), "k": (768, 768), "v": (768, 768), "o": (768, 768),
-            "up": (768, 3072), "down": (3072, 768),
-        }.items():
-            params[f"block{b}.{name}.weight"] = torch.nn.Linear(fan_in, fan_out, bias=False).weight.detach()
+    for i in range(layers):
+        out_f, in_f = SHAPES[i % 6]
+        params[f"block{i // 6}.{NAMES[i % 6]}.weight"] = torch.nn.Linear(in_f, out_f, bias=False).weight.detach()
     return params
 
 
 def gradients(params: dict[str, torch.Tensor], *, seed: int = 1) -> dict[str, torch.Tensor]:
-    """``torch.randn_like`` gradients from a fixed seed."""
+    """``torch.randn_like`` gradients after ``torch.manual_seed(seed)``."""
     torch.manual_seed(seed)
     return {n: torch.randn_like(p) for n, p in params.items()}
 

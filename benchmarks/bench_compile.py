@@ -2,7 +2,7 @@
 
 One command::
 
-    python benchmarks/bench_compile.py            # 2 blocks of the workload, 14.2M weights
+    python benchmarks/bench_compile.py     # 12 layers (2 blocks) of the workload, 14.2M weights
 
 For each pruner (snip_momentum 4x1 global, the INC default; magnitude 4x1 global, a stateless
 criterion) it times, median of ``--repeats`` calls on the same state, a prune step and a
@@ -52,7 +52,7 @@ def _count_compiles(prune: fprune.Pruner, params, grads, backend: str) -> tuple[
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--blocks", type=int, default=2, help="blocks of 6 weights (12 = 84.9M weights)")
+    parser.add_argument("--layers", type=int, default=12, help="weights of the workload (72 = 84.9M values)")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--json", default=None, help="output path (default benchmarks/results/bench_compile.json)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    params = {n: p.to(args.device) for n, p in workload(args.blocks).items()}
+    params = {n: p.to(args.device) for n, p in workload(args.layers).items()}
     grads = {n: g.to(args.device) for n, g in gradients(params).items()}
     n_weights = sum(p.numel() for p in params.values())
 
