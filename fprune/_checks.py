@@ -5,23 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-from torch._C import _functorch  # type: ignore[attr-defined]
 
 from fprune import _errors
+from fprune._trace import tracing
 from fprune.state import PruneState, hash64, layout_text
 
 Tensors = Mapping[str, torch.Tensor]
-
-
-def tracing(t: torch.Tensor) -> bool:
-    """True under torch.compile or a torch.func transform (no Python reads of values)."""
-    return torch.compiler.is_compiling() or _functorch.is_functorch_wrapped_tensor(t)
-
-
-def batched(t: torch.Tensor) -> bool:
-    """True for a tensor batched by ``vmap`` (eager or compiled). ``torch.cond`` cannot take a
-    batched predicate with several outputs (torch 2.13), so ``step`` selects with ``where``."""
-    return _functorch.is_batchedtensor(t)
 
 
 def detached(tensors: Tensors) -> dict[str, torch.Tensor]:

@@ -21,6 +21,8 @@ from collections.abc import Sequence
 
 import torch
 
+from fprune import _trace
+
 _BITS = 16
 _BINS = 1 << _BITS
 _HALF = 1 << (_BITS - 1)
@@ -41,6 +43,7 @@ def kth_key(
     k: torch.Tensor,
     lo: Sequence[torch.Tensor] | None = None,
     hi: Sequence[torch.Tensor] | None = None,
+    base: Sequence[torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
     """Find the smallest key value ``t`` with ``sum_l clamp(count_l(key <= t), lo_l, hi_l) >= k``.
 
@@ -48,6 +51,8 @@ def kth_key(
         keys: 1-D int32 or int64 tensors (one dtype for all), one per layer.
         k: 0-d int64 tensor, ``0 <= k <= sum_l clamp(numel_l, lo_l, hi_l)``.
         lo, hi: optional 0-d int64 per-layer bounds on the count (``lo_l <= hi_l``).
+        base: optional 0-d int64 per-layer counts of units ranked below every key given
+            (added to each layer's count; the keys are then the rest of the layer).
 
     Returns:
         ``(t, below, at)``: the threshold, and per layer the counts of keys ``< t`` and ``== t``
@@ -56,7 +61,7 @@ def kth_key(
     dtype = keys[0].dtype
     width = 64 if dtype == torch.int64 else 32
     device = keys[0].device
-    below = [torch.zeros((), dtype=torch.int64, device=device) for _ in keys]
+    below = list(base) if base is not None else [torch.zeros((), dtype=torch.int64, device=device) for _ in keys]
     at: list[torch.Tensor] = []
     tau = torch.zeros((), dtype=dtype, device=device)
     top = width - _BITS
@@ -86,4 +91,9 @@ def kth_key(
             tau = tau + d.to(dtype) * (1 << shift)
         at = [_gather(h, d) for h in hists]
         below = [b + _gather(s, d) - a for b, s, a in zip(below, sums, at, strict=True)]
+        if shift > 0 and not _trace.tracing(tau):
+            # Eager: only keys with the threshold's prefix matter from here on (the others
+            # are counted in ``below`` or are above it), so keep just those: the remaining
+            # passes run on a few keys instead of the whole layers.
+            keys = [key[(key >> shift) == (tau >> shift)] for key in keys]
     return tau, below, at

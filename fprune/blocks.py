@@ -189,6 +189,9 @@ def reduce_masks(masks: Mapping[str, torch.Tensor], *, pattern: str | Pattern) -
             continue
         rows, cols = view.shape
         bn, bm = pattern.block_shape((rows, cols))
+        if (bn, bm) == (1, 1):
+            out[name] = view  # a view, not a copy: 1x1 blocks are the weights
+            continue
         out[name] = view.reshape(rows // bn, bn, cols // bm, bm).any(dim=3).any(dim=1)
     return out
 

@@ -8,11 +8,11 @@ here compose the bottom-layer pieces: scores are reduced to the pattern's grid
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 
-from fprune import _errors
+from fprune import _errors, _fast
 from fprune.blocks import REDUCTIONS, check_divisible, expand_masks, reduce_masks, to_grid
 from fprune.nm import nm_masks
 from fprune.patterns import NM, Pattern, parse_pattern
@@ -70,8 +70,35 @@ def _select(
             grid, pattern=pattern, sparsity=sparsity, scope=scope, min_layer_sparsity=lo,
             max_layer_sparsity=hi, previous=previous, reduce=reduce,
         )
+    if _fast.applies(grid.values(), (sparsity, lo, hi)):
+        kept = fast_select(
+            sorted(grid), lambda n: grid[n], None if previous is None else previous.__getitem__,
+            {n: s.numel() for n, s in grid.items()}, scope=scope, sparsity=sparsity, lo=lo, hi=hi,
+        )
+        if kept is not None:
+            return {n: kept[n].reshape(s.shape) for n, s in grid.items()}
     pruned = select(flat_keys(grid, previous), scope=scope, sparsity=sparsity, lo=lo, hi=hi)
     return {n: ~pruned[n].reshape(s.shape) for n, s in grid.items()}
+
+
+def fast_select(
+    names: list[str],
+    produce: Callable[[str], torch.Tensor],
+    previous: Callable[[str], torch.Tensor] | None,
+    sizes: Mapping[str, int],
+    *,
+    scope: str,
+    sparsity: float | torch.Tensor,
+    lo: float | torch.Tensor,
+    hi: float | torch.Tensor,
+) -> dict[str, torch.Tensor] | None:
+    """Kept flat masks by the eager sample-and-settle selection (:mod:`fprune._fast`), or
+    None where it defers to the general path. ``names`` in tie order (sorted)."""
+    prev = (lambda _: None) if previous is None else previous
+    counts = [sizes[n] for n in names]
+    if scope == "local":
+        return _fast.select_local(names, counts, produce, prev, sparsity=float(sparsity))
+    return _fast.select_global(names, counts, produce, prev, sparsity=float(sparsity), lo=float(lo), hi=float(hi))
 
 
 def grid_masks(

@@ -17,13 +17,14 @@ criteria (magnitude, gradient, snip, plain functions) are not even evaluated the
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
 
-from fprune import _checks, _errors, _resolve, registry
+from fprune import _checks, _errors, _fast, _resolve, _trace, registry
 from fprune.blocks import (
     REDUCTIONS,
     check_divisible,
@@ -32,7 +33,7 @@ from fprune.blocks import (
     reduce_masks,
     to_grid,
 )
-from fprune.masking import SCOPES, _ndim_at_least_2, _select, pattern_lock_masks
+from fprune.masking import SCOPES, _ndim_at_least_2, _select, fast_select, pattern_lock_masks
 from fprune.patterns import NM, Pattern
 from fprune.schedules import _window, decay_curve, is_prune_step
 from fprune.selection import check_bounds
@@ -212,6 +213,7 @@ def pruner(
         criterion, pattern=pat, reduce=reduce, dtype=torch.bfloat16 if low_memory_usage else None
     )
     stateless = getattr(crit.update, "stateless", False)  # built-in |w|, |g|, |w g|: no aux
+    layer_score = getattr(crit.update, "layer_score", None)  # built-ins: a layer's score is its own
     cap = pat.max_sparsity if isinstance(pat, NM) else 1.0
     curve = decay_curve(func, decay)
     target_at = _target_fn(func, schedule, start, end, freq, curve)
@@ -267,7 +269,7 @@ def pruner(
                 _errors.detail(f"{value.dtype} tensor of shape {tuple(value.shape)}"),
                 "Pass e.g. torch.tensor(0.8); under vmap, a 1-D tensor of targets maps to 0-d.",
             )
-        if not isinstance(value, torch.Tensor) or not _checks.tracing(value):
+        if not isinstance(value, torch.Tensor) or not _trace.tracing(value):
             number = _errors.fraction("init", "sparsity", float(value) if isinstance(value, torch.Tensor) else value)
             check_bounds("init", number, lo, hi)
             if number > cap:
@@ -294,6 +296,40 @@ def pruner(
         expanded = expand_masks(chosen, pattern=pat, shapes={n: m.shape for n, m in previous.items()})
         return {n: expanded[n] & previous[n] for n in grid}, r
 
+    def _eager_blocks(active: Tensors) -> bool:
+        """Whether an eager prune step can select layer by layer (:mod:`fprune._fast`)."""
+        return not isinstance(pat, NM) and _fast.applies(active.values(), ())
+
+    def _prune_eager(
+        step_t: torch.Tensor,
+        initial: torch.Tensor,
+        current: torch.Tensor,
+        final: torch.Tensor,
+        previous: dict[str, torch.Tensor],
+        grid_of: Callable[[str], torch.Tensor],
+    ) -> tuple[dict[str, torch.Tensor] | None, torch.Tensor | None]:
+        """``_prune`` for an eager step on block patterns, one layer's scores at a time, so
+        memory beyond the new masks is of the order of the largest layer. (None, None) where
+        the eager selection defers to the general path."""
+        r = torch.maximum(target_at(step_t, initial, final), current)
+        low: float | torch.Tensor = 0.0 if lo == 0.0 else r * lo / torch.clamp(final, min=lo)
+        shapes = {n: grid_shape(pat, tuple(m.shape)) for n, m in previous.items()}
+        kept = fast_select(
+            sorted(previous), grid_of, lambda n: reduce_masks({n: previous[n]}, pattern=pat)[n],
+            {n: math.prod(shape) for n, shape in shapes.items()}, scope=scope, sparsity=r, lo=low, hi=hi,
+        )
+        if kept is None:
+            return None, None
+        out = {}
+        for name in previous:  # expand one layer at a time, dropping its grid mask
+            grid_mask = kept.pop(name).reshape(shapes[name])
+            expanded = expand_masks({name: grid_mask}, pattern=pat, shapes={name: previous[name].shape})[name]
+            if expanded.is_contiguous():  # our own fresh tensor (the grid mask, or a copy of it)
+                out[name] = expanded.__iand__(previous[name])
+            else:  # a broadcast view of the grid mask (channel patterns): a new tensor
+                out[name] = expanded & previous[name]
+        return out, r
+
     def _keep(*operands: Any) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """The other branch of ``torch.cond`` (same operands as the prune branch): unchanged
         masks and target, cloned because cond branches may not return their inputs."""
@@ -316,7 +352,7 @@ def pruner(
             grads = _checks.detached(_errors.tensor_dict(func, "grads", grads))
             _errors.same_shapes(func, "grads", grads, "params", params)
         _checks.check_fingerprint(func, state, config_hash, params)
-        tracing = _checks.tracing(state.step)
+        tracing = _trace.tracing(state.step)
         prune_now = None if tracing else is_prune_step(int(state.step), start_step=start, end_step=end,
                                                        frequency=freq)
         if prune_now is False and stateless:  # nothing to accumulate, nothing to select
@@ -328,12 +364,33 @@ def pruner(
 
             def grid() -> dict[str, torch.Tensor]:
                 return _grids(func, crit.update({}, active, agrads)[0], active, pat, reduce)
+
+            def grid_of(name: str) -> torch.Tensor:  # one layer at a time (eager selection)
+                if layer_score is None:  # a user's function may look across layers: score all once
+                    if not memo:
+                        memo.update(grid())
+                    return memo[name]
+                w = active[name]
+                # the layer's score goes into one buffer reused by every layer and pass (the
+                # eager selection uses a score only until it asks for the next)
+                buf = buffers.get(w.dtype)
+                if buf is None:
+                    size = max(p.numel() for p in active.values() if p.dtype == w.dtype)
+                    buf = buffers[w.dtype] = torch.empty(size, dtype=w.dtype, device=w.device)
+                score = layer_score(w, None if agrads is None else agrads[name], buf[: w.numel()].view(w.shape))
+                return to_grid({name: score}, pat, reduce)[name]
+
+            memo: dict[str, torch.Tensor] = {}
+            buffers: dict[torch.dtype, torch.Tensor] = {}
         else:  # accumulators fold in every step's grads
             scores, aux = crit.update(state.aux, active, agrads) if active else ({}, {})
             ready = _grids(func, scores, active, pat, reduce)
 
             def grid() -> dict[str, torch.Tensor]:
                 return ready
+
+            def grid_of(name: str) -> torch.Tensor:
+                return ready[name]
 
         def prune_branch(
             step_t: torch.Tensor, initial: torch.Tensor, current: torch.Tensor, final: torch.Tensor,
@@ -345,7 +402,7 @@ def pruner(
         operands = (state.step, state.initial, state.target, state.sparsity, previous)
         if not active:
             new_active, new_target = {}, state.target
-        elif tracing and not _checks.batched(state.step):  # compiled: both branches traced, one runs
+        elif tracing and not _trace.batched(state.step):  # compiled: both branches traced, one runs
             pred = is_prune_step(state.step, start_step=start, end_step=end, frequency=freq)
             new_active, new_target = torch.cond(pred, prune_branch, _keep, operands)
         elif tracing:  # vmapped (eager or compiled): members may disagree, so compute and select
@@ -354,7 +411,9 @@ def pruner(
             new_active = {n: torch.where(pred, chosen[n], state.masks[n]) for n in active}
             new_target = torch.where(pred, r, state.target)
         elif prune_now:
-            new_active, new_target = prune_branch(*operands)
+            new_active, new_target = _prune_eager(*operands, grid_of) if _eager_blocks(active) else (None, None)
+            if new_active is None:
+                new_active, new_target = prune_branch(*operands)
         else:
             new_active, new_target = previous, state.target
         masks = {n: new_active.get(n, state.masks[n]) for n in params}
@@ -418,7 +477,7 @@ def _target_fn(
             value = rich(step, initial=initial, sparsity=final, start_step=start, end_step=end,
                          frequency=freq, decay=curve)
         else:
-            value = simple(step if _checks.tracing(step) else int(step))  # type: ignore[misc]
+            value = simple(step if _trace.tracing(step) else int(step))  # type: ignore[misc]
         value = torch.as_tensor(value, dtype=torch.float64)
         return torch.clamp(torch.minimum(value, torch.maximum(initial, final)), min=0.0)
 

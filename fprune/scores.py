@@ -23,10 +23,11 @@ from typing import NamedTuple
 
 import torch
 
-from fprune import _errors
+from fprune import _errors, _trace
 from fprune._dtypes import widen
 from fprune.blocks import REDUCTIONS, check_divisible, grid_shape, to_grid
-from fprune.patterns import Pattern, parse_pattern
+from fprune.layout import shape_2d
+from fprune.patterns import NM, Pattern, parse_pattern
 
 __all__ = [
     "CRITERIA",
@@ -146,11 +147,23 @@ def snip_momentum(
         raise _errors.value_error(func, "momentum must be a number in [0, 1]", momentum, "INC uses 0.9.")
 
     def _term(params: Tensors, grads: Tensors) -> dict[str, torch.Tensor]:
-        # |w * g| in at least float32: float16 products overflow at 65504.
-        term = {n: (widen(p) * widen(grads[n])).abs() for n, p in params.items()}
+        # |w * g| in at least float32: float16 products overflow at 65504. The product is a
+        # fresh tensor, so abs works in place (one pass and one allocation fewer).
         if grid_pattern is None:
-            return term
-        return to_grid(term, grid_pattern, reduce)  # params and grads validated by update
+            return {n: torch.mul(widen(p), widen(grads[n])).abs_() for n, p in params.items()}
+        out, buffer = {}, None
+        for name, p in params.items():
+            w, g = widen(p), widen(grads[name])
+            if _reducing(grid_pattern, p) and not _trace.tracing(w) and not _trace.tracing(g):
+                # eager, and the grid is a reduction: the product is scratch, so one buffer
+                # serves every layer (no fresh weight-sized tensor per layer)
+                if buffer is None or buffer.numel() < w.numel() or buffer.dtype != w.dtype:
+                    buffer = torch.empty(max(t.numel() for t in params.values()), dtype=w.dtype, device=w.device)
+                prod = torch.mul(w, g, out=buffer[: w.numel()].view(w.shape)).abs_()
+            else:
+                prod = torch.mul(w, g).abs_()
+            out[name] = to_grid({name: prod}, grid_pattern, reduce)[name]  # validated by update
+        return out
 
     def _dtype(p: torch.Tensor) -> torch.dtype:
         return widen(p).dtype if dtype is None else dtype
@@ -172,16 +185,41 @@ def snip_momentum(
         grads = _grads(func, params, grads)
         term = _term(params, grads)
         _errors.same_shapes(func, "aux", aux, "scores", term)
-        new = {n: (momentum * aux[n].to(t.dtype) + t).to(aux[n].dtype) for n, t in term.items()}
+        # (momentum * S) + term, added into the fresh term in place: the same rounding as the
+        # out-of-place sum, without a third allocation
+        new = {n: t.add_(momentum * aux[n].to(t.dtype)).to(aux[n].dtype) for n, t in term.items()}
         return new, new
 
     return Criterion(init, update, needs_grads=True)
 
 
-def stateless(fn: Callable[[Tensors, Tensors | None], dict[str, torch.Tensor]], needs_grads: bool) -> Criterion:
+def _reducing(pattern: Pattern, param: torch.Tensor) -> bool:
+    """Whether the pattern's grid reduces blocks (so it never aliases the scores)."""
+    return not isinstance(pattern, NM) and pattern.block_shape(shape_2d(tuple(param.shape))) != (1, 1)
+
+
+LayerScore = Callable[[torch.Tensor, "torch.Tensor | None", torch.Tensor], torch.Tensor]
+
+# One layer's built-in score written into ``out`` (a buffer the caller reuses across layers).
+_LAYER_SCORES: dict[str, LayerScore] = {
+    "magnitude": lambda w, g, out: torch.abs(w, out=out),
+    "gradient": lambda w, g, out: torch.abs(g, out=out),  # type: ignore[arg-type]
+    "snip": lambda w, g, out: torch.mul(w, g, out=out).abs_(),  # type: ignore[arg-type]
+}
+
+
+def stateless(
+    fn: Callable[[Tensors, Tensors | None], dict[str, torch.Tensor]],
+    needs_grads: bool,
+    *,
+    layer_score: LayerScore | None = None,
+) -> Criterion:
     """Wrap a scoring function ``f(params, grads) -> scores`` as a :class:`Criterion` with no aux.
 
     Its ``update`` is tagged ``stateless``, so the pruner may skip it on non-prune steps.
+    ``layer_score(w, g, out)`` (the built-ins) scores one layer into a given buffer: a
+    promise that each layer's score depends on that layer alone, so the pruner may score one
+    layer at a time, more than once, into one reused buffer, to save memory and time.
     """
 
     def init(params: Tensors) -> dict[str, torch.Tensor]:
@@ -193,6 +231,7 @@ def stateless(fn: Callable[[Tensors, Tensors | None], dict[str, torch.Tensor]], 
         return fn(params, grads), dict(aux)
 
     update.stateless = True  # type: ignore[attr-defined]
+    update.layer_score = layer_score  # type: ignore[attr-defined]
     return Criterion(init, update, needs_grads)
 
 
@@ -223,4 +262,4 @@ def criterion(
     if name == "snip_momentum":
         return snip_momentum(pattern=pattern, reduce=reduce)
     fn = {"magnitude": magnitude, "gradient": gradient, "snip": snip}[name]
-    return stateless(fn, needs_grads=name != "magnitude")
+    return stateless(fn, needs_grads=name != "magnitude", layer_score=_LAYER_SCORES[name])

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 
 import torch
 
-from fprune import _errors, _radix
+from fprune import _errors, _radix, _trace
 
 __all__ = ["global_masks", "local_masks", "rank_keys"]
 
@@ -76,8 +76,30 @@ def _count(sparsity: float | torch.Tensor, n: int, device: torch.device) -> torc
 def _lowest(keys: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
     """True at the ``count`` smallest entries of a 1-D key tensor, ties by index."""
     tau, below, _ = _radix.kth_key([keys], count)
+    return _take(keys, tau, below[0], count)
+
+
+def _take(keys: torch.Tensor, tau: torch.Tensor, below: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """The ``count`` smallest keys, given ``tau`` and ``below = #(keys < tau)``, where
+    ``below <= count <= below + #(keys == tau)``: ties at ``tau`` are taken by index."""
     tied = keys == tau
-    return (keys < tau) | (tied & (torch.cumsum(tied, 0) <= count - below[0]))
+    return (keys < tau) | (tied & (torch.cumsum(tied, 0) <= count - below))
+
+
+def _take_eager(
+    keys: torch.Tensor, tau: torch.Tensor, below: torch.Tensor, at: torch.Tensor, count: torch.Tensor
+) -> torch.Tensor:
+    """:func:`_lowest` for an eager call that knows the global threshold: a layer whose count
+    lies within its keys below and at ``tau`` needs no search of its own, and usually no
+    tie breaking (the values are read back to Python, which tracing forbids)."""
+    c, b, a = int(count), int(below), int(at)
+    if not b <= c <= b + a:  # a bound moved this layer's threshold off the global one
+        return _lowest(keys, count)
+    if c == b:
+        return keys < tau
+    if c == b + a:
+        return keys <= tau
+    return _take(keys, tau, below, count)
 
 
 def select_local(keys: Mapping[str, torch.Tensor], sparsity: float | torch.Tensor) -> dict[str, torch.Tensor]:
@@ -108,9 +130,15 @@ def select_global(
     total = torch.minimum(torch.maximum(total, torch.stack(low).sum()), torch.stack(high).sum())
     bounded = not (isinstance(lo, float) and lo == 0.0 and isinstance(hi, float) and hi >= 1.0)
     bounds = (low, high) if bounded else (None, None)
-    _, below, at = _radix.kth_key(ordered, total, *bounds)
+    tau, below, at = _radix.kth_key(ordered, total, *bounds)
     counts = _allocate(total, below, at, low, high)
-    chosen = {n: _lowest(k, c) for n, k, c in zip(names, ordered, counts, strict=True)}
+    if _trace.tracing(counts[0]):  # counts depend on the keys and the target: traced if either is
+        chosen = {n: _lowest(k, c) for n, k, c in zip(names, ordered, counts, strict=True)}
+    else:
+        chosen = {
+            n: _take_eager(k, tau, b, a, c)
+            for n, k, b, a, c in zip(names, ordered, below, at, counts, strict=True)
+        }
     return {n: chosen[n] for n in keys}
 
 

@@ -1,0 +1,234 @@
+"""One global (and local) mask update on a BERT-base-sized workload, against named peers.
+
+One command (about 10 minutes on 2 cores)::
+
+    python benchmarks/bench_step.py
+
+Workload: 12 blocks of Linear(768, 768) x 4 + Linear(768, 3072) + Linear(3072, 768), default
+init after ``torch.manual_seed(0)``: 72 weights, 84,934,656 values; gradients
+``torch.randn_like`` after ``torch.manual_seed(1)``; CPU, 2 threads.
+
+Rows, each the median of ``--repeats`` (at least 5) calls in this one run:
+
+* fprune: eager ``prune.step`` calls that update the masks (a one-shot pruner at step 0, the
+  same state each call, after one warm-up call), magnitude criterion, global and local, at
+  1x1 80%, 4x1 80%, 2:4 50%; and a non-prune step of a snip_momentum 4x1 pruner;
+* peers: ``torch.cat`` + ``torch.kthvalue`` (1x1 80%, then the masks),
+  ``torch.nn.utils.prune.global_unstructured`` (L1, 80%), ``torch.ao.pruning``'s
+  ``WeightNormSparsifier.step`` (local 1x1 80%), an ``AdamW(foreach=True)`` step, one
+  ``torch.mul(w, g)`` pass, one clone of all weights.
+
+Also: the peak extra memory of a global magnitude update beyond what ``init`` holds, in
+bytes per weight (``ru_maxrss`` in a fresh subprocess), and a scaling run (global 1x1 and
+4x1) at about 1/10, 1x and 4x the workload. Prints tables; writes
+``benchmarks/results/bench_step.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import resource
+import subprocess
+import sys
+
+import torch
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from _common import gradients, machine, median_seconds, workload, write_json
+
+import fprune
+
+FPRUNE_ROWS = [
+    ("global", "1x1", 0.8), ("global", "4x1", 0.8), ("global", "2:4", 0.5),
+    ("local", "1x1", 0.8), ("local", "4x1", 0.8), ("local", "2:4", 0.5),
+]
+
+
+def _fprune_update(params, grads, scope, pattern, sparsity):
+    prune = fprune.pruner(sparsity, pattern=pattern, criterion="magnitude", scope=scope)
+    state = prune.init(params)
+    return lambda: prune.step(state, params, grads)
+
+
+def _non_prune_snip_momentum(params, grads):
+    prune = fprune.pruner(0.8, pattern="4x1", criterion="snip_momentum", start_step=0, end_step=1000,
+                          frequency=100)
+    state, _ = prune.step(prune.init(params), params, grads)  # now at step 1: not a prune step
+    return lambda: prune.step(state, params, grads)
+
+
+def _cat_kthvalue(params, grads):
+    def run():
+        scores = torch.cat([p.abs().reshape(-1) for p in params.values()])
+        k = int(0.8 * scores.numel())
+        threshold = scores.kthvalue(k).values
+        return {n: p.abs() > threshold for n, p in params.items()}
+    return run
+
+
+def _modules(params):
+    mods = {}
+    for n, p in params.items():
+        lin = torch.nn.Linear(p.shape[1], p.shape[0], bias=False)
+        with torch.no_grad():
+            lin.weight.copy_(p)
+        mods[n] = lin
+    return mods
+
+
+def _torch_prune(params, grads):
+    import torch.nn.utils.prune as tprune
+
+    mods = _modules(params)
+
+    def run():
+        tprune.global_unstructured([(m, "weight") for m in mods.values()],
+                                   pruning_method=tprune.L1Unstructured, amount=0.8)
+        for m in mods.values():  # back to plain weights for the next call (not timed separately)
+            tprune.remove(m, "weight")
+    return run
+
+
+def _torch_ao(params, grads):
+    from torch.ao.pruning import WeightNormSparsifier
+
+    mods = torch.nn.ModuleDict({n.replace(".", "_"): m for n, m in _modules(params).items()})
+    sparsifier = WeightNormSparsifier(sparsity_level=0.8, sparse_block_shape=(1, 1), zeros_per_block=1)
+    sparsifier.prepare(mods, [{"tensor_fqn": f"{k}.weight"} for k in mods])
+    return sparsifier.step
+
+
+def _adamw(params, grads):
+    weights = [p.clone().requires_grad_(True) for p in params.values()]
+    for w, g in zip(weights, grads.values(), strict=True):
+        w.grad = g
+    opt = torch.optim.AdamW(weights, lr=1e-3, foreach=True)
+    return opt.step
+
+
+def _mul(params, grads):
+    return lambda: [torch.mul(params[n], grads[n]) for n in params]
+
+
+def _clone(params, grads):
+    return lambda: [p.clone() for p in params.values()]
+
+
+PEERS = {
+    "cat + kthvalue, global 1x1 80%": _cat_kthvalue,
+    "torch.nn.utils.prune.global_unstructured (L1 80%)": _torch_prune,
+    "torch.ao.pruning WeightNormSparsifier.step (local 80%)": _torch_ao,
+    "AdamW(foreach) step": _adamw,
+    "one torch.mul(w, g) pass": _mul,
+    "clone all weights": _clone,
+}
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def memory_child(layers: int, pattern: str, scope: str) -> None:
+    """In a fresh process: bytes per weight of peak RSS added by one update beyond init.
+
+    The peak is reset just before the step (``/proc/self/clear_refs``, Linux 4.0+), so an
+    earlier, higher peak (imports, building the workload) cannot hide the step's.
+    """
+    torch.set_num_threads(2)
+    params = workload(layers)
+    sparsity = 0.5 if ":" in pattern else 0.8
+    prune = fprune.pruner(sparsity, pattern=pattern, criterion="magnitude", scope=scope)
+    state = prune.init(params)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak RSS to the current RSS
+    before = _rss_bytes()
+    _, masks = prune.step(state, params)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    weights = sum(p.numel() for p in params.values())
+    print(json.dumps(dict(pattern=pattern, scope=scope, weights=weights, rss_before=before, peak=peak,
+                          extra_bytes_per_weight=(peak - before) / weights,
+                          masks_bytes_per_weight=sum(m.numel() * m.element_size() for m in masks.values()) / weights)))
+
+
+def _memory(layers: int, pattern: str, scope: str) -> dict[str, object]:
+    out = subprocess.run([sys.executable, __file__, "--memory-child", str(layers), pattern, scope],
+                         check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> dict[str, object]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--layers", type=int, default=72, help="weights in the workload (72 = the full one)")
+    parser.add_argument("--skip-peers", default="", help="comma-separated peer name prefixes to skip")
+    parser.add_argument("--no-scaling", action="store_true")
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--memory-child", nargs=3, metavar=("LAYERS", "PATTERN", "SCOPE"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.memory_child:
+        memory_child(int(args.memory_child[0]), args.memory_child[1], args.memory_child[2])
+        return {}
+    torch.set_num_threads(2)
+    params = workload(args.layers)
+    grads = gradients(params)
+    weights = sum(p.numel() for p in params.values())
+    rows: list[dict[str, object]] = []
+
+    def record(name: str, fn) -> None:
+        median, times = median_seconds(fn, repeats=args.repeats)
+        rows.append(dict(name=name, median_s=median, times_s=times))
+        print(f"  {name}: {median:.3f} s", flush=True)
+
+    print(f"workload: {weights:,} weights in {len(params)} layers", flush=True)
+    for scope, pattern, sparsity in FPRUNE_ROWS:
+        record(f"fprune {scope} {pattern} {sparsity:.0%}", _fprune_update(params, grads, scope, pattern, sparsity))
+    record("fprune snip_momentum 4x1 non-prune step", _non_prune_snip_momentum(params, grads))
+    skip = [s for s in args.skip_peers.split(",") if s]
+    for name, make in PEERS.items():
+        if not any(name.startswith(s) for s in skip):
+            record(name, make(params, grads))
+
+    by_name = {r["name"]: r["median_s"] for r in rows}
+    adamw, mul = by_name.get("AdamW(foreach) step"), by_name.get("one torch.mul(w, g) pass")
+    print(f"\n{weights:,} weights, CPU, 2 threads, medians of {args.repeats}")
+    print(f"{'':58} {'median s':>9} {'x AdamW':>8} {'x mul':>7}")
+    for r in rows:
+        ratio_a = f"{r['median_s'] / adamw:8.2f}" if adamw else f"{'-':>8}"
+        ratio_m = f"{r['median_s'] / mul:7.2f}" if mul else f"{'-':>7}"
+        print(f"{r['name']:58} {r['median_s']:9.3f} {ratio_a} {ratio_m}")
+    kth = by_name.get("cat + kthvalue, global 1x1 80%")
+    if kth:
+        print(f"cat + kthvalue / fprune global 1x1: {kth / by_name['fprune global 1x1 80%']:.1f}x")
+
+    memory = [_memory(args.layers, p, "global") for p in ("1x1", "4x1", "2:4")]
+    print("\npeak extra memory of a global magnitude update beyond init (ru_maxrss, fresh process):")
+    for m in memory:
+        print(f"  {m['pattern']}: {m['extra_bytes_per_weight']:.3f} bytes/weight "
+              f"(of which the new masks: {m['masks_bytes_per_weight']:.3f})")
+
+    scaling = []
+    if not args.no_scaling:
+        print("\nscaling (median of 3):")
+        for layers in (7, 72, 288):
+            p = workload(layers)
+            g = gradients(p)
+            n = sum(t.numel() for t in p.values())
+            for pattern in ("1x1", "4x1"):
+                median, _ = median_seconds(_fprune_update(p, g, "global", pattern, 0.8), repeats=3)
+                scaling.append(dict(layers=layers, weights=n, pattern=pattern, median_s=median,
+                                    ns_per_weight=median / n * 1e9))
+                print(f"  {n:>11,} weights, global {pattern} 80%: {median:.3f} s, {median / n * 1e9:.2f} ns/weight",
+                      flush=True)
+            del p, g
+
+    payload = dict(machine=machine(), weights=weights, rows=rows, memory=memory, scaling=scaling,
+                   command="python benchmarks/bench_step.py " + " ".join(argv or sys.argv[1:]))
+    print("wrote", write_json("bench_step.json", payload, args.json))
+    return payload
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,270 @@
+"""Exact selection for eager calls: a sample brackets the threshold, one pass settles it.
+
+The general path (:mod:`fprune.selection`) turns every score into an integer rank key and
+runs a radix select over all of them: exact, traceable, but several passes over every score
+and the keys of all layers in memory at once. Eager calls may read values back to Python,
+which allows a cheaper exact method, with the same result bit for bit:
+
+1. **Sample.** A strided sample of about 2^18 scores (the same stride in every layer) gives
+   two sample keys that bracket the threshold with a wide margin (6 standard deviations
+   of the sample quantile), with the per-layer bounds scaled to the sample.
+2. **One pass.** Each layer's scores are compared with the bracket ``[a, b]`` in their own
+   dtype: ``score > b`` is kept for sure; scores inside the bracket are the candidates
+   (their values and flat indices, a small fraction); everything else (previously pruned
+   units, NaN, scores below ``a``) ranks below the bracket and is counted.
+3. **Settle.** The exact threshold is found among the candidates (sorted per layer, then a
+   bisection on the water-filling count), with each layer's count below the bracket as its base; the
+   per-layer counts (under the bounds, ties by name then index) are the general path's. The candidates
+   above the threshold, and the ties past each layer's count, are set in the masks.
+
+The bracket is verified with exact counts: if the threshold is not inside it (a sample far
+off, or a threshold among NaNs), :func:`select` returns None and the caller takes the
+general path. A layer whose count is clamped by a bound has its own threshold; it is
+selected alone, by the same method with its own count. Scores are produced layer by layer on demand (``produce(name)``),
+so a stateless criterion needs memory of the order of the largest layer, not of the model.
+
+Float comparisons rank scores exactly as the rank keys do: NaN fails every comparison
+(so it ranks lowest), ``-0.0 == +0.0``, infinities order as values. The bracket ends are
+sample scores, so they are exact in every dtype.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+
+from fprune import _trace
+from fprune.selection import _allocate, _count, _lowest, rank_keys
+
+Producer = Callable[[str], torch.Tensor]
+PreviousProducer = Callable[[str], "torch.Tensor | None"]
+
+def applies(scores: Iterable[torch.Tensor], fractions: Iterable[object]) -> bool:
+    """Whether the eager method may run: eager (nothing traced) and on the CPU (on a GPU the
+    general path's few large kernels beat a pass with host round trips)."""
+    tensors = [*scores, *(f for f in fractions if isinstance(f, torch.Tensor))]
+    return all(t.device.type == "cpu" and not _trace.tracing(t) for t in tensors)
+
+
+_SAMPLE = 1 << 18  # sample size over all layers
+_Z = 6.0  # the bracket's half-width in standard deviations of the sample quantile
+
+
+def _bits_to_score(key: int, wide: bool) -> float | None:
+    """The score whose rank key is ``key``; None for the pruned and NaN classes."""
+    itype, ftype = (torch.int64, torch.float64) if wide else (torch.int32, torch.float32)
+    if key <= torch.iinfo(itype).min + 1:
+        return None
+    bits = key ^ (torch.iinfo(itype).max if key < 0 else 0)  # the key map is its own inverse
+    return float(torch.tensor(bits, dtype=itype).view(ftype))
+
+
+def _kept(previous: PreviousProducer, name: str) -> torch.Tensor:
+    """A layer's flat kept units, for a layer known to have pruned ones."""
+    prev = previous(name)
+    if prev is None:  # not reachable: callers ask only for layers with pruned units
+        raise RuntimeError(f"fprune internal error: no previous mask for {name!r}")
+    return prev.reshape(-1)
+
+
+def _counts_at(sorted_keys: list[torch.Tensor], base: list[int], t: int, *, right: bool) -> list[int]:
+    """Per layer: ``base`` plus the number of keys ``<= t`` (``right``) or ``< t``."""
+    counts = []
+    for keys, b in zip(sorted_keys, base, strict=True):
+        probe = torch.tensor([t], dtype=keys.dtype)
+        counts.append(b + int(torch.searchsorted(keys, probe, right=right)))
+    return counts
+
+
+def _threshold(
+    sorted_keys: list[torch.Tensor], base: list[int], k: int, low: list[int], high: list[int]
+) -> int | None:
+    """The smallest key ``t`` with ``sum_l clamp(base_l + #(keys_l <= t), low_l, high_l) >= k``
+    (keys sorted per layer), or None if no key reaches ``k``. A bisection on the integer
+    range (the total only changes at key values, so the answer is a key)."""
+    present = [keys for keys in sorted_keys if keys.numel()]
+    if not present:
+        return None
+
+    def reaches(t: int) -> bool:
+        counts = _counts_at(sorted_keys, base, t, right=True)
+        return sum(min(max(c, lo), hi) for c, lo, hi in zip(counts, low, high, strict=True)) >= k
+
+    first = min(int(keys[0]) for keys in present)
+    last = max(int(keys[-1]) for keys in present)
+    if not reaches(last):
+        return None
+    while first < last:
+        mid = (first + last) // 2  # floor, also for negative keys
+        if reaches(mid):
+            last = mid
+        else:
+            first = mid + 1
+    return first
+
+
+def _bracket(
+    samples: list[torch.Tensor], fraction: float, low: list[int], high: list[int], sizes: list[int], wide: bool
+) -> tuple[float, float] | None:
+    """Scores ``a <= b`` that bracket the threshold at ``fraction`` of the units (from the sample,
+    with the per-layer bounds scaled to it); None if the threshold is among NaN scores."""
+    m = [s.numel() for s in samples]
+    total_m = sum(m)
+    if total_m == 0:
+        return None
+    lo_s = [math.floor(lo * k / n) for lo, k, n in zip(low, m, sizes, strict=True)]
+    hi_s = [min(math.ceil(hi * k / n), k) for hi, k, n in zip(high, m, sizes, strict=True)]
+    spread = _Z * math.sqrt(total_m * fraction * (1 - fraction)) + _Z
+    keys = [torch.sort(rank_keys(s, wide=wide)).values for s in samples]
+    ends: list[float | None] = []
+    for k in (total_m * fraction - spread, total_m * fraction + spread):
+        k = min(max(int(k), 1), sum(hi_s))
+        tau = _threshold(keys, [0] * len(keys), k, lo_s, hi_s) if k < total_m else None
+        ends.append(math.inf if tau is None else _bits_to_score(tau, wide))
+    a, b = ends
+    if b is None:  # the threshold is among NaN scores: leave it to the general path
+        return None
+    a = -math.inf if a is None else a  # open below: every non-NaN score up to b is a candidate
+    return (a, b) if a <= b else None
+
+
+def _settle(
+    names: Sequence[str],
+    sizes: list[int],
+    produce: Producer,
+    previous: PreviousProducer,
+    total: int,
+    low: list[int],
+    high: list[int],
+) -> dict[str, torch.Tensor] | None:
+    """Kept flat masks pruning exactly ``total`` units of ``names`` (tie order) under per-layer
+    count bounds ``[low, high]`` (``sum(low) <= total <= sum(high)``), or None if the bracket
+    missed."""
+    stride = max(1, sum(sizes) // _SAMPLE)
+    samples, dtypes, all_kept, pruned_before = [], set(), {}, []
+    device = torch.device("cpu")
+    for name, size in zip(names, sizes, strict=True):
+        score = produce(name).reshape(-1)
+        dtypes.add(score.dtype)
+        device = score.device
+        prev = previous(name)
+        all_kept[name] = prev is None or bool(prev.all())
+        sample = score[::stride].clone()  # a copy: a view would keep the whole layer alive
+        if not all_kept[name]:
+            kept_units = _kept(previous, name)
+            sample = sample[kept_units[::stride]]  # pruned units rank below any bracket
+            pruned_before.append(size - int(torch.count_nonzero(kept_units)))
+        else:
+            pruned_before.append(0)
+        samples.append(sample.float() if sample.dtype in (torch.float16, torch.bfloat16) else sample)
+    wide = torch.float64 in dtypes
+    if total == 0:  # nothing to prune (as the general path: earlier pruned units are not kept pruned)
+        return {n: torch.ones(s, dtype=torch.bool, device=device) for n, s in zip(names, sizes, strict=True)}
+    unpruned = sum(sizes) - sum(pruned_before)
+    if total <= sum(pruned_before) or unpruned == 0:  # the threshold is among the pruned units
+        return None
+    ends = _bracket(
+        samples, (total - sum(pruned_before)) / unpruned,
+        [max(lo - p, 0) for lo, p in zip(low, pruned_before, strict=True)],
+        [max(hi - p, 0) for hi, p in zip(high, pruned_before, strict=True)],
+        [max(s - p, 1) for s, p in zip(sizes, pruned_before, strict=True)], wide,
+    )
+    del samples
+    if ends is None:
+        return None
+    a, b = ends
+
+    kept, cand_idx, cand_keys, base = {}, [], [], []
+    scratch = torch.empty(2, max(sizes), dtype=torch.bool, device=device)  # reused by every layer
+    for name, size in zip(names, sizes, strict=True):
+        score = produce(name).reshape(-1)
+        prev = None if all_kept[name] else _kept(previous, name)
+        sure = score > b  # becomes the layer's mask
+        inside, upper = scratch[0, :size], scratch[1, :size]
+        torch.ge(score, a, out=inside)
+        inside &= torch.le(score, b, out=upper)
+        if prev is not None:
+            sure &= prev
+            inside &= prev
+        idx = inside.nonzero().squeeze(1)
+        if size < 2**31:
+            idx = idx.to(torch.int32)  # half the memory per candidate
+        kept[name] = sure
+        cand_idx.append(idx)
+        cand_keys.append(rank_keys(score[idx], wide=wide))
+        base.append(score.numel() - int(torch.count_nonzero(sure)) - idx.numel())
+
+    def bounded(counts: list[int]) -> int:
+        return sum(min(max(c, lo), hi) for c, lo, hi in zip(counts, low, high, strict=True))
+
+    ends_counts = [bs + k.numel() for bs, k in zip(base, cand_keys, strict=True)]
+    if not bounded(base) < total <= bounded(ends_counts):  # the threshold is not a candidate
+        return None
+    ordered = [torch.sort(k).values for k in cand_keys]  # for the bisection; cand_keys keep index order
+    tau = _threshold(ordered, base, total, low, high)
+    if tau is None:
+        return None
+    below = _counts_at(ordered, base, tau, right=False)
+    at = [c - b_ for c, b_ in zip(_counts_at(ordered, base, tau, right=True), below, strict=True)]
+    as_tensors = [[torch.tensor(v) for v in vs] for vs in (below, at, low, high)]
+    counts = [int(c) for c in _allocate(torch.tensor(total), *as_tensors)]
+    for i, name in enumerate(names):
+        c, b_, a_ = counts[i], below[i], at[i]
+        if not b_ <= c <= b_ + a_:  # a bound moved this layer's threshold: select it alone
+            kept[name] = _alone(name, sizes[i], produce, previous, c, wide)
+            continue
+        keys, idx = cand_keys[i], cand_idx[i]
+        take = keys > tau
+        tied = keys == tau
+        if c - b_ > 0:  # the first c - b ties (by index) are pruned
+            tied &= torch.cumsum(tied, 0) > c - b_
+        kept[name][idx[take | tied]] = True
+    return kept
+
+
+def _alone(name: str, size: int, produce: Producer, previous: PreviousProducer, count: int, wide: bool) -> torch.Tensor:
+    """One layer's kept units with exactly ``count`` pruned (its own threshold)."""
+    score = produce(name)  # produced once for both passes
+    prev = previous(name)
+    got = _settle([name], [size], lambda _: score, lambda _: prev, count, [0], [size])
+    if got is not None:
+        return got[name]
+    keys = rank_keys(score.reshape(-1), pruned=None if prev is None else ~prev.reshape(-1), wide=wide)
+    return ~_lowest(keys, torch.tensor(count))
+
+
+def select_global(
+    names: Sequence[str],
+    sizes: Sequence[int],
+    produce: Producer,
+    previous: PreviousProducer,
+    *,
+    sparsity: float,
+    lo: float,
+    hi: float,
+) -> dict[str, torch.Tensor] | None:
+    """Kept flat masks (True = kept) of the layers ``names`` (in tie order), or None if the
+    bracket missed; ``produce(name)`` gives a layer's unit scores, ``previous(name)`` its
+    kept units or None (all kept)."""
+    sizes = list(sizes)
+    cpu = torch.device("cpu")
+    low = [int(_count(lo, n, cpu)) for n in sizes]
+    high = [int(_count(hi, n, cpu)) for n in sizes]
+    total = min(max(int(_count(sparsity, sum(sizes), cpu)), sum(low)), sum(high))
+    return _settle(names, sizes, produce, previous, total, low, high)
+
+
+def select_local(
+    names: Sequence[str], sizes: Sequence[int], produce: Producer, previous: PreviousProducer, *, sparsity: float
+) -> dict[str, torch.Tensor]:
+    """Kept flat masks, ``floor(sparsity * n + 1e-9)`` units pruned in each layer."""
+    cpu = torch.device("cpu")
+    out = {}
+    for name, size in zip(names, sizes, strict=True):
+        wide = False  # only used by the fallback of _alone; set from the layer's dtype there
+        score = produce(name)
+        wide = score.dtype == torch.float64
+        out[name] = _alone(name, size, lambda _, s=score: s, previous, int(_count(sparsity, size, cpu)), wide)
+    return out

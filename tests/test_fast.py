@@ -1,0 +1,101 @@
+"""The eager sample-and-settle selection (fprune._fast) equals the sort reference.
+
+It may decline (return None) when its bracket misses; it must never be wrong. The sample is
+shrunk here so that hypothesis-sized inputs are sampled with a stride, as large models are,
+and the bracket, its verification and the bounded water-filling all run.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fprune
+from fprune import _fast
+from tests import reference, strategies
+from tests.strategies import same_bits
+
+bound_pairs = st.tuples(strategies.sparsities, st.floats(0, 1), st.floats(0, 1)).map(
+    lambda t: (t[0], t[0] * t[1], t[0] + (1 - t[0]) * t[2])
+)
+
+
+@pytest.fixture(autouse=True)
+def small_sample(monkeypatch):
+    monkeypatch.setattr(_fast, "_SAMPLE", 16)
+
+
+def _run(scores, previous, **kw):
+    names = sorted(scores)
+    sizes = [scores[n].numel() for n in names]
+    flat = {n: s.reshape(-1) for n, s in scores.items()}
+    prev = None if previous is None else {n: m.reshape(-1) for n, m in previous.items()}
+    produce = flat.__getitem__
+    kept_of = (lambda n: None) if prev is None else prev.__getitem__
+    if "lo" in kw:
+        got = _fast.select_global(names, sizes, produce, kept_of, **kw)
+    else:
+        got = _fast.select_local(names, sizes, produce, kept_of, **kw)
+    return None if got is None else {n: got[n].reshape(scores[n].shape) for n in scores}
+
+
+@given(strategies.score_dicts(conv=False), bound_pairs, st.data())
+def test_eager_global_selection_equals_sort_reference(scores, bounds, data):
+    """Heavy ties, NaN, infinities, subnormals, signed zeros, every dtype, previous masks, bounds."""
+    sparsity, lo, hi = bounds
+    previous = data.draw(strategies.previous_masks(scores))
+    got = _run(scores, previous, sparsity=sparsity, lo=lo, hi=hi)
+    if got is not None:
+        assert same_bits(got, reference.global_masks(scores, sparsity, lo, hi, previous))
+
+
+@given(strategies.score_dicts(conv=False), strategies.sparsities, st.data())
+def test_eager_local_selection_equals_sort_reference(scores, sparsity, data):
+    previous = data.draw(strategies.previous_masks(scores))
+    got = _run(scores, previous, sparsity=sparsity)
+    assert got is not None  # local selection always settles (alone, or by the general path)
+    assert same_bits(got, reference.local_masks(scores, sparsity, previous))
+
+
+@settings(max_examples=30)
+@given(st.integers(0, 2**16), st.sampled_from([torch.float32, torch.float16, torch.bfloat16, torch.float64]),
+       st.floats(0.05, 0.95), st.floats(0, 0.9), st.floats(0.05, 1))
+def test_eager_selection_takes_the_fast_path_on_model_like_scores(seed, dtype, sparsity, lo_frac, hi_frac):
+    """On continuous scores the bracket holds: the fast path answers (and exactly). (With a
+    bound equal to the target every layer sits at its bound, and it may decline.)"""
+    lo, hi = sparsity * lo_frac, sparsity + (1 - sparsity) * hi_frac
+    _fast._SAMPLE = 512  # a stride of 18 on these 9216 units (restored by the fixture)
+    gen = torch.Generator().manual_seed(seed)
+    scores = {f"l{i}.weight": torch.randn(64, 48, generator=gen).abs().to(dtype) * (i + 1) for i in range(3)}
+    got = _run(scores, None, sparsity=sparsity, lo=lo, hi=hi)
+    assert got is not None
+    assert same_bits(got, reference.global_masks(scores, sparsity, lo, hi))
+
+
+def test_a_missed_bracket_declines_instead_of_guessing(monkeypatch):
+    monkeypatch.setattr(_fast, "_Z", -50.0)  # a bracket far from the threshold
+    gen = torch.Generator().manual_seed(0)
+    scores = {"a": torch.rand(64, 64, generator=gen), "b": torch.rand(64, 64, generator=gen)}
+    assert _run(scores, None, sparsity=0.5, lo=0.0, hi=1.0) is None
+    # the public functions then take the general path and stay exact
+    got = fprune.masks(scores, pattern="1x1", sparsity=0.5, max_layer_sparsity=1.0)
+    assert same_bits(got, reference.global_masks(scores, 0.5))
+
+
+def test_pruner_eager_steps_equal_the_traced_selection():
+    """The pruner's eager prune steps (fast path, one layer's scores at a time) give the masks
+    of the general path (what torch.compile runs), for stateless and accumulated criteria."""
+    gen = torch.Generator().manual_seed(0)
+    params = {f"l{i}.weight": torch.randn(96, 64, generator=gen) * (i + 1) for i in range(4)}
+    grads = [{n: torch.randn(p.shape, generator=gen) for n, p in params.items()} for _ in range(7)]
+    for criterion in ("magnitude", "snip", "snip_momentum"):
+        prune = fprune.pruner(0.9, pattern="4x1", criterion=criterion, start_step=0, end_step=6, frequency=2,
+                              min_layer_sparsity=0.3, max_layer_sparsity=0.95)
+        step = torch.compile(prune.step, fullgraph=True, backend="eager")
+        eager = traced = prune.init(params)
+        for g in grads:
+            eager, eager_masks = prune.step(eager, params, g)
+            traced, traced_masks = step(traced, params, g)
+            assert same_bits(eager_masks, traced_masks)
