@@ -135,7 +135,9 @@ def memory_child(layers: int, pattern: str, scope: str) -> None:
     """In a fresh process: bytes per weight of peak RSS added by one update beyond init.
 
     The peak is reset just before the step (``/proc/self/clear_refs``, Linux 4.0+), so an
-    earlier, higher peak (imports, building the workload) cannot hide the step's.
+    earlier, higher peak (imports, building the workload) cannot hide the step's. The child
+    is started before the parent builds its workload: Linux carries the parent's RSS at fork
+    into the child's ``ru_maxrss`` (not into ``VmHWM``, which is recorded too).
     """
     torch.set_num_threads(2)
     params = workload(layers)
@@ -147,9 +149,11 @@ def memory_child(layers: int, pattern: str, scope: str) -> None:
     before = _rss_bytes()
     _, masks = prune.step(state, params)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    with open("/proc/self/status") as f:
+        hwm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM"))
     weights = sum(p.numel() for p in params.values())
     print(json.dumps(dict(pattern=pattern, scope=scope, weights=weights, rss_before=before, peak=peak,
-                          extra_bytes_per_weight=(peak - before) / weights,
+                          vm_hwm=hwm, extra_bytes_per_weight=(peak - before) / weights,
                           masks_bytes_per_weight=sum(m.numel() * m.element_size() for m in masks.values()) / weights)))
 
 
@@ -172,6 +176,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         memory_child(int(args.memory_child[0]), args.memory_child[1], args.memory_child[2])
         return {}
     torch.set_num_threads(2)
+    # first, while this process is small (see memory_child)
+    memory = [_memory(args.layers, p, "global") for p in ("1x1", "4x1", "2:4")]
     params = workload(args.layers)
     grads = gradients(params)
     weights = sum(p.numel() for p in params.values())
@@ -203,7 +209,6 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     if kth:
         print(f"cat + kthvalue / fprune global 1x1: {kth / by_name['fprune global 1x1 80%']:.1f}x")
 
-    memory = [_memory(args.layers, p, "global") for p in ("1x1", "4x1", "2:4")]
     print("\npeak extra memory of a global magnitude update beyond init (ru_maxrss, fresh process):")
     for m in memory:
         print(f"  {m['pattern']}: {m['extra_bytes_per_weight']:.3f} bytes/weight "

@@ -5,7 +5,8 @@ runs a radix select over all of them: exact, traceable, but several passes over 
 and the keys of all layers in memory at once. Eager calls may read values back to Python,
 which allows a cheaper exact method, with the same result bit for bit:
 
-1. **Sample.** A strided sample of about 2^18 scores (the same stride in every layer) gives
+1. **Sample.** A strided sample of about 2^18 scores (2^14 for a layer settled alone; the same
+   stride in every layer) gives
    two sample keys that bracket the threshold with a wide margin (6 standard deviations
    of the sample quantile), with the per-layer bounds scaled to the sample.
 2. **One pass.** Each layer's scores are compared with the bracket ``[a, b]`` in their own
@@ -142,7 +143,7 @@ def _settle(
     """Kept flat masks pruning exactly ``total`` units of ``names`` (tie order) under per-layer
     count bounds ``[low, high]`` (``sum(low) <= total <= sum(high)``), or None if the bracket
     missed."""
-    stride = max(1, sum(sizes) // _SAMPLE)
+    stride = max(1, sum(sizes) // (_SAMPLE if len(names) > 1 else _SAMPLE >> 4))  # one layer: 2^14
     samples, dtypes, all_kept, pruned_before = [], set(), {}, []
     device = torch.device("cpu")
     for name, size in zip(names, sizes, strict=True):
