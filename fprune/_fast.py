@@ -172,57 +172,105 @@ def _settle(
         [max(hi - p, 0) for hi, p in zip(high, pruned_before, strict=True)],
         [max(s - p, 1) for s, p in zip(sizes, pruned_before, strict=True)], wide,
     )
-    del samples
     if ends is None:
         return None
     a, b = ends
+    capped = _capped(names, sizes, samples, pruned_before, high, a, wide)
+    del samples
 
-    kept, cand_idx, cand_keys, base = {}, [], [], []
-    scratch = torch.empty(2, max(sizes), dtype=torch.bool, device=device)  # reused by every layer
-    for name, size in zip(names, sizes, strict=True):
+    scratch = torch.empty(max(sizes), dtype=torch.bool, device=device)  # reused by every layer
+
+    def one_pass(name: str, size: int, lo_end: float, hi_end: float) -> tuple[torch.Tensor, ...]:
+        """The layer's sure-kept units (its mask), candidates' indices and keys, and count below."""
         score = produce(name).reshape(-1)
         prev = None if all_kept[name] else _kept(previous, name)
-        sure = score > b  # becomes the layer's mask
-        inside, upper = scratch[0, :size], scratch[1, :size]
-        torch.ge(score, a, out=inside)
-        inside &= torch.le(score, b, out=upper)
+        sure = score > hi_end  # becomes the layer's mask
+        inside = scratch[:size]
+        torch.ge(score, lo_end, out=inside)
+        inside ^= sure  # lo <= score <= hi: score > hi implies score >= lo (lo <= hi, NaN in neither)
         if prev is not None:
             sure &= prev
             inside &= prev
         idx = inside.nonzero().squeeze(1)
         if size < 2**31:
             idx = idx.to(torch.int32)  # half the memory per candidate
+        below_end = score.numel() - int(torch.count_nonzero(sure)) - idx.numel()
+        return sure, idx, rank_keys(score[idx], wide=wide), torch.tensor(below_end)
+
+    kept, cand_idx, cand_keys, base = {}, [], [], []
+    for name, size in zip(names, sizes, strict=True):
+        sure, idx, keys, below_end = one_pass(name, size, *capped.get(name, (a, b)))  # capped: its own bracket
         kept[name] = sure
         cand_idx.append(idx)
-        cand_keys.append(rank_keys(score[idx], wide=wide))
-        base.append(score.numel() - int(torch.count_nonzero(sure)) - idx.numel())
+        cand_keys.append(keys)
+        base.append(int(below_end))
+    for i, name in enumerate(names):
+        if name in capped and not base[i] < high[i] <= base[i] + cand_keys[i].numel():
+            # the cap is not inside the layer's own bracket: pass it again with the global one
+            del capped[name]
+            kept[name], cand_idx[i], cand_keys[i], below_end = one_pass(name, sizes[i], a, b)
+            base[i] = int(below_end)
 
     def bounded(counts: list[int]) -> int:
         return sum(min(max(c, lo), hi) for c, lo, hi in zip(counts, low, high, strict=True))
 
-    ends_counts = [bs + k.numel() for bs, k in zip(base, cand_keys, strict=True)]
-    if not bounded(base) < total <= bounded(ends_counts):  # the threshold is not a candidate
-        return None
     ordered = [torch.sort(k).values for k in cand_keys]  # for the bisection; cand_keys keep index order
-    tau = _threshold(ordered, base, total, low, high)
+    # A capped layer's own threshold lies in its bracket, below the global one: verified here,
+    # it prunes exactly its cap at any threshold in [a, b] and enters the search as a constant.
+    glob_base, glob_keys, glob_ends = list(base), list(ordered), []
+    for i, name in enumerate(names):
+        if name in capped:  # checked above: base < high <= base + candidates
+            glob_base[i], glob_keys[i] = high[i], ordered[i][:0]
+        glob_ends.append(glob_base[i] + glob_keys[i].numel())
+    if not bounded(glob_base) < total <= bounded(glob_ends):  # the threshold is not a candidate
+        return None
+    tau = _threshold(glob_keys, glob_base, total, low, high)
     if tau is None:
         return None
-    below = _counts_at(ordered, base, tau, right=False)
-    at = [c - b_ for c, b_ in zip(_counts_at(ordered, base, tau, right=True), below, strict=True)]
+    below = _counts_at(glob_keys, glob_base, tau, right=False)
+    at = [c - b_ for c, b_ in zip(_counts_at(glob_keys, glob_base, tau, right=True), below, strict=True)]
     as_tensors = [[torch.tensor(v) for v in vs] for vs in (below, at, low, high)]
     counts = [int(c) for c in _allocate(torch.tensor(total), *as_tensors)]
     for i, name in enumerate(names):
-        c, b_, a_ = counts[i], below[i], at[i]
+        c, b_, a_, t = counts[i], below[i], at[i], tau
+        if name in capped:  # its own threshold, among its own candidates
+            own = _threshold([ordered[i]], [base[i]], c, [0], [sizes[i]])
+            if own is None:
+                return None
+            t = own
+            b_ = _counts_at([ordered[i]], [base[i]], t, right=False)[0]
+            a_ = _counts_at([ordered[i]], [base[i]], t, right=True)[0] - b_
         if not b_ <= c <= b_ + a_:  # a bound moved this layer's threshold: select it alone
             kept[name] = _alone(name, sizes[i], produce, previous, c, wide)
             continue
         keys, idx = cand_keys[i], cand_idx[i]
-        take = keys > tau
-        tied = keys == tau
+        take = keys > t
+        tied = keys == t
         if c - b_ > 0:  # the first c - b ties (by index) are pruned
             tied &= torch.cumsum(tied, 0) > c - b_
         kept[name][idx[take | tied]] = True
     return kept
+
+
+def _capped(
+    names: Sequence[str], sizes: list[int], samples: list[torch.Tensor], pruned_before: list[int],
+    high: list[int], a: float, wide: bool,
+) -> dict[str, tuple[float, float]]:
+    """Layers the sample shows pruned to their cap well below the global bracket (``a``), each
+    with a bracket around its own cap: one pass then settles them too."""
+    out: dict[str, tuple[float, float]] = {}
+    if len(names) == 1:
+        return out
+    for name, size, sample, pruned, hi in zip(names, sizes, samples, pruned_before, high, strict=True):
+        allowed, unpruned = hi - pruned, size - pruned
+        if allowed >= unpruned or allowed <= 0 or sample.numel() == 0:
+            continue
+        if int(torch.count_nonzero(sample < a)) < sample.numel() * allowed / unpruned:
+            continue  # the sample does not reach the cap below the bracket: not capped
+        own = _bracket([sample], allowed / unpruned, [0], [unpruned], [unpruned], wide)
+        if own is not None and own[1] < a:
+            out[name] = own
+    return out
 
 
 def _alone(name: str, size: int, produce: Producer, previous: PreviousProducer, count: int, wide: bool) -> torch.Tensor:

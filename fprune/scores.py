@@ -185,12 +185,19 @@ def snip_momentum(
         grads = _grads(func, params, grads)
         term = _term(params, grads)
         _errors.same_shapes(func, "aux", aux, "scores", term)
-        # (momentum * S) + term, added into the fresh term in place: the same rounding as the
-        # out-of-place sum, without a third allocation
-        new = {n: t.add_(momentum * aux[n].to(t.dtype)).to(aux[n].dtype) for n, t in term.items()}
+        new = {n: _fold(momentum * aux[n].to(t.dtype), t).to(aux[n].dtype) for n, t in term.items()}
         return new, new
 
     return Criterion(init, update, needs_grads=True)
+
+
+def _fold(decayed: torch.Tensor, term: torch.Tensor) -> torch.Tensor:
+    """``decayed + term``. In eager calls it is added into ``term`` (a fresh tensor) in place:
+    the same rounding, one allocation fewer. Under vmap the accumulator may be batched while
+    the term is not (a sweep over targets on shared weights), so there it is out of place."""
+    if _trace.tracing(decayed) or _trace.tracing(term):
+        return decayed + term
+    return term.add_(decayed)
 
 
 def _reducing(pattern: Pattern, param: torch.Tensor) -> bool:
