@@ -338,8 +338,9 @@ def test_pruner_properties(pattern, scope, decay, start, length, frequency, frac
     units = {n: _units(masks[n], pattern) for n in params}
     assert float(state.target) == sparsity  # the last prune step is exactly on the target
     r = sparsity * pat.m / pat.n if isinstance(pat, fprune.NM) else sparsity
-    if scope == "global":
-        assert sum(p for p, _ in units.values()) == _count(r, sum(u for _, u in units.values()))
+    if scope == "global":  # exact, unless the per-layer caps (default 0.98) cannot hold that many
+        cap = sum(_count(0.98, u) for _, u in units.values())
+        assert sum(p for p, _ in units.values()) == min(_count(r, sum(u for _, u in units.values())), cap)
     else:
         assert all(p == _count(r, u) for p, u in units.values())
 
