@@ -312,8 +312,7 @@ def select_local(
     cpu = torch.device("cpu")
     out = {}
     for name, size in zip(names, sizes, strict=True):
-        wide = False  # only used by the fallback of _alone; set from the layer's dtype there
-        score = produce(name)
+        score = produce(name)  # once per layer: both of its passes use it
         wide = score.dtype == torch.float64
         out[name] = _alone(name, size, lambda _, s=score: s, previous, int(_count(sparsity, size, cpu)), wide)
     return out

@@ -280,6 +280,14 @@ def pruner(
         tensor = value.detach() if isinstance(value, torch.Tensor) else torch.tensor(value, dtype=torch.float64)
         return tensor.to(device="cpu", dtype=torch.float64).clamp(lo, min(hi, cap))
 
+    def _targets(
+        step_t: torch.Tensor, initial: torch.Tensor, current: torch.Tensor, final: torch.Tensor
+    ) -> tuple[torch.Tensor, float | torch.Tensor]:
+        """This prune step's target ``r`` (never below the current one) and the per-layer
+        lower bound, which ramps with the schedule: ``min * r / sparsity`` (0 while r is 0)."""
+        r = torch.maximum(target_at(step_t, initial, final), current)
+        return r, 0.0 if lo == 0.0 else r * lo / torch.clamp(final, min=lo)
+
     def _prune(
         step_t: torch.Tensor,
         initial: torch.Tensor,
@@ -289,9 +297,7 @@ def pruner(
         grid: dict[str, torch.Tensor],
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """New masks of the active layers and the new target, at a prune step (pure tensors)."""
-        r = torch.maximum(target_at(step_t, initial, final), current)
-        # the lower bound ramps with the schedule: min * r / sparsity (0 while r is 0)
-        low: float | torch.Tensor = 0.0 if lo == 0.0 else r * lo / torch.clamp(final, min=lo)
+        r, low = _targets(step_t, initial, current, final)
         chosen = _select(grid, pat, r, scope, low, hi, reduce_masks(previous, pattern=pat), reduce)
         expanded = expand_masks(chosen, pattern=pat, shapes={n: m.shape for n, m in previous.items()})
         return {n: expanded[n] & previous[n] for n in grid}, r
@@ -311,8 +317,7 @@ def pruner(
         """``_prune`` for an eager step on block patterns, one layer's scores at a time, so
         memory beyond the new masks is of the order of the largest layer. (None, None) where
         the eager selection defers to the general path."""
-        r = torch.maximum(target_at(step_t, initial, final), current)
-        low: float | torch.Tensor = 0.0 if lo == 0.0 else r * lo / torch.clamp(final, min=lo)
+        r, low = _targets(step_t, initial, current, final)
         shapes = {n: grid_shape(pat, tuple(m.shape)) for n, m in previous.items()}
         kept = fast_select(
             sorted(previous), grid_of, lambda n: reduce_masks({n: previous[n]}, pattern=pat)[n],

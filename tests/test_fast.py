@@ -61,12 +61,12 @@ def test_eager_local_selection_equals_sort_reference(scores, sparsity, data):
 
 @settings(max_examples=30)
 @given(st.integers(0, 2**16), st.sampled_from([torch.float32, torch.float16, torch.bfloat16, torch.float64]),
-       st.floats(0.05, 0.95), st.floats(0, 0.9), st.floats(0.05, 1))
+       st.floats(0.05, 0.95), st.floats(0, 0.9), st.floats(0.25, 1))
 def test_eager_selection_takes_the_fast_path_on_model_like_scores(seed, dtype, sparsity, lo_frac, hi_frac):
     """On continuous scores the bracket holds: the fast path answers (and exactly). (With a
-    bound equal to the target every layer sits at its bound, and it may decline.)"""
+    bound at or just above the target, layers sit at their bound and it may decline.)"""
     lo, hi = sparsity * lo_frac, sparsity + (1 - sparsity) * hi_frac
-    _fast._SAMPLE = 512  # a stride of 18 on these 9216 units (restored by the fixture)
+    _fast._SAMPLE = 2048  # a stride of 4 on these 9216 units (restored by the fixture)
     gen = torch.Generator().manual_seed(seed)
     scores = {f"l{i}.weight": torch.randn(64, 48, generator=gen).abs().to(dtype) * (i + 1) for i in range(3)}
     got = _run(scores, None, sparsity=sparsity, lo=lo, hi=hi)
