@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from fprune import _checks, _errors, _fast, _resolve, _trace, registry
+from fprune._scratch import Scratch
 from fprune.blocks import (
     REDUCTIONS,
     check_divisible,
@@ -313,10 +314,10 @@ def pruner(
         final: torch.Tensor,
         previous: dict[str, torch.Tensor],
         grid_of: Callable[[str], torch.Tensor],
-    ) -> tuple[dict[str, torch.Tensor] | None, torch.Tensor | None]:
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor] | None:
         """``_prune`` for an eager step on block patterns, one layer's scores at a time, so
-        memory beyond the new masks is of the order of the largest layer. (None, None) where
-        the eager selection defers to the general path."""
+        memory beyond the new masks is of the order of the largest layer. None where the
+        eager selection defers to the general path."""
         r, low = _targets(step_t, initial, current, final)
         shapes = {n: grid_shape(pat, tuple(m.shape)) for n, m in previous.items()}
         kept = fast_select(
@@ -324,7 +325,7 @@ def pruner(
             {n: math.prod(shape) for n, shape in shapes.items()}, scope=scope, sparsity=r, lo=low, hi=hi,
         )
         if kept is None:
-            return None, None
+            return None
         out = {}
         for name in previous:  # expand one layer at a time, dropping its grid mask
             grid_mask = kept.pop(name).reshape(shapes[name])
@@ -376,17 +377,13 @@ def pruner(
                         memo.update(grid())
                     return memo[name]
                 w = active[name]
-                # the layer's score goes into one buffer reused by every layer and pass (the
-                # eager selection uses a score only until it asks for the next)
-                buf = buffers.get(w.dtype)
-                if buf is None:
-                    size = max(p.numel() for p in active.values() if p.dtype == w.dtype)
-                    buf = buffers[w.dtype] = torch.empty(size, dtype=w.dtype, device=w.device)
-                score = layer_score(w, None if agrads is None else agrads[name], buf[: w.numel()].view(w.shape))
+                # into one buffer reused by every layer and pass (the eager selection uses a
+                # score only until it asks for the next)
+                score = layer_score(w, None if agrads is None else agrads[name], scratch.like(w))
                 return to_grid({name: score}, pat, reduce)[name]
 
             memo: dict[str, torch.Tensor] = {}
-            buffers: dict[torch.dtype, torch.Tensor] = {}
+            scratch = Scratch(active.values())
         else:  # accumulators fold in every step's grads
             scores, aux = crit.update(state.aux, active, agrads) if active else ({}, {})
             ready = _grids(func, scores, active, pat, reduce)
@@ -416,9 +413,8 @@ def pruner(
             new_active = {n: torch.where(pred, chosen[n], state.masks[n]) for n in active}
             new_target = torch.where(pred, r, state.target)
         elif prune_now:
-            new_active, new_target = _prune_eager(*operands, grid_of) if _eager_blocks(active) else (None, None)
-            if new_active is None:
-                new_active, new_target = prune_branch(*operands)
+            fast = _prune_eager(*operands, grid_of) if _eager_blocks(active) else None
+            new_active, new_target = fast if fast is not None else prune_branch(*operands)
         else:
             new_active, new_target = previous, state.target
         masks = {n: new_active.get(n, state.masks[n]) for n in params}

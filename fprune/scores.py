@@ -25,6 +25,7 @@ import torch
 
 from fprune import _errors, _trace
 from fprune._dtypes import widen
+from fprune._scratch import Scratch
 from fprune.blocks import REDUCTIONS, check_divisible, grid_shape, to_grid
 from fprune.layout import shape_2d
 from fprune.patterns import NM, Pattern, parse_pattern
@@ -151,15 +152,13 @@ def snip_momentum(
         # fresh tensor, so abs works in place (one pass and one allocation fewer).
         if grid_pattern is None:
             return {n: torch.mul(widen(p), widen(grads[n])).abs_() for n, p in params.items()}
-        out, buffer = {}, None
+        out, scratch = {}, Scratch(params.values())
         for name, p in params.items():
             w, g = widen(p), widen(grads[name])
             if _reducing(grid_pattern, p) and not _trace.tracing(w) and not _trace.tracing(g):
                 # eager, and the grid is a reduction: the product is scratch, so one buffer
                 # serves every layer (no fresh weight-sized tensor per layer)
-                if buffer is None or buffer.numel() < w.numel() or buffer.dtype != w.dtype:
-                    buffer = torch.empty(max(t.numel() for t in params.values()), dtype=w.dtype, device=w.device)
-                prod = torch.mul(w, g, out=buffer[: w.numel()].view(w.shape)).abs_()
+                prod = torch.mul(w, g, out=scratch.like(w)).abs_()
             else:
                 prod = torch.mul(w, g).abs_()
             out[name] = to_grid({name: prod}, grid_pattern, reduce)[name]  # validated by update
