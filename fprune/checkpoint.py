@@ -1,0 +1,322 @@
+"""Checkpoint files: load, choose the weights to prune, prune one-shot, and write back.
+
+An integration module (the primitives never import it), used by ``fprune prune`` and
+``fprune report``. Two formats, told apart by their content, not their name:
+
+- safetensors (``safetensors`` package, the ``cli`` extra); the header metadata is kept;
+- PyTorch ``torch.save`` files (``.pt``, ``.pth``, ``.bin``), read with
+  ``torch.load(weights_only=True)``: nested dicts, lists and tuples of tensors are walked,
+  their tensors named by the dotted path (``"model.fc.weight"``), and everything that is not a
+  tensor (step counters, strings, config dicts) is written back unchanged. Tensors that share
+  storage (tied weights) are pruned once and stay tied.
+
+Every failure to read or write raises :class:`CheckpointError` with a message meant for the
+user; an output file is written to a temporary name and renamed only when complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import struct
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "DEFAULT_EXCLUDE",
+    "Checkpoint",
+    "CheckpointError",
+    "Selection",
+    "load",
+    "prune",
+    "save",
+    "select",
+]
+
+DEFAULT_EXCLUDE = ("embed", "lm_head", "classifier")
+"""Name fragments (case-insensitive) that the default selection leaves dense."""
+
+_TORCH_SUFFIXES = (".pt", ".pth", ".bin")
+
+
+class CheckpointError(Exception):
+    """A checkpoint cannot be read, chosen from or written; the message says why and what to do."""
+
+
+@dataclasses.dataclass
+class Checkpoint:
+    """A loaded checkpoint.
+
+    Attributes:
+        format: ``"safetensors"`` or ``"torch"``.
+        tensors: every tensor by its (dotted) name, in file order; the same tensor objects as
+            in ``tree``, so changing one in place changes what :func:`save` writes.
+        tree: the loaded object (``torch`` format), or None.
+        metadata: the safetensors header metadata, or None.
+        aliases: names whose tensor shares storage with an earlier name: ``{alias: name}``.
+    """
+
+    format: str
+    tensors: dict[str, torch.Tensor]
+    tree: Any = None
+    metadata: dict[str, str] | None = None
+    aliases: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    """Which tensors a one-shot prune touches, and why the others are left alone.
+
+    Attributes:
+        names: the tensors to prune, in file order.
+        skipped: ``{name: reason}`` for tensors that were eligible by name but are left dense.
+    """
+
+    names: tuple[str, ...]
+    skipped: dict[str, str]
+
+
+def _is_safetensors(path: Path) -> bool:
+    """Whether ``path`` starts like a safetensors file: a little-endian u64 length, then ``{``."""
+    with path.open("rb") as f:
+        head = f.read(9)
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    (size,) = struct.unpack("<Q", head[:8])
+    return 0 < size <= path.stat().st_size - 8
+
+
+def _safetensors() -> Any:
+    try:
+        import safetensors.torch
+    except ImportError:
+        raise CheckpointError(
+            "reading or writing safetensors files needs the safetensors package; "
+            "install it with: pip install 'fprune[cli]'"
+        ) from None
+    return safetensors
+
+
+def _walk(tree: Any, prefix: str, out: dict[str, torch.Tensor]) -> None:
+    if isinstance(tree, torch.Tensor):
+        out[prefix] = tree
+    elif isinstance(tree, Mapping):
+        for key, value in tree.items():
+            _walk(value, f"{prefix}.{key}" if prefix else str(key), out)
+    elif isinstance(tree, list | tuple):
+        for i, value in enumerate(tree):
+            _walk(value, f"{prefix}.{i}" if prefix else str(i), out)
+
+
+def _aliases(tensors: Mapping[str, torch.Tensor]) -> dict[str, str]:
+    """Names whose tensor is the same view of the same storage as an earlier name."""
+    seen: dict[tuple[Any, ...], str] = {}
+    aliases = {}
+    for name, t in tensors.items():
+        if t.device.type == "meta" or t.numel() == 0:
+            continue
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+        if key in seen:
+            aliases[name] = seen[key]
+        else:
+            seen[key] = name
+    return aliases
+
+
+def load(path: str | os.PathLike[str]) -> Checkpoint:
+    """Load a safetensors or PyTorch checkpoint onto the CPU.
+
+    Raises:
+        CheckpointError: the file is missing, unreadable, corrupt, not weights-only, or holds
+            no tensors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    try:
+        if _is_safetensors(path):
+            st = _safetensors()
+            try:
+                with st.safe_open(str(path), framework="pt") as f:
+                    metadata = f.metadata()
+                    tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
+            except CheckpointError:
+                raise
+            except Exception as e:
+                raise CheckpointError(f"{path}: not a valid safetensors file ({_reason(e)})") from None
+            ckpt = Checkpoint("safetensors", tensors, metadata=dict(metadata) if metadata else None)
+        else:
+            try:
+                tree = torch.load(str(path), map_location="cpu", weights_only=True)
+            except Exception as e:
+                raise CheckpointError(
+                    f"{path}: not a safetensors file or a weights-only PyTorch checkpoint ({_reason(e)})"
+                ) from None
+            tensors: dict[str, torch.Tensor] = {}
+            _walk(tree, "", tensors)
+            ckpt = Checkpoint("torch", tensors, tree=tree)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read ({e.strerror or e})") from None
+    if not ckpt.tensors:
+        raise CheckpointError(f"{path}: the file holds no tensors, so there is nothing to prune or report")
+    ckpt.aliases = _aliases(ckpt.tensors)
+    return ckpt
+
+
+def _reason(e: Exception) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def save(ckpt: Checkpoint, path: str | os.PathLike[str]) -> None:
+    """Write ``ckpt`` to ``path`` in its own format, atomically (a temporary file, then a rename).
+
+    Raises:
+        CheckpointError: the file cannot be written; nothing is left at ``path``.
+    """
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise CheckpointError(f"{path}: the folder {parent} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    os.close(fd)
+    try:
+        if ckpt.format == "safetensors":
+            tensors = {k: v.contiguous() for k, v in ckpt.tensors.items()}
+            _safetensors().torch.save_file(tensors, tmp, metadata=ckpt.metadata)
+        else:
+            torch.save(ckpt.tree, tmp)
+        os.replace(tmp, path)
+    except BaseException as e:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise CheckpointError(f"{path}: cannot write ({e.strerror or e})") from None
+        raise
+
+
+def check_output(source: str | os.PathLike[str], output: str | os.PathLike[str], fmt: str, *, force: bool) -> None:
+    """Refuse to overwrite the input or an existing file (unless ``force``) or to write a misleading suffix.
+
+    Raises:
+        CheckpointError: with the flag or name that fixes it.
+    """
+    source, output = Path(source), Path(output)
+    suffix = output.suffix.lower()
+    if fmt == "safetensors" and suffix in _TORCH_SUFFIXES:
+        raise CheckpointError(f"{output}: the input is safetensors, so the output is too; name it *.safetensors")
+    if fmt == "torch" and suffix == ".safetensors":
+        raise CheckpointError(f"{output}: the input is a PyTorch checkpoint, so the output is too; name it *.pt or *.bin")
+    if output.exists() and not force:
+        same = output.resolve() == source.resolve() or os.path.samefile(source, output)
+        what = "is the input file" if same else "exists"
+        raise CheckpointError(f"{output}: {what}; pass --force to overwrite it")
+
+
+def _eligible(t: torch.Tensor) -> bool:
+    return t.is_floating_point() and t.ndim >= 2
+
+
+def select(
+    ckpt: Checkpoint, *, include: Iterable[str] = (), exclude: Iterable[str] | None = None
+) -> Selection:
+    """Choose the tensors to prune.
+
+    By default: every floating tensor with 2 or more dims whose name contains none of
+    :data:`DEFAULT_EXCLUDE` (case-insensitive). ``include`` (regexes, any may match with
+    ``re.search``) replaces that name test: exactly the matching eligible tensors are chosen.
+    ``exclude`` (regexes) leaves matching names dense, in place of :data:`DEFAULT_EXCLUDE`. Aliases of a chosen tensor are
+    pruned with it, so they are skipped.
+
+    Raises:
+        CheckpointError: a regex does not compile, or nothing is chosen.
+    """
+    inc = _compile("--include", include)
+    if exclude is not None:
+        exc = _compile("--exclude", exclude)
+    elif inc:  # an explicit choice by name is not second-guessed by the default exclusions
+        exc = []
+    else:
+        exc = [re.compile(re.escape(w), re.IGNORECASE) for w in DEFAULT_EXCLUDE]
+    names, skipped = [], {}
+    for name, t in ckpt.tensors.items():
+        if inc and not any(p.search(name) for p in inc):
+            continue
+        if any(p.search(name) for p in exc):
+            continue
+        if not _eligible(t):
+            if inc:
+                skipped[name] = f"not a floating tensor with 2+ dims ({str(t.dtype).removeprefix('torch.')}, shape {tuple(t.shape)})"
+            continue
+        if name in ckpt.aliases:
+            skipped[name] = f"shares storage with {ckpt.aliases[name]}, pruned with it"
+            continue
+        names.append(name)
+    if not names:
+        raise CheckpointError(
+            "no tensor was selected for pruning: the default takes floating tensors with 2+ dims "
+            f"whose names contain none of {', '.join(DEFAULT_EXCLUDE)}; choose with --include REGEX"
+        )
+    return Selection(tuple(names), skipped)
+
+
+def _compile(flag: str, patterns: Iterable[str]) -> list[re.Pattern[str]]:
+    out = []
+    for p in patterns:
+        try:
+            out.append(re.compile(p))
+        except re.error as e:
+            raise CheckpointError(f"{flag} {p!r} is not a valid regular expression ({e})") from None
+    return out
+
+
+def prune(
+    ckpt: Checkpoint,
+    names: Iterable[str],
+    *,
+    pattern: str,
+    sparsity: float,
+    scope: str = "local",
+    criterion: str = "magnitude",
+    progress: Callable[[Iterable[str]], Iterable[str]] = lambda it: it,
+) -> dict[str, str]:
+    """Prune ``names`` of ``ckpt`` one-shot, in place; return ``{name: why}`` for layers left dense.
+
+    Layers the pattern does not divide are left dense and returned. Local scope scores and
+    selects one layer at a time (memory of one layer); global scope scores every layer, then
+    selects once. ``progress`` wraps the per-layer loops (e.g. a tqdm bar).
+
+    Raises:
+        ValueError: bad pattern, sparsity, scope (fprune's own messages).
+        CheckpointError: a criterion that needs gradients, or nothing divisible to prune.
+    """
+    import fprune
+
+    if criterion != "magnitude":
+        fprune.get_criterion(criterion)  # an unknown name raises with a suggestion
+        raise CheckpointError(
+            f"--criterion {criterion} needs gradients, which a checkpoint does not hold; "
+            "use --criterion magnitude, or prune in your training loop with fprune.pruner"
+        )
+    names = list(names)
+    params = {n: ckpt.tensors[n] for n in names}
+    left = dict.fromkeys(fprune.indivisible_layers(params, pattern=pattern), f"{pattern} does not divide it")
+    names = [n for n in names if n not in left]
+    if not names:
+        raise CheckpointError(f"no selected tensor is divisible by the pattern {pattern}; nothing was pruned")
+    if scope == "local":
+        for name in progress(names):
+            w = ckpt.tensors[name]
+            mask = fprune.masks({name: w.abs()}, pattern=pattern, sparsity=sparsity, scope="local")[name]
+            w.masked_fill_(~mask, 0)  # not a multiply: a pruned NaN or inf becomes 0 too
+    else:
+        scores = {n: ckpt.tensors[n].abs() for n in progress(names)}
+        masks = fprune.masks(scores, pattern=pattern, sparsity=sparsity, scope=scope)
+        del scores
+        for name in progress(names):
+            ckpt.tensors[name].masked_fill_(~masks[name], 0)
+    return left

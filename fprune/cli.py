@@ -1,0 +1,210 @@
+"""The ``fprune`` command: ``demo``, ``prune`` and ``report``.
+
+Exit status: 0 on success; 1 when ``report --pattern`` finds a layer that breaks the pattern;
+2 for bad arguments and for files that cannot be read or written (a one-line message on
+stderr, no traceback, and no output file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from fprune import checkpoint
+from fprune.report import LayerReport, layer_report, total_report
+
+__all__ = ["main"]
+
+_LARGE = 1 << 24  # weights; above this the per-layer loops show a progress bar (on a terminal)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fprune", description="Functional, exact pruning for PyTorch: a demo and tools for checkpoint files."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,prune,report}")
+
+    demo = sub.add_parser("demo", help="train and prune an MLP on scikit-learn's digits (needs the demo extra)")
+    demo.add_argument("--pattern", default="4x1", help="pruning pattern, e.g. 4x1, 1x1, channelx1, 2:4 (default 4x1)")
+    demo.add_argument("--criterion", default="snip_momentum", help="magnitude, gradient, snip or snip_momentum (default snip_momentum)")
+    demo.add_argument("--sparsity", type=float, default=0.9, help="final sparsity (default 0.9)")
+    demo.add_argument("--scope", choices=("global", "local"), default="global", help="default global")
+    demo.add_argument("--seed", type=int, default=0, help="seed for the split, the init and the batches (default 0)")
+    demo.add_argument("--plot", default="fprune-demo.png", help="PNG to write (default fprune-demo.png); 'none' to skip")
+    demo.add_argument("--fast", action="store_true", help="a few steps only (for smoke tests)")
+    demo.add_argument("--json", action="store_true", help="print one JSON object on the last line")
+
+    prune = sub.add_parser("prune", help="prune a checkpoint one-shot and write it in the same format")
+    prune.add_argument("input", metavar="IN", help="a .safetensors file or a torch state dict (.pt/.pth/.bin)")
+    prune.add_argument("-o", "--output", required=True, metavar="OUT", help="where to write the pruned checkpoint")
+    prune.add_argument("--pattern", required=True, help="e.g. 1x1, 4x1, channelx1, 2:4")
+    prune.add_argument("--sparsity", type=float, required=True, help="fraction of units to prune, in [0, 1)")
+    prune.add_argument("--criterion", default="magnitude", help="default magnitude (the only one that needs no gradients)")
+    prune.add_argument("--scope", choices=("local", "global"), default="local", help="default local")
+    _selection_args(prune)
+    prune.add_argument("--force", action="store_true", help="overwrite OUT if it exists, even when it is IN")
+    prune.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+
+    report = sub.add_parser("report", help="per-layer sparsity of a checkpoint, and pattern checks")
+    report.add_argument("file", metavar="FILE", help="a .safetensors file or a torch state dict (.pt/.pth/.bin)")
+    report.add_argument("--pattern", help="check that each layer's zeros follow this pattern (exit 1 if not)")
+    _selection_args(report)
+    report.add_argument("--all", action="store_true", help="report every floating tensor with 2+ dims")
+    report.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    return parser
+
+
+def _selection_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--include", action="append", default=[], metavar="REGEX",
+        help="choose only tensors whose name matches (repeatable); replaces the default name test",
+    )
+    parser.add_argument(
+        "--exclude", action="append", default=None, metavar="REGEX",
+        help=f"leave tensors whose name matches dense (repeatable); replaces the default: {', '.join(checkpoint.DEFAULT_EXCLUDE)}",
+    )
+
+
+def _progress(total: int, desc: str) -> Callable[[Iterable[str]], Iterable[str]]:
+    """A tqdm bar over layers for large checkpoints on a terminal; nothing otherwise."""
+    if total < _LARGE:
+        return lambda it: it
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return lambda it: it
+
+    def wrap(it: Iterable[str]) -> Iterable[str]:
+        items = list(it)
+        return tqdm(items, desc=desc, unit="layer", disable=None, leave=False, file=sys.stderr)
+
+    return wrap
+
+
+def _table(rows: Sequence[Sequence[str]], head: Sequence[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [head, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _report_table(reports: Sequence[LayerReport], pattern: str | None) -> str:
+    head = ["layer", "shape", "dtype", "sparsity"]
+    if pattern:
+        head += [f"{pattern} units", f"follows {pattern}"]
+    rows = []
+    for r in reports:
+        row = [r.name, "x".join(map(str, r.shape)), r.dtype, f"{r.sparsity:.4f}"]
+        if pattern:
+            if r.note:
+                row += ["-", f"n/a: {r.note}"]
+            else:
+                row += [f"{r.unit_sparsity:.4f}", "yes" if r.satisfies else f"no: first at {list(r.violation or ())}"]
+        rows.append(row)
+    return _table(rows, head)
+
+
+def _total_line(total: dict[str, Any], pattern: str | None) -> str:
+    line = f"total: {total['zeros']:,} of {total['size']:,} weights are zero (sparsity {total['sparsity']:.4f}) in {total['layers']} layers"
+    if pattern:
+        line += f"; {total['satisfying']} of {total['checked']} checked layers follow {pattern}"
+    return line
+
+
+def _prune(args: argparse.Namespace) -> int:
+    ckpt = checkpoint.load(args.input)
+    checkpoint.check_output(args.input, args.output, ckpt.format, force=args.force)
+    chosen = checkpoint.select(ckpt, include=args.include, exclude=args.exclude)
+    size = sum(ckpt.tensors[n].numel() for n in chosen.names)
+    left = checkpoint.prune(
+        ckpt, chosen.names, pattern=args.pattern, sparsity=args.sparsity, scope=args.scope,
+        criterion=args.criterion, progress=_progress(size, "pruning"),
+    )
+    pruned = [n for n in chosen.names if n not in left]
+    skipped = {**chosen.skipped, **left}
+    reports = [layer_report(n, ckpt.tensors[n], pattern=args.pattern) for n in pruned]
+    checkpoint.save(ckpt, args.output)
+    total = total_report(reports)
+    if args.json:
+        print(json.dumps({
+            "input": str(args.input), "output": str(args.output), "format": ckpt.format,
+            "pattern": args.pattern, "sparsity": args.sparsity, "scope": args.scope, "criterion": args.criterion,
+            "pruned": pruned, "skipped": skipped, "layers": [r.as_dict() for r in reports], "total": total,
+        }))
+        return 0
+    print(f"{args.input}: {ckpt.format}, {len(ckpt.tensors)} tensors")
+    print(f"pruning {len(pruned)} tensors ({size:,} weights) to {args.pattern} at {args.sparsity}, {args.scope} scope, {args.criterion}:")
+    for name in pruned:
+        t = ckpt.tensors[name]
+        print(f"  {name}  {tuple(t.shape)}  {str(t.dtype).removeprefix('torch.')}")
+    for name, why in skipped.items():
+        print(f"  left dense: {name} ({why})")
+    print()
+    print(_report_table(reports, args.pattern))
+    print(_total_line(total, args.pattern))
+    print(f"wrote {args.output} ({ckpt.format})")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    ckpt = checkpoint.load(args.file)
+    if args.all:
+        names = [n for n, t in ckpt.tensors.items() if t.is_floating_point() and t.ndim >= 2]
+        if not names:
+            raise checkpoint.CheckpointError(f"{args.file}: no floating tensor with 2 or more dims to report")
+        skipped: dict[str, str] = {}
+    else:
+        chosen = checkpoint.select(ckpt, include=args.include, exclude=args.exclude)
+        names, skipped = list(chosen.names), chosen.skipped
+    reports = [layer_report(n, ckpt.tensors[n], pattern=args.pattern) for n in names]
+    total = total_report(reports)
+    broken = args.pattern is not None and total["satisfying"] < total["checked"]
+    if args.json:
+        print(json.dumps({
+            "file": str(args.file), "format": ckpt.format, "pattern": args.pattern,
+            "layers": [r.as_dict() for r in reports], "skipped": skipped, "total": total,
+        }))
+    else:
+        print(f"{args.file}: {ckpt.format}, {len(ckpt.tensors)} tensors, {len(reports)} reported")
+        print(_report_table(reports, args.pattern))
+        for name, why in skipped.items():
+            print(f"not reported: {name} ({why})")
+        print(_total_line(total, args.pattern))
+    return 1 if broken else 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from fprune import demo
+
+    return demo.run(args)
+
+
+def _expected(e: Exception) -> bool:
+    """Errors that are the user's to fix, shown as one line (FPRUNE_DEBUG=1 shows the traceback)."""
+    from fprune.demo import MissingExtra
+
+    return isinstance(e, checkpoint.CheckpointError | MissingExtra | ValueError | TypeError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``fprune`` command line; returns the exit status."""
+    args = _parser().parse_args(argv)
+    command = {"demo": _demo, "prune": _prune, "report": _report}[args.command]
+    try:
+        return command(args)
+    except Exception as e:
+        if os.environ.get("FPRUNE_DEBUG") or not _expected(e):
+            raise
+        print(f"fprune {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"fprune {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,256 @@
+"""``fprune prune`` and ``fprune report`` on small generated checkpoints in both formats."""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import math
+import pickle
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import fprune
+from fprune import checkpoint
+from fprune.cli import main
+from fprune.report import layer_report
+
+safetensors_torch = pytest.importorskip("safetensors.torch")
+
+
+def _weights(seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "embed_tokens.weight": torch.randn(50, 32, generator=g),
+        "encoder.0.weight": torch.randn(64, 32, generator=g),
+        "encoder.0.bias": torch.randn(64, generator=g),
+        "encoder.1.weight": torch.randn(32, 64, generator=g).to(torch.bfloat16),
+        "conv.weight": torch.randn(8, 4, 3, 3, generator=g),
+        "norm.weight": torch.ones(32),
+        "classifier.weight": torch.randn(4, 32, generator=g),
+        "position_ids": torch.arange(16).reshape(1, 16),
+    }
+
+
+PRUNED = ("encoder.0.weight", "encoder.1.weight", "conv.weight")  # the default selection
+
+
+@pytest.fixture
+def st_file(tmp_path):
+    path = tmp_path / "model.safetensors"
+    safetensors_torch.save_file(_weights(), str(path), metadata={"source": "test", "step": "7"})
+    return path
+
+
+@pytest.fixture
+def pt_file(tmp_path):
+    w = _weights()
+    tree = {"model": dict(w), "step": 7, "config": {"lr": 0.1, "name": "mlp"}, "extra": [w["norm.weight"], "note"]}
+    tree["model"]["tied.weight"] = tree["model"]["encoder.0.weight"]  # shares storage
+    path = tmp_path / "model.pt"
+    torch.save(tree, path)
+    return path
+
+
+def _digest(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _units(weight: torch.Tensor, pattern: str) -> int:
+    return fprune.grid_shape(pattern, weight.shape)[0] * fprune.grid_shape(pattern, weight.shape)[1]
+
+
+@pytest.mark.parametrize(("pattern", "sparsity"), [("1x1", 0.5), ("4x1", 0.5), ("2:4", 0.5), ("1x2", 0.3)])
+def test_prune_safetensors_round_trip(st_file, tmp_path, capsys, pattern, sparsity):
+    before = _digest(st_file)
+    out = tmp_path / "pruned.safetensors"
+    code, text, err = _run(capsys, "prune", st_file, "-o", out, "--pattern", pattern, "--sparsity", sparsity)
+    assert code == 0, err
+    assert _digest(st_file) == before  # the input is untouched
+    dense, pruned = _weights(), safetensors_torch.load_file(str(out))
+    assert set(pruned) == set(dense)  # nothing lost
+    with safetensors_torch.safe_open(str(out), framework="pt") as f:
+        assert f.metadata() == {"source": "test", "step": "7"}
+    for name, w in dense.items():
+        assert pruned[name].dtype == w.dtype
+        if name not in PRUNED:
+            assert torch.equal(pruned[name], w), name  # bit for bit
+            continue
+        kept = pruned[name] != 0
+        assert torch.equal(pruned[name][kept], w[kept])  # kept weights unchanged
+        report = layer_report(name, pruned[name], pattern=pattern)
+        assert report.satisfies, (name, report.violation)
+        if ":" in pattern:  # 2:4 at 0.5: every group loses exactly 2
+            assert report.zeros == w.numel() // 2
+        else:  # local scope: exactly floor(r * units) units in every layer
+            units = _units(w, pattern)
+            assert report.unit_sparsity * units == math.floor(sparsity * units + 1e-9)
+    for name in PRUNED:
+        assert name in text
+    assert "left dense" not in text  # every chosen layer is divisible by these patterns
+
+
+def test_prune_torch_keeps_structure_and_ties(pt_file, tmp_path, capsys):
+    out = tmp_path / "pruned.pt"
+    code, text, err = _run(capsys, "prune", pt_file, "-o", out, "--pattern", "4x1", "--sparsity", "0.75")
+    assert code == 0, err
+    tree = torch.load(out, weights_only=True)
+    assert tree["step"] == 7 and tree["config"] == {"lr": 0.1, "name": "mlp"} and tree["extra"][1] == "note"
+    model = tree["model"]
+    assert model["tied.weight"].untyped_storage().data_ptr() == model["encoder.0.weight"].untyped_storage().data_ptr()
+    w = _weights()["encoder.0.weight"]
+    zeros = int((model["encoder.0.weight"] == 0).sum())
+    assert zeros == 4 * math.floor(0.75 * w.numel() // 4)  # pruned once, not twice through the tie
+    assert "model.tied.weight" in text and "shares storage with model.encoder.0.weight" in text
+    assert torch.equal(model["embed_tokens.weight"], _weights()["embed_tokens.weight"])
+
+
+def test_prune_global_scope_is_exact(st_file, tmp_path, capsys):
+    out = tmp_path / "g.safetensors"
+    code, text, err = _run(capsys, "prune", st_file, "-o", out, "--pattern", "1x1", "--sparsity", "0.6", "--scope", "global", "--json")
+    assert code == 0, err
+    result = json.loads(text.strip().splitlines()[-1])
+    assert sorted(result["pruned"]) == sorted(PRUNED)
+    size = sum(_weights()[n].numel() for n in PRUNED)
+    assert result["total"]["zeros"] == math.floor(0.6 * size)
+    assert len({round(r["sparsity"], 3) for r in result["layers"]}) > 1  # global: layers differ
+
+
+def test_include_and_exclude_override_the_default(st_file, tmp_path, capsys):
+    out = tmp_path / "o.safetensors"
+    code, text, _ = _run(capsys, "prune", st_file, "-o", out, "--pattern", "1x1", "--sparsity", "0.5",
+                         "--include", "embed|classifier|bias", "--json")
+    assert code == 0
+    result = json.loads(text)
+    assert sorted(result["pruned"]) == ["classifier.weight", "embed_tokens.weight"]
+    assert "encoder.0.bias" in result["skipped"]  # chosen by name, but 1-D
+    code, text, _ = _run(capsys, "prune", st_file, "-o", out, "--force", "--pattern", "1x1", "--sparsity", "0.5",
+                         "--exclude", "conv", "--exclude", "encoder.1", "--json")
+    assert code == 0
+    assert sorted(json.loads(text)["pruned"]) == ["classifier.weight", "embed_tokens.weight", "encoder.0.weight"]
+
+
+def test_indivisible_layers_stay_dense_and_are_listed(st_file, tmp_path, capsys):
+    out = tmp_path / "o.safetensors"
+    code, text, _ = _run(capsys, "prune", st_file, "-o", out, "--pattern", "16x1", "--sparsity", "0.5", "--json")
+    assert code == 0
+    result = json.loads(text)
+    assert sorted(result["pruned"]) == ["encoder.0.weight", "encoder.1.weight"]
+    assert "16x1 does not divide it" in result["skipped"]["conv.weight"]
+    assert torch.equal(safetensors_torch.load_file(str(out))["conv.weight"], _weights()["conv.weight"])
+
+
+def test_refuses_to_overwrite(st_file, tmp_path, capsys):
+    before = _digest(st_file)
+    code, _, err = _run(capsys, "prune", st_file, "-o", st_file, "--pattern", "4x1", "--sparsity", "0.5")
+    assert code == 2 and "is the input file; pass --force" in err
+    assert _digest(st_file) == before
+    other = tmp_path / "exists.safetensors"
+    other.write_bytes(b"keep me")
+    code, _, err = _run(capsys, "prune", st_file, "-o", other, "--pattern", "4x1", "--sparsity", "0.5")
+    assert code == 2 and "exists; pass --force" in err and other.read_bytes() == b"keep me"
+    code, _, err = _run(capsys, "prune", st_file, "-o", st_file, "--force", "--pattern", "4x1", "--sparsity", "0.5")
+    assert code == 0, err
+    assert layer_report("w", safetensors_torch.load_file(str(st_file))["encoder.0.weight"]).sparsity == 0.5
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def _corrupt_files(tmp_path, st_file):
+    data = st_file.read_bytes()
+    (tmp_path / "truncated.safetensors").write_bytes(data[: len(data) // 2])
+    (tmp_path / "noise.bin").write_bytes(bytes(range(256)) * 8)
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "text.safetensors").write_text("not a checkpoint\n")
+    torch.save({"step": 3, "name": "no tensors"}, tmp_path / "notensors.pt")
+    with (tmp_path / "pickle.pt").open("wb") as f:
+        pickle.dump({"w": torch.ones(2, 2), "f": collections.Counter("ab")}, f)  # not weights-only
+    return ["truncated.safetensors", "noise.bin", "empty.pt", "text.safetensors", "notensors.pt", "pickle.pt", "missing.pt"]
+
+
+def test_corrupt_and_non_tensor_files_fail_cleanly(st_file, tmp_path, capsys):
+    for name in _corrupt_files(tmp_path, st_file):
+        out = tmp_path / f"out-{name}"
+        code, text, err = _run(capsys, "prune", tmp_path / name, "-o", out, "--pattern", "4x1", "--sparsity", "0.5")
+        assert code == 2, name
+        assert err.startswith("fprune prune: error: ") and name in err and "Traceback" not in err, err
+        assert err.count("\n") == 1 and text == ""
+        assert not out.exists()
+        code, _, err = _run(capsys, "report", tmp_path / name)
+        assert code == 2 and err.startswith("fprune report: error: ")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--criterion", "snip"], "needs gradients"),
+        (["--criterion", "snipp"], "Did you mean 'snip'"),
+        (["--sparsity", "1.5"], "sparsity"),
+        (["--pattern", "3:4", "--sparsity", "0.9"], "N/M"),
+        (["--pattern", "4y1"], "pattern"),
+        (["--include", "("], "--include '(' is not a valid regular expression"),
+        (["--include", "nothing-matches"], "no tensor was selected"),
+    ],
+)
+def test_bad_arguments_name_the_fix(st_file, tmp_path, capsys, args, message):
+    out = tmp_path / "o.safetensors"
+    argv = ["prune", st_file, "-o", out, "--pattern", "4x1", "--sparsity", "0.5", *args]
+    code, _, err = _run(capsys, *argv)
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert not out.exists()
+
+
+def test_output_suffix_must_match_the_format(st_file, pt_file, tmp_path, capsys):
+    code, _, err = _run(capsys, "prune", st_file, "-o", tmp_path / "o.pt", "--pattern", "4x1", "--sparsity", "0.5")
+    assert code == 2 and "name it *.safetensors" in err
+    code, _, err = _run(capsys, "prune", pt_file, "-o", tmp_path / "o.safetensors", "--pattern", "4x1", "--sparsity", "0.5")
+    assert code == 2 and "name it *.pt or *.bin" in err
+
+
+def test_report_checks_the_pattern(st_file, tmp_path, capsys):
+    assert _run(capsys, "report", st_file, "--pattern", "4x1")[0] == 0  # no zero at all: whole blocks
+    code, text, _ = _run(capsys, "report", st_file, "--pattern", "2:4", "--json")  # dense groups break 2:4
+    assert code == 1 and all(r["violation"] == [0] * len(r["shape"]) for r in json.loads(text)["layers"])
+    out = tmp_path / "p.safetensors"
+    assert _run(capsys, "prune", st_file, "-o", out, "--pattern", "2:4", "--sparsity", "0.5")[0] == 0
+    code, text, _ = _run(capsys, "report", out, "--pattern", "2:4", "--json")
+    assert code == 0
+    result = json.loads(text)
+    assert sorted(r["name"] for r in result["layers"]) == sorted(PRUNED)
+    assert all(r["satisfies"] and r["unit_sparsity"] == 0.5 and r["sparsity"] == 0.5 for r in result["layers"])
+    assert result["total"]["checked"] == result["total"]["satisfying"] == 3
+    code, text, _ = _run(capsys, "report", out, "--pattern", "4x1", "--json")  # 2:4 zeros are not 4x1 blocks
+    assert code == 1
+    row = next(r for r in json.loads(text)["layers"] if r["name"] == "encoder.0.weight")
+    assert row["satisfies"] is False
+    i, j = row["violation"]
+    block = safetensors_torch.load_file(str(out))["encoder.0.weight"][i : i + 4, j] == 0
+    assert i % 4 == 0 and 0 < int(block.sum()) < 4  # the reported block is mixed
+
+
+def test_report_all_and_human_table(pt_file, capsys):
+    code, text, _ = _run(capsys, "report", pt_file, "--all")
+    assert code == 0
+    for name in ("model.embed_tokens.weight", "model.classifier.weight", "model.conv.weight"):
+        assert name in text
+    assert "total: 0 of" in text
+
+
+def test_python_dash_m_runs_without_traceback(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x00" * 64)
+    run = subprocess.run([sys.executable, "-m", "fprune", "report", str(bad)], capture_output=True, text=True, check=False)
+    assert run.returncode == 2 and "Traceback" not in run.stderr and "bad.pt" in run.stderr
+
+
+def test_checkpoint_load_error_is_a_checkpoint_error(tmp_path):
+    with pytest.raises(checkpoint.CheckpointError, match="no such file"):
+        checkpoint.load(tmp_path / "nope.safetensors")
