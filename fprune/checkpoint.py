@@ -74,7 +74,9 @@ class Selection:
 
     Attributes:
         names: the tensors to prune, in file order.
-        skipped: ``{name: reason}`` for tensors that were eligible by name but are left dense.
+        skipped: ``{name: reason}`` for floating tensors with 2+ dims left dense by a name
+            exclusion or because they alias a chosen tensor, and for tensors chosen by
+            ``include`` that cannot be pruned.
     """
 
     names: tuple[str, ...]
@@ -246,7 +248,10 @@ def select(
     for name, t in ckpt.tensors.items():
         if inc and not any(p.search(name) for p in inc):
             continue
-        if any(p.search(name) for p in exc):
+        hit = next((p for p in exc if p.search(name)), None)
+        if hit is not None:
+            if _eligible(t):
+                skipped[name] = f"name matches the exclusion {hit.pattern!r}"
             continue
         if not _eligible(t):
             if inc:
@@ -308,15 +313,16 @@ def prune(
     names = [n for n in names if n not in left]
     if not names:
         raise CheckpointError(f"no selected tensor is divisible by the pattern {pattern}; nothing was pruned")
-    if scope == "local":
-        for name in progress(names):
-            w = ckpt.tensors[name]
-            mask = fprune.masks({name: w.abs()}, pattern=pattern, sparsity=sparsity, scope="local")[name]
-            w.masked_fill_(~mask, 0)  # not a multiply: a pruned NaN or inf becomes 0 too
-    else:
-        scores = {n: ckpt.tensors[n].abs() for n in progress(names)}
-        masks = fprune.masks(scores, pattern=pattern, sparsity=sparsity, scope=scope)
-        del scores
-        for name in progress(names):
-            ckpt.tensors[name].masked_fill_(~masks[name], 0)
+    with torch.no_grad():  # a saved nn.Parameter loads as a leaf that requires grad
+        if scope == "local":
+            for name in progress(names):
+                w = ckpt.tensors[name]
+                mask = fprune.masks({name: w.abs()}, pattern=pattern, sparsity=sparsity, scope="local")[name]
+                w.masked_fill_(~mask, 0)  # not a multiply: a pruned NaN or inf becomes 0 too
+        else:
+            scores = {n: ckpt.tensors[n].abs() for n in progress(names)}
+            masks = fprune.masks(scores, pattern=pattern, sparsity=sparsity, scope=scope)
+            del scores
+            for name in progress(names):
+                ckpt.tensors[name].masked_fill_(~masks[name], 0)
     return left

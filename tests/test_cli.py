@@ -50,6 +50,7 @@ def pt_file(tmp_path):
     w = _weights()
     tree = {"model": dict(w), "step": 7, "config": {"lr": 0.1, "name": "mlp"}, "extra": [w["norm.weight"], "note"]}
     tree["model"]["tied.weight"] = tree["model"]["encoder.0.weight"]  # shares storage
+    tree["model"]["conv.weight"] = torch.nn.Parameter(w["conv.weight"])  # loads requiring grad
     path = tmp_path / "model.pt"
     torch.save(tree, path)
     return path
@@ -96,7 +97,9 @@ def test_prune_safetensors_round_trip(st_file, tmp_path, capsys, pattern, sparsi
             assert report.unit_sparsity * units == math.floor(sparsity * units + 1e-9)
     for name in PRUNED:
         assert name in text
-    assert "left dense" not in text  # every chosen layer is divisible by these patterns
+    assert "does not divide" not in text  # every chosen layer is divisible by these patterns
+    assert "left dense: embed_tokens.weight (name matches the exclusion 'embed')" in text
+    assert "left dense: classifier.weight (name matches the exclusion 'classifier')" in text
 
 
 def test_prune_torch_keeps_structure_and_ties(pt_file, tmp_path, capsys):
@@ -112,6 +115,7 @@ def test_prune_torch_keeps_structure_and_ties(pt_file, tmp_path, capsys):
     assert zeros == 4 * math.floor(0.75 * w.numel() // 4)  # pruned once, not twice through the tie
     assert "model.tied.weight" in text and "shares storage with model.encoder.0.weight" in text
     assert torch.equal(model["embed_tokens.weight"], _weights()["embed_tokens.weight"])
+    assert layer_report("conv", model["conv.weight"].detach(), pattern="4x1").unit_sparsity == 0.75
 
 
 def test_prune_global_scope_is_exact(st_file, tmp_path, capsys):
