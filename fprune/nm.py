@@ -15,9 +15,11 @@ from collections.abc import Mapping
 
 import torch
 
+from fprune import _fast
+from fprune._trace import tracing
 from fprune.blocks import reduce_blocks
 from fprune.patterns import NM
-from fprune.selection import flat_keys, rank_keys, select
+from fprune.selection import _keys, flat_keys, select
 
 
 def _group_score(low: torch.Tensor, reduce: str) -> torch.Tensor:
@@ -33,6 +35,94 @@ def group_fraction(value: float | torch.Tensor, pattern: NM) -> float | torch.Te
     return min(value * pattern.m / pattern.n, 1.0)
 
 
+_PAIRWISE = 8  # groups of up to this many weights are ranked by comparisons; larger ones by a sort
+
+
+def _ranks(keys: torch.Tensor, inplace: bool) -> list[torch.Tensor]:
+    """Each weight's position within its group in the stable ascending order of ``keys``
+    ``[rows, groups, m]``: one uint8 ``[rows, groups]`` per position in the group.
+
+    ``rank_i = #{j < i: k_j <= k_i} + #{j > i: k_j < k_i}``, from the ``m(m-1)/2`` comparisons
+    ``first_ij = k_i <= k_j`` (``i`` before ``j``, ties to the lower index):
+    ``rank_i = (m - 1 - i) + sum_{j < i} first_ji - sum_{j > i} first_ij``.
+    """
+    m = keys.shape[-1]
+    cols = keys.unbind(-1)
+    shape = keys.shape[:-1]
+    ranks = [torch.full(shape, m - 1 - i, dtype=torch.uint8, device=keys.device) for i in range(m)]
+    for i in range(m):
+        for j in range(i + 1, m):
+            first = (cols[i] <= cols[j]).view(torch.uint8)
+            if inplace:  # contiguous columns: cheap in-place updates
+                ranks[i].sub_(first)
+                ranks[j].add_(first)
+            else:  # traced (vmap cannot update an unbatched tensor in place)
+                ranks[i] = ranks[i] - first
+                ranks[j] = ranks[j] + first
+    return ranks
+
+
+def _below(rank: torch.Tensor, n: int) -> torch.Tensor:
+    """``rank < n`` for uint8 ranks below 128, by arithmetic: ``rank - n`` wraps to 128 or more
+    exactly when it is negative, so its top bit is the answer (several times cheaper than a
+    comparison kernel on the CPU)."""
+    if tracing(rank):
+        return rank < n
+    return ((rank - n) >> 7).view(torch.bool)
+
+
+def within_groups(
+    view: torch.Tensor, pattern: NM, *, pruned: torch.Tensor | None, reduce: str | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The N lowest-ranked weights of every group, and each group's score.
+
+    Args:
+        view: ``[rows, cols]`` scores, ``cols`` divisible by M.
+        pattern: the N:M pattern.
+        pruned: bool ``[rows, cols]``, True where a weight is already pruned (ranks first).
+        reduce: the group-score reduction of the N lowest scores (taken in rank order), or
+            None to skip the group scores.
+
+    Returns:
+        ``(low, score)``: bool ``[rows, cols / M, M]``, True for the N weights a converted
+        group loses (ties to the lower index); ``[rows, cols / M]`` scores, or None.
+    """
+    n, m = pattern.n, pattern.m
+    rows, cols = view.shape
+    keys = _keys(view, pruned=pruned, wide=False, share=True).reshape(rows, cols // m, m)  # read only
+    values = view.reshape(rows, cols // m, m)
+    if m > _PAIRWISE:
+        order = torch.sort(keys, dim=-1, stable=True).indices[..., :n]
+        low = torch.zeros_like(keys, dtype=torch.bool).scatter(-1, order, True)
+        score = None if reduce is None else _group_score(values.gather(-1, order), reduce)
+        return low, score
+    ranks = _ranks(keys, inplace=not tracing(view))
+    del keys
+    low = torch.stack([_below(r, n) for r in ranks], dim=-1)
+    if reduce is None:
+        return low, None
+    cols_v = values.unbind(-1)
+    lowest = []
+    for k in range(n):  # the value at rank k, picked (not summed), so it is bit for bit the same
+        picked = cols_v[m - 1]
+        for i in range(m - 2, -1, -1):
+            picked = torch.where(ranks[i] == k, cols_v[i], picked)
+        lowest.append(picked)
+    return low, _group_score(torch.stack(lowest, dim=-1), reduce)
+
+
+def _all_kept(mask: torch.Tensor) -> bool:
+    """Whether an eager mask keeps everything (then nothing needs to rank first)."""
+    return not tracing(mask) and (mask.numel() == 0 or bool(mask.view(torch.uint8).amin() == 1))
+
+
+def _every_group(fraction: float | torch.Tensor) -> bool:
+    """Whether every group is converted (the fraction is 1), known without tracing."""
+    if isinstance(fraction, torch.Tensor):
+        return not tracing(fraction) and bool(fraction >= 1.0)
+    return fraction >= 1.0
+
+
 def nm_masks(
     views: Mapping[str, torch.Tensor],
     *,
@@ -44,27 +134,61 @@ def nm_masks(
     previous: Mapping[str, torch.Tensor] | None,
     reduce: str,
 ) -> dict[str, torch.Tensor]:
-    """Kept masks on the 2-D views of already-validated N:M layers (see module docstring)."""
-    n, m = pattern.n, pattern.m
-    within, group_scores, kept_groups = {}, {}, {}
+    """Kept masks on the 2-D views of already-validated N:M layers (see module docstring).
+
+    ``views`` is read once per layer, in order, and no view is used after the next one is
+    read, so a lazy mapping may score one layer at a time into a shared buffer.
+    """
+    fraction = group_fraction(sparsity, pattern)
+    everything = _every_group(fraction)  # then no group is ranked, and none needs a score
+    low, group_scores, kept_groups, shapes = {}, {}, {}, {}
     for name, view in views.items():
-        rows, cols = view.shape
-        pruned = None if previous is None else ~previous[name]
-        keys = rank_keys(view, pruned=pruned).reshape(rows, cols // m, m)
-        low = torch.sort(keys, dim=-1, stable=True).indices[..., :n]
-        within[name] = torch.zeros_like(keys, dtype=torch.bool).scatter(-1, low, True)
-        group_scores[name] = _group_score(view.reshape(rows, cols // m, m).gather(-1, low), reduce)
-        if pruned is not None:  # a group with any pruned weight was converted: it ranks first
-            kept_groups[name] = ~pruned.reshape(rows, cols // m, m).any(dim=-1)
-    chosen = select(
-        flat_keys(group_scores, kept_groups if previous is not None else None),
-        scope=scope,
-        sparsity=group_fraction(sparsity, pattern),
-        lo=group_fraction(min_layer_sparsity, pattern),
-        hi=group_fraction(max_layer_sparsity, pattern),
-    )
-    out = {}
-    for name, view in views.items():
-        groups = chosen[name].reshape(within[name].shape[:-1])
-        out[name] = ~(groups[..., None] & within[name]).reshape(view.shape)
-    return out
+        rows, cols = shapes[name] = tuple(view.shape)
+        pruned = None if previous is None or _all_kept(previous[name]) else ~previous[name]
+        low[name], score = within_groups(view, pattern, pruned=pruned, reduce=None if everything else reduce)
+        if score is not None:
+            group_scores[name] = score
+        if not everything:  # a group with a pruned weight was converted: it ranks first
+            kept_groups[name] = None if pruned is None else ~pruned.reshape(rows, cols // pattern.m, pattern.m).any(dim=-1)
+    if everything:
+        return {name: _lose(low[name], None, shapes[name]) for name in low}
+    kept = None
+    if any(k is not None for k in kept_groups.values()):
+        kept = {n: torch.ones_like(group_scores[n], dtype=torch.bool) if k is None else k for n, k in kept_groups.items()}
+    lo, hi = group_fraction(min_layer_sparsity, pattern), group_fraction(max_layer_sparsity, pattern)
+    chosen = None
+    if _fast.applies(group_scores.values(), (fraction, lo, hi)):
+        chosen = _fast_groups(group_scores, kept, scope=scope, fraction=fraction, lo=lo, hi=hi)
+    if chosen is None:
+        chosen = select(flat_keys(group_scores, kept), scope=scope, sparsity=fraction, lo=lo, hi=hi)
+    return {name: _lose(low[name], chosen[name], shapes[name]) for name in low}
+
+
+def _lose(low: torch.Tensor, chosen: torch.Tensor | None, shape: tuple[int, int]) -> torch.Tensor:
+    """Kept mask ``[rows, cols]``: a chosen (converted) group loses its N lowest weights."""
+    if chosen is not None:
+        low = low & chosen.reshape(low.shape[:-1])[..., None]
+    elif not tracing(low):
+        return low.logical_not_().reshape(shape)  # our own fresh tensor
+    return (~low).reshape(shape)
+
+
+def _fast_groups(
+    scores: dict[str, torch.Tensor],
+    kept: dict[str, torch.Tensor] | None,
+    *,
+    scope: str,
+    fraction: float | torch.Tensor,
+    lo: float | torch.Tensor,
+    hi: float | torch.Tensor,
+) -> dict[str, torch.Tensor] | None:
+    """Chosen groups (flat, True = converted) by the eager selection, or None to defer."""
+    names = sorted(scores)
+    sizes = [scores[n].numel() for n in names]
+    produce = scores.__getitem__
+    prev = (lambda _: None) if kept is None else kept.__getitem__
+    if scope == "local":
+        out = _fast.select_local(names, sizes, produce, prev, sparsity=float(fraction))
+    else:
+        out = _fast.select_global(names, sizes, produce, prev, sparsity=float(fraction), lo=float(lo), hi=float(hi))
+    return None if out is None else {n: ~k for n, k in out.items()}

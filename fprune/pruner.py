@@ -113,6 +113,24 @@ class Pruner:
         return reg(params, pattern=pattern, strength=strength, grads=grads)
 
 
+class _Lazy(Mapping[str, torch.Tensor]):
+    """A read-only mapping that computes each value on access (a layer's scores, on demand)."""
+
+    def __init__(self, get: Callable[[str], torch.Tensor], names: tuple[str, ...]) -> None:
+        self._get, self._names = get, names
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self._names:
+            raise KeyError(name)
+        return self._get(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
 def pruner(
     sparsity: float,
     *,
@@ -305,7 +323,27 @@ def pruner(
 
     def _eager_blocks(active: Tensors) -> bool:
         """Whether an eager prune step can select layer by layer (:mod:`fprune._fast`)."""
-        return not isinstance(pat, NM) and _fast.applies(active.values(), ())
+        return _fast.applies(active.values(), ())
+
+    def _prune_eager_nm(
+        step_t: torch.Tensor,
+        initial: torch.Tensor,
+        current: torch.Tensor,
+        final: torch.Tensor,
+        previous: dict[str, torch.Tensor],
+        grid_of: Callable[[str], torch.Tensor],
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """``_prune`` for an eager N:M step: each layer is scored (into the shared buffer) and
+        ranked within its groups before the next is scored, and the new masks are ANDed with
+        the previous ones in place, so memory beyond the masks is of the order of one layer."""
+        r, low = _targets(step_t, initial, current, final)
+        chosen = _select(_Lazy(grid_of, tuple(previous)), pat, r, scope, low, hi,
+                         reduce_masks(previous, pattern=pat), reduce)
+        out = {}
+        for name in previous:
+            mask = expand_masks({name: chosen.pop(name)}, pattern=pat, shapes={name: previous[name].shape})[name]
+            out[name] = mask.__iand__(previous[name]) if mask.is_contiguous() else mask & previous[name]
+        return out, r
 
     def _prune_eager(
         step_t: torch.Tensor,
@@ -413,7 +451,12 @@ def pruner(
             new_active = {n: torch.where(pred, chosen[n], state.masks[n]) for n in active}
             new_target = torch.where(pred, r, state.target)
         elif prune_now:
-            fast = _prune_eager(*operands, grid_of) if _eager_blocks(active) else None
+            if not _eager_blocks(active):
+                fast = None
+            elif isinstance(pat, NM):
+                fast = _prune_eager_nm(*operands, grid_of)
+            else:
+                fast = _prune_eager(*operands, grid_of)
             new_active, new_target = fast if fast is not None else prune_branch(*operands)
         else:
             new_active, new_target = previous, state.target

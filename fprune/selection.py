@@ -50,19 +50,51 @@ def rank_keys(
         >>> torch.argsort(k, stable=True).tolist()
         [1, 2, 3, 4, 0, 5]
     """
+    return _keys(scores, pruned=pruned, wide=wide, share=False)
+
+
+def _keys(scores: torch.Tensor, *, pruned: torch.Tensor | None, wide: bool, share: bool) -> torch.Tensor:
+    """:func:`rank_keys`; with ``share``, eager keys may be a view of ``scores``' memory (when
+    the scores are already their own keys), for callers that only read them."""
     if wide or scores.dtype == torch.float64:
         x, itype, width = scores.double(), torch.int64, 64
     else:
         x, itype, width = scores.float(), torch.int32, 32
     lowest = torch.iinfo(itype).min
-    x = torch.where(x == 0, torch.zeros_like(x), x)  # -0.0 -> +0.0
+    inf = 0x7F800000 if itype == torch.int32 else 0x7FF0000000000000  # the bits of +inf
+    traced = _trace.tracing(x)
+    if not traced and _within(x.view(itype), 0, inf):
+        # no sign bit (so no -0.0) and no NaN: the bits already order like the floats
+        keys = x.view(itype)
+        if pruned is not None:
+            return torch.where(pruned, lowest, keys)
+        return keys if share or x is not scores else keys.clone()
+    if traced:  # a compiler may drop ``x + 0.0`` as a no-op
+        x = torch.where(x == 0, 0.0, x)  # -0.0 -> +0.0
+    else:
+        x = x + 0.0  # -0.0 + 0.0 is +0.0 (IEEE), any other x is unchanged; one pass
     bits = x.view(itype)
     # Negative floats order backwards as integers: flip their magnitude bits.
-    keys = bits ^ ((bits >> (width - 1)) & torch.iinfo(itype).max)
-    keys = torch.where(torch.isnan(x), torch.full_like(keys, lowest + 1), keys)
+    keys = bits >> (width - 1)
+    if traced:
+        keys = bits ^ (keys & torch.iinfo(itype).max)
+    else:
+        keys.bitwise_and_(torch.iinfo(itype).max).bitwise_xor_(bits)
+    # NaN bits map above +inf's key or below -inf's (``~inf``)
+    if traced or not _within(keys, ~inf, inf):
+        keys = torch.where(torch.isnan(x), lowest + 1, keys)
     if pruned is not None:
-        keys = torch.where(pruned, torch.full_like(keys, lowest), keys)
+        keys = torch.where(pruned, lowest, keys)
     return keys
+
+
+def _within(t: torch.Tensor, low: int, high: int) -> bool:
+    """Whether every value of an eager integer tensor lies in ``[low, high]`` (one read-only
+    pass; a comparison that writes a bool tensor costs several)."""
+    if t.numel() == 0:
+        return True
+    lo, hi = torch.aminmax(t)
+    return bool(lo >= low) and bool(hi <= high)
 
 
 def _count(sparsity: float | torch.Tensor, n: int, device: torch.device) -> torch.Tensor:

@@ -289,3 +289,24 @@ def test_tensor_sparsity_equals_float_sparsity():
             global_masks(scores, sparsity=r, max_layer_sparsity=0.8) if r <= 0.8 else
             global_masks(scores, sparsity=t, max_layer_sparsity=torch.tensor(0.8, dtype=torch.float64)),
         )
+
+
+@given(strategies.tensors((3, 5), specials=strategies.SPECIALS), st.booleans())
+def test_rank_keys_never_share_the_scores_memory(scores, nonnegative):
+    """The eager shortcut (scores that already order as their bits) still returns a new tensor."""
+    scores = scores.abs() if nonnegative else scores
+    before = scores.clone()
+    keys = rank_keys(scores)
+    keys.fill_(0)
+    assert same_bits({"s": scores}, {"s": before})
+
+
+@given(strategies.tensors((4, 6), specials=strategies.SPECIALS))
+def test_rank_keys_eager_shortcuts_equal_the_traced_keys(scores):
+    """The eager paths (no sign bit; no NaN) give the keys the traced path computes."""
+    import torch._dynamo
+
+    compiled = torch.compile(rank_keys, backend="aot_eager", fullgraph=True)
+    for x in (scores, scores.abs()):
+        assert torch.equal(rank_keys(x), compiled(x))
+    torch._dynamo.reset()
