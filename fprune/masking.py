@@ -91,6 +91,7 @@ def fast_select(
     sparsity: float | torch.Tensor,
     lo: float | torch.Tensor,
     hi: float | torch.Tensor,
+    sampler: _fast.Sampler | None = None,
 ) -> dict[str, torch.Tensor] | None:
     """Kept flat masks by the eager sample-and-settle selection (:mod:`fprune._fast`), or
     None where it defers to the general path. ``names`` in tie order (sorted)."""
@@ -98,7 +99,9 @@ def fast_select(
     counts = [sizes[n] for n in names]
     if scope == "local":
         return _fast.select_local(names, counts, produce, prev, sparsity=float(sparsity))
-    return _fast.select_global(names, counts, produce, prev, sparsity=float(sparsity), lo=float(lo), hi=float(hi))
+    return _fast.select_global(
+        names, counts, produce, prev, sparsity=float(sparsity), lo=float(lo), hi=float(hi), sampler=sampler
+    )
 
 
 def grid_masks(

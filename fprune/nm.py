@@ -113,7 +113,7 @@ def within_groups(
 
 def _all_kept(mask: torch.Tensor) -> bool:
     """Whether an eager mask keeps everything (then nothing needs to rank first)."""
-    return not tracing(mask) and (mask.numel() == 0 or bool(mask.view(torch.uint8).amin() == 1))
+    return not tracing(mask) and _fast.all_true(mask)
 
 
 def _every_group(fraction: float | torch.Tensor) -> bool:

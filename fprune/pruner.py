@@ -352,6 +352,7 @@ def pruner(
         final: torch.Tensor,
         previous: dict[str, torch.Tensor],
         grid_of: Callable[[str], torch.Tensor],
+        sample_of: Callable[[str, int], torch.Tensor | None],
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor] | None:
         """``_prune`` for an eager step on block patterns, one layer's scores at a time, so
         memory beyond the new masks is of the order of the largest layer. None where the
@@ -361,6 +362,7 @@ def pruner(
         kept = fast_select(
             sorted(previous), grid_of, lambda n: reduce_masks({n: previous[n]}, pattern=pat)[n],
             {n: math.prod(shape) for n, shape in shapes.items()}, scope=scope, sparsity=r, lo=low, hi=hi,
+            sampler=sample_of,
         )
         if kept is None:
             return None
@@ -420,6 +422,18 @@ def pruner(
                 score = layer_score(w, None if agrads is None else agrads[name], scratch.like(w))
                 return to_grid({name: score}, pat, reduce)[name]
 
+            def sample_of(name: str, stride: int) -> torch.Tensor | None:
+                """Scores at every ``stride``-th weight, for the bracket: an element-wise
+                criterion on a 2-D unit grid scores only those weights."""
+                w = active[name]
+                if layer_score is None or w.ndim != 2 or not w.is_contiguous() or isinstance(pat, NM):
+                    return None
+                if pat.block_shape(tuple(w.shape)) != (1, 1):
+                    return None
+                g = None if agrads is None else agrads[name].reshape(-1)[::stride]
+                taken = w.reshape(-1)[::stride]
+                return layer_score(taken, g, torch.empty(taken.shape, dtype=w.dtype, device=w.device))
+
             memo: dict[str, torch.Tensor] = {}
             scratch = Scratch(active.values())
         else:  # accumulators fold in every step's grads
@@ -431,6 +445,9 @@ def pruner(
 
             def grid_of(name: str) -> torch.Tensor:
                 return ready[name]
+
+            def sample_of(name: str, stride: int) -> torch.Tensor | None:
+                return None
 
         def prune_branch(
             step_t: torch.Tensor, initial: torch.Tensor, current: torch.Tensor, final: torch.Tensor,
@@ -456,7 +473,7 @@ def pruner(
             elif isinstance(pat, NM):
                 fast = _prune_eager_nm(*operands, grid_of)
             else:
-                fast = _prune_eager(*operands, grid_of)
+                fast = _prune_eager(*operands, grid_of, sample_of)
             new_active, new_target = fast if fast is not None else prune_branch(*operands)
         else:
             new_active, new_target = previous, state.target

@@ -90,7 +90,7 @@ def test_pruner_eager_steps_equal_the_traced_selection():
     gen = torch.Generator().manual_seed(0)
     params = {f"l{i}.weight": torch.randn(96, 64, generator=gen) * (i + 1) for i in range(4)}
     grads = [{n: torch.randn(p.shape, generator=gen) for n, p in params.items()} for _ in range(7)]
-    cases = [(c, "4x1", 0.9) for c in ("magnitude", "snip", "snip_momentum")]
+    cases = [(c, p, 0.9) for c in ("magnitude", "snip", "snip_momentum") for p in ("4x1", "1x1")]  # 1x1: strided sample
     cases += [(c, p, r) for c in ("magnitude", "snip_momentum") for p, r in (("2:4", 0.5), ("1:4", 0.2), ("2:8", 0.25))]
     for criterion, pattern, sparsity in cases:  # N:M: ranked layer by layer, and at N/M no group selection
         torch._dynamo.reset()  # each pruner is a new closure of the same code: keep under the recompile limit
@@ -102,3 +102,21 @@ def test_pruner_eager_steps_equal_the_traced_selection():
             eager, eager_masks = prune.step(eager, params, g)
             traced, traced_masks = step(traced, params, g)
             assert same_bits(eager_masks, traced_masks)
+
+
+@given(st.integers(0, 300), st.floats(0.0, 1.0), st.integers(0, 9), st.integers(0, 2**16))
+def test_indices_equal_nonzero(size, density, offset, seed):
+    """The word-wise candidate scan gives ``nonzero``'s indices, in order, at any length and offset."""
+    from fprune._fast import _indices
+
+    mask = torch.rand(size + offset, generator=torch.Generator().manual_seed(seed)) < density
+    view = mask[offset:]
+    assert torch.equal(_indices(view), view.nonzero().squeeze(1))
+
+
+def test_all_true_reads_bytes_as_bools():
+    from fprune._fast import all_true
+
+    assert all_true(torch.ones(5, 3, dtype=torch.bool)) and all_true(torch.ones(0, dtype=torch.bool))
+    assert not all_true(torch.eye(3, dtype=torch.bool))
+    assert all_true(torch.ones(4, 6, dtype=torch.bool).t())  # non-contiguous
