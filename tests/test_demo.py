@@ -44,3 +44,12 @@ def test_demo_bad_option_and_missing_extra(capsys, monkeypatch):
         monkeypatch.setitem(sys.modules, name, None)
     assert main(["demo", "--fast", "--plot", "none"]) == 2
     assert "pip install 'fprune[demo]'" in capsys.readouterr().err
+
+
+def test_demo_default_run_keeps_accuracy_within_two_points(tmp_path, capsys):
+    """The README's promise: at 90% sparsity the sparse MLP is within 2 points of dense."""
+    assert main(["demo", "--plot", "none", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["sparsity"] == 0.9 and result["pattern_sparsity"] == 0.9
+    assert result["dense_accuracy"] > 0.95
+    assert result["sparse_accuracy"] >= result["dense_accuracy"] - 0.02
