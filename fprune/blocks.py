@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 import torch
 
-from fprune import _errors
+from fprune import _errors, _trace
 from fprune._dtypes import widen
 from fprune.layout import from_2d, shape_2d, to_2d
 from fprune.patterns import NM, Pattern, parse_pattern
@@ -192,7 +192,11 @@ def reduce_masks(masks: Mapping[str, torch.Tensor], *, pattern: str | Pattern) -
         if (bn, bm) == (1, 1):
             out[name] = view  # a view, not a copy: 1x1 blocks are the weights
             continue
-        out[name] = view.reshape(rows // bn, bn, cols // bm, bm).any(dim=3).any(dim=1)
+        if _trace.tracing(view):
+            out[name] = view.reshape(rows // bn, bn, cols // bm, bm).any(dim=3).any(dim=1)
+        else:  # the maximum of the bytes: a vectorised reduction (Tensor.any is several times slower)
+            tiles = view.view(torch.uint8).reshape(rows // bn, bn, cols // bm, bm)
+            out[name] = tiles.amax(dim=(1, 3)).view(torch.bool)
     return out
 
 

@@ -84,7 +84,7 @@ def _select(
 def fast_select(
     names: list[str],
     produce: Callable[[str], torch.Tensor],
-    previous: Callable[[str], torch.Tensor] | None,
+    previous: Callable[[str], torch.Tensor | None] | None,
     sizes: Mapping[str, int],
     *,
     scope: str,

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from fprune import _checks, _errors, _fast, _resolve, _trace, registry
+from fprune._dtypes import widen
 from fprune._scratch import Scratch
 from fprune.blocks import (
     REDUCTIONS,
@@ -111,6 +112,9 @@ class Pruner:
         strength = lr * float(self.extra.get("reg_coeff", 0.0))
         pattern = _resolve.pattern(self.settings["pattern"])  # registered names too
         return reg(params, pattern=pattern, strength=strength, grads=grads)
+
+
+_SAMPLED_BLOCK = 64  # blocks up to this many weights are sampled from their weights alone
 
 
 class _Lazy(Mapping[str, torch.Tensor]):
@@ -360,7 +364,8 @@ def pruner(
         r, low = _targets(step_t, initial, current, final)
         shapes = {n: grid_shape(pat, tuple(m.shape)) for n, m in previous.items()}
         kept = fast_select(
-            sorted(previous), grid_of, lambda n: reduce_masks({n: previous[n]}, pattern=pat)[n],
+            sorted(previous), grid_of,
+            lambda n: None if _fast.all_true(previous[n]) else reduce_masks({n: previous[n]}, pattern=pat)[n],
             {n: math.prod(shape) for n, shape in shapes.items()}, scope=scope, sparsity=r, lo=low, hi=hi,
             sampler=sample_of,
         )
@@ -423,16 +428,27 @@ def pruner(
                 return to_grid({name: score}, pat, reduce)[name]
 
             def sample_of(name: str, stride: int) -> torch.Tensor | None:
-                """Scores at every ``stride``-th weight, for the bracket: an element-wise
-                criterion on a 2-D unit grid scores only those weights."""
+                """Every ``stride``-th unit score of the flat grid, for the bracket, from only
+                the weights of those units (an element-wise criterion on a 2-D weight with
+                small blocks); None otherwise."""
                 w = active[name]
                 if layer_score is None or w.ndim != 2 or not w.is_contiguous() or isinstance(pat, NM):
                     return None
-                if pat.block_shape(tuple(w.shape)) != (1, 1):
+                (rows, cols), (bn, bm) = w.shape, pat.block_shape(tuple(w.shape))
+                if bn * bm > _SAMPLED_BLOCK:
                     return None
-                g = None if agrads is None else agrads[name].reshape(-1)[::stride]
-                taken = w.reshape(-1)[::stride]
-                return layer_score(taken, g, torch.empty(taken.shape, dtype=w.dtype, device=w.device))
+                g = None if agrads is None else agrads[name]
+                if (bn, bm) == (1, 1):
+                    w_units = w.reshape(-1)[::stride]
+                    g_units = None if g is None else g.reshape(-1)[::stride]
+                    return layer_score(w_units, g_units, torch.empty_like(w_units))
+                at = torch.arange(0, (rows // bn) * (cols // bm), stride, device=w.device)
+                r, c = at // (cols // bm), at % (cols // bm)
+                w_units = w.view(rows // bn, bn, cols // bm, bm)[r, :, c, :]  # [units, bn, bm]
+                g_units = None if g is None else g.view(rows // bn, bn, cols // bm, bm)[r, :, c, :]
+                score = widen(layer_score(w_units, g_units, torch.empty_like(w_units)))
+                return score.amax(dim=(1, 2)) if reduce == "max" else score.sum(dim=(1, 2)) / (
+                    bn * bm if reduce == "mean" else 1)
 
             memo: dict[str, torch.Tensor] = {}
             scratch = Scratch(active.values())
