@@ -97,26 +97,25 @@ def _kept(previous: PreviousProducer, name: str) -> torch.Tensor:
     return prev.reshape(-1)
 
 
-def _padded(sorted_keys: list[torch.Tensor]) -> torch.Tensor:
-    """The layers' sorted keys as one ``[layers, longest]`` tensor, each row padded with the
-    dtype's largest value (never a key: NaN and pruned units map to the smallest), so one
-    ``searchsorted`` counts every layer at once."""
-    dtype = sorted_keys[0].dtype if sorted_keys else torch.int32
-    longest = max([k.numel() for k in sorted_keys] + [1])
-    out = torch.full((len(sorted_keys), longest), torch.iinfo(dtype).max, dtype=dtype)
-    for row, keys in zip(out, sorted_keys, strict=True):
-        row[: keys.numel()] = keys
-    return out
-
-
 def _counts_at(sorted_keys: list[torch.Tensor], base: list[int], t: int, *, right: bool) -> list[int]:
     """Per layer: ``base`` plus the number of keys ``<= t`` (``right``) or ``< t``."""
-    if not sorted_keys:
-        return []
-    padded = _padded(sorted_keys)
-    probe = torch.full((len(sorted_keys), 1), t, dtype=padded.dtype)
-    counts = torch.searchsorted(padded, probe, right=right).reshape(-1)
-    return [b + c for b, c in zip(base, counts.tolist(), strict=True)]
+    return [b + c for b, c in zip(base, _Counter(sorted_keys)(t, right=right), strict=True)]
+
+
+class _Counter:
+    """Counts of sorted keys up to a probe, per layer. One small ``searchsorted`` per layer
+    with a reused probe: padding the layers into one tensor would cost memory of the order of
+    all candidates (0.1 byte per weight on the performance workload)."""
+
+    def __init__(self, sorted_keys: list[torch.Tensor]) -> None:
+        self.keys = sorted_keys
+        self.probes = [torch.empty(1, dtype=k.dtype) for k in sorted_keys]
+
+    def __call__(self, t: int, *, right: bool) -> list[int]:
+        return [
+            int(torch.searchsorted(k, p.fill_(t), right=right)) if k.numel() else 0
+            for k, p in zip(self.keys, self.probes, strict=True)
+        ]
 
 
 def _threshold(
@@ -124,18 +123,15 @@ def _threshold(
 ) -> int | None:
     """The smallest key ``t`` with ``sum_l clamp(base_l + #(keys_l <= t), low_l, high_l) >= k``
     (keys sorted per layer), or None if no key reaches ``k``. A bisection on the integer
-    range (the total only changes at key values, so the answer is a key); each probe counts
-    every layer with one ``searchsorted``."""
+    range (the total only changes at key values, so the answer is a key)."""
     present = [keys for keys in sorted_keys if keys.numel()]
     if not present:
         return None
-    padded = _padded(sorted_keys)
-    base_t, low_t, high_t = (torch.tensor(v, dtype=torch.int64) for v in (base, low, high))
-    probe = torch.empty((len(sorted_keys), 1), dtype=padded.dtype)
+    count = _Counter(sorted_keys)
 
     def reaches(t: int) -> bool:
-        counts = torch.searchsorted(padded, probe.fill_(t), right=True).reshape(-1)
-        return int(torch.clamp(base_t + counts, low_t, high_t).sum()) >= k
+        counts = count(t, right=True)
+        return sum(min(max(b + c, lo), hi) for b, c, lo, hi in zip(base, counts, low, high, strict=True)) >= k
 
     first = min(int(keys[0]) for keys in present)
     last = max(int(keys[-1]) for keys in present)
