@@ -1,0 +1,64 @@
+"""What single eager ops cost per element on this CPU: the facts the eager selection is built on.
+
+Times each op on one tensor the size of the workload's largest layer (3072 x 768 =
+2,359,296 elements), median of 50 calls after a warm-up, 2 threads, and prints ns per element
+and the ratio to a uint8 subtraction. Run: ``python benchmarks/bench_ops.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from fprune._fast import _indices, all_true
+
+
+def _ns_per_element(fn, n: int, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) / n * 1e9
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=50)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(2)
+    n = 3072 * 768
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.rand(n, generator=gen), torch.rand(n, generator=gen)
+    kx, ky = x.view(torch.int32), y.view(torch.int32)
+    ranks = torch.randint(0, 4, (n,), dtype=torch.uint8, generator=gen)
+    mask = torch.ones(n, dtype=torch.bool)
+    sparse = torch.rand(n, generator=gen) < 0.01
+    rows = {
+        "uint8 subtraction (ranks - 2)": lambda: ranks - 2,
+        "uint8 rank < 2 as (ranks - 2) >> 7": lambda: ((ranks - 2) >> 7).view(torch.bool),
+        "uint8 rank < 2 by comparison": lambda: ranks < 2,
+        "int32 keys compared (a <= b)": lambda: kx <= ky,
+        "float32 compared with a scalar (x > 0.5)": lambda: x > 0.5,
+        "float32 abs": lambda: torch.abs(x),
+        "int32 aminmax (read only)": lambda: torch.aminmax(kx),
+        "bool Tensor.all()": lambda: bool(mask.all()),
+        "bool all as the byte minimum (all_true)": lambda: all_true(mask),
+        "nonzero of a 1% mask": lambda: sparse.nonzero(),
+        "nonzero of a 1% mask, 8 bytes at a time (_indices)": lambda: _indices(sparse),
+    }
+    results = {name: _ns_per_element(fn, n, args.repeats) for name, fn in rows.items()}
+    base = results["uint8 subtraction (ranks - 2)"]
+    print(f"{n:,} elements, 2 threads, median of {args.repeats}")
+    print(f"{'op':<55}{'ns/element':>12}{'x uint8 sub':>14}")
+    for name, ns in results.items():
+        print(f"{name:<55}{ns:>12.3f}{ns / base:>14.1f}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
