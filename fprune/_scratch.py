@@ -7,6 +7,7 @@ A view handed out is valid only until the next one of the same dtype is asked fo
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import torch
@@ -22,8 +23,13 @@ class Scratch:
 
     def like(self, t: torch.Tensor) -> torch.Tensor:
         """A view shaped like ``t``, of its dtype, into the reused buffer (eager calls only)."""
-        buf = self._buffers.get(t.dtype)
-        if buf is None or buf.numel() < t.numel():
-            self._size = max(self._size, t.numel(), *(x.numel() for x in self._tensors))
-            buf = self._buffers[t.dtype] = torch.empty(self._size, dtype=t.dtype, device=t.device)
-        return buf[: t.numel()].view(t.shape)
+        return self.get(tuple(t.shape), t.dtype, t.device)
+
+    def get(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """A view of ``shape`` and ``dtype`` into the reused buffer (eager calls only)."""
+        numel = math.prod(shape)
+        buf = self._buffers.get(dtype)
+        if buf is None or buf.numel() < numel:
+            self._size = max(self._size, numel, *(x.numel() for x in self._tensors))
+            buf = self._buffers[dtype] = torch.empty(self._size, dtype=dtype, device=device)
+        return buf[:numel].view(shape)

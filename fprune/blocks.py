@@ -71,6 +71,20 @@ def reduce_blocks(view: torch.Tensor, block: tuple[int, int], *, reduce: str = "
     return tiles.amax(dim=(1, 3))
 
 
+def reduce_into(view: torch.Tensor, block: tuple[int, int], reduce: str, out: torch.Tensor) -> torch.Tensor:
+    """:func:`reduce_blocks` written into ``out`` (eager callers that reuse one buffer across
+    layers: a fresh grid costs page faults comparable to the reduction itself). The same
+    kernels, so the same bits. ``out`` must be ``[rows / bn, cols / bm]`` of the result dtype."""
+    rows, cols = view.shape
+    bn, bm = block
+    tiles = widen(view).reshape(rows // bn, bn, cols // bm, bm)
+    if reduce == "mean":
+        return torch.mean(tiles, dim=(1, 3), out=out)
+    if reduce == "sum":
+        return torch.sum(tiles, dim=(1, 3), out=out)
+    return torch.amax(tiles, dim=(1, 3), out=out)
+
+
 def expand_blocks(grid: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
     """Repeat every grid entry over its ``block``: the inverse of a block reduction's shape.
 

@@ -32,9 +32,11 @@ from fprune.blocks import (
     check_divisible,
     expand_masks,
     grid_shape,
+    reduce_into,
     reduce_masks,
     to_grid,
 )
+from fprune.layout import to_2d
 from fprune.masking import SCOPES, _ndim_at_least_2, _select, fast_select, pattern_lock_masks
 from fprune.patterns import NM, Pattern
 from fprune.schedules import _window, decay_curve, is_prune_step
@@ -425,7 +427,13 @@ def pruner(
                 # into one buffer reused by every layer and pass (the eager selection uses a
                 # score only until it asks for the next)
                 score = layer_score(w, None if agrads is None else agrads[name], scratch.like(w))
-                return to_grid({name: score}, pat, reduce)[name]
+                view = to_2d(score)
+                if isinstance(pat, NM) or pat.block_shape(tuple(view.shape)) == (1, 1):
+                    return to_grid({name: score}, pat, reduce)[name]
+                block = pat.block_shape(tuple(view.shape))
+                shape = (view.shape[0] // block[0], view.shape[1] // block[1])
+                into = grid_scratch.get(shape, widen(view).dtype, view.device)
+                return reduce_into(view, block, reduce, into)
 
             def sample_of(name: str, stride: int) -> torch.Tensor | None:
                 """Every ``stride``-th unit score of the flat grid, for the bracket, from only
@@ -443,15 +451,18 @@ def pruner(
                     g_units = None if g is None else g.reshape(-1)[::stride]
                     return layer_score(w_units, g_units, torch.empty_like(w_units))
                 at = torch.arange(0, (rows // bn) * (cols // bm), stride, device=w.device)
-                r, c = at // (cols // bm), at % (cols // bm)
-                w_units = w.view(rows // bn, bn, cols // bm, bm)[r, :, c, :]  # [units, bn, bm]
-                g_units = None if g is None else g.view(rows // bn, bn, cols // bm, bm)[r, :, c, :]
+                first = (at // (cols // bm)) * (bn * cols) + (at % (cols // bm)) * bm  # a unit's first weight
+                within = (torch.arange(bn, device=w.device)[:, None] * cols + torch.arange(bm, device=w.device)).reshape(-1)
+                flat = (first[:, None] + within).reshape(-1, bn, bm)  # [units, bn, bm] flat indices
+                w_units = torch.take(w, flat)
+                g_units = None if g is None else torch.take(g, flat)
                 score = widen(layer_score(w_units, g_units, torch.empty_like(w_units)))
                 return score.amax(dim=(1, 2)) if reduce == "max" else score.sum(dim=(1, 2)) / (
                     bn * bm if reduce == "mean" else 1)
 
             memo: dict[str, torch.Tensor] = {}
             scratch = Scratch(active.values())
+            grid_scratch = Scratch(())  # block grids, sized as they come
         else:  # accumulators fold in every step's grads
             scores, aux = crit.update(state.aux, active, agrads) if active else ({}, {})
             ready = _grids(func, scores, active, pat, reduce)
