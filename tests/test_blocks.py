@@ -101,3 +101,19 @@ def test_indivisible_layers_lists_sorted_names():
     params = {"b": torch.zeros(6, 8), "a": torch.zeros(2, 6), "c": torch.zeros(8, 8)}
     assert fprune.indivisible_layers(params, pattern="4x1") == ["a", "b"]
     assert fprune.indivisible_layers(params, pattern="2:4") == ["a"]
+
+
+@given(
+    st.sampled_from([(1, 2), (2, 1), (4, 1), (2, 2), (1, 4)]), st.sampled_from(["mean", "sum", "max"]),
+    st.sampled_from(strategies.FLOAT_DTYPES), st.data(),
+)
+def test_reduce_into_equals_reduce_blocks_bit_for_bit(block, reduce, dtype, data):
+    """The pruner reduces eager grids into a reused buffer; the bits must not change."""
+    from fprune.blocks import reduce_into
+
+    shape = data.draw(strategies.divisible_shape(*block))
+    view = data.draw(strategies.tensors(shape, dtype=dtype))
+    want = reduce_blocks(view, block, reduce=reduce)
+    buffer = torch.full((want.numel() + 3,), 7.0, dtype=want.dtype)  # stale values, larger than needed
+    got = reduce_into(view, block, reduce, buffer[: want.numel()].view(want.shape))
+    assert same_bits({"g": got}, {"g": want})
