@@ -8,22 +8,15 @@ and the ratio to a uint8 subtraction. Run: ``python benchmarks/bench_ops.py``.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+from _common import median_seconds
 
 from fprune._fast import _indices, all_true
 
 
 def _ns_per_element(fn, n: int, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) / n * 1e9
+    return median_seconds(fn, repeats=repeats)[0] / n * 1e9
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:

@@ -328,28 +328,8 @@ def pruner(
         return {n: expanded[n] & previous[n] for n in grid}, r
 
     def _eager_blocks(active: Tensors) -> bool:
-        """Whether an eager prune step can select layer by layer (:mod:`fprune._fast`)."""
+        """Whether an eager prune step can score and select layer by layer (on the CPU)."""
         return _fast.applies(active.values(), ())
-
-    def _prune_eager_nm(
-        step_t: torch.Tensor,
-        initial: torch.Tensor,
-        current: torch.Tensor,
-        final: torch.Tensor,
-        previous: dict[str, torch.Tensor],
-        grid_of: Callable[[str], torch.Tensor],
-    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """``_prune`` for an eager N:M step: each layer is scored (into the shared buffer) and
-        ranked within its groups before the next is scored, and the new masks are ANDed with
-        the previous ones in place, so memory beyond the masks is of the order of one layer."""
-        r, low = _targets(step_t, initial, current, final)
-        chosen = _select(_Lazy(grid_of, tuple(previous)), pat, r, scope, low, hi,
-                         reduce_masks(previous, pattern=pat), reduce)
-        out = {}
-        for name in previous:
-            mask = expand_masks({name: chosen.pop(name)}, pattern=pat, shapes={name: previous[name].shape})[name]
-            out[name] = mask.__iand__(previous[name]) if mask.is_contiguous() else mask & previous[name]
-        return out, r
 
     def _prune_eager(
         step_t: torch.Tensor,
@@ -360,10 +340,15 @@ def pruner(
         grid_of: Callable[[str], torch.Tensor],
         sample_of: Callable[[str, int], torch.Tensor | None],
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor] | None:
-        """``_prune`` for an eager step on block patterns, one layer's scores at a time, so
-        memory beyond the new masks is of the order of the largest layer. None where the
-        eager selection defers to the general path."""
+        """``_prune`` for an eager step, one layer's scores at a time, so memory beyond the new
+        masks is of the order of the largest layer. N:M ranks each layer within its groups
+        before the next is scored; block patterns select by sample and settle (None where it
+        defers to the general path)."""
         r, low = _targets(step_t, initial, current, final)
+        if isinstance(pat, NM):
+            chosen = _select(_Lazy(grid_of, tuple(previous)), pat, r, scope, low, hi,
+                             reduce_masks(previous, pattern=pat), reduce)
+            return {name: _and_previous(chosen.pop(name), name, previous) for name in previous}, r
         shapes = {n: grid_shape(pat, tuple(m.shape)) for n, m in previous.items()}
         kept = fast_select(
             sorted(previous), grid_of,
@@ -373,15 +358,14 @@ def pruner(
         )
         if kept is None:
             return None
-        out = {}
-        for name in previous:  # expand one layer at a time, dropping its grid mask
-            grid_mask = kept.pop(name).reshape(shapes[name])
-            expanded = expand_masks({name: grid_mask}, pattern=pat, shapes={name: previous[name].shape})[name]
-            if expanded.is_contiguous():  # our own fresh tensor (the grid mask, or a copy of it)
-                out[name] = expanded.__iand__(previous[name])
-            else:  # a broadcast view of the grid mask (channel patterns): a new tensor
-                out[name] = expanded & previous[name]
-        return out, r
+        # expand one layer at a time, dropping its grid mask
+        return {name: _and_previous(kept.pop(name).reshape(shapes[name]), name, previous) for name in previous}, r
+
+    def _and_previous(grid_mask: torch.Tensor, name: str, previous: dict[str, torch.Tensor]) -> torch.Tensor:
+        """A layer's new grid mask expanded to its weight and ANDed with its previous mask: in
+        place when the expansion is our own fresh tensor (not a broadcast view)."""
+        expanded = expand_masks({name: grid_mask}, pattern=pat, shapes={name: previous[name].shape})[name]
+        return expanded.__iand__(previous[name]) if expanded.is_contiguous() else expanded & previous[name]
 
     def _keep(*operands: Any) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """The other branch of ``torch.cond`` (same operands as the prune branch): unchanged
@@ -495,12 +479,7 @@ def pruner(
             new_active = {n: torch.where(pred, chosen[n], state.masks[n]) for n in active}
             new_target = torch.where(pred, r, state.target)
         elif prune_now:
-            if not _eager_blocks(active):
-                fast = None
-            elif isinstance(pat, NM):
-                fast = _prune_eager_nm(*operands, grid_of)
-            else:
-                fast = _prune_eager(*operands, grid_of, sample_of)
+            fast = _prune_eager(*operands, grid_of, sample_of) if _eager_blocks(active) else None
             new_active, new_target = fast if fast is not None else prune_branch(*operands)
         else:
             new_active, new_target = previous, state.target
