@@ -63,18 +63,14 @@ def reduce_blocks(view: torch.Tensor, block: tuple[int, int], *, reduce: str = "
         )
     if (bn, bm) == (1, 1):
         return widen(view)
-    tiles = widen(view).reshape(rows // bn, bn, cols // bm, bm)
-    if reduce == "mean":
-        return tiles.mean(dim=(1, 3))
-    if reduce == "sum":
-        return tiles.sum(dim=(1, 3))
-    return tiles.amax(dim=(1, 3))
+    return reduce_into(view, block, reduce, None)
 
 
-def reduce_into(view: torch.Tensor, block: tuple[int, int], reduce: str, out: torch.Tensor) -> torch.Tensor:
-    """:func:`reduce_blocks` written into ``out`` (eager callers that reuse one buffer across
-    layers: a fresh grid costs page faults comparable to the reduction itself). The same
-    kernels, so the same bits. ``out`` must be ``[rows / bn, cols / bm]`` of the result dtype."""
+def reduce_into(view: torch.Tensor, block: tuple[int, int], reduce: str, out: torch.Tensor | None) -> torch.Tensor:
+    """The block reduction of :func:`reduce_blocks` (unchecked), written into ``out`` when
+    given: eager callers reuse one buffer across layers, since a fresh grid costs page faults
+    comparable to the reduction itself. ``out`` must be ``[rows / bn, cols / bm]`` of the
+    result dtype."""
     rows, cols = view.shape
     bn, bm = block
     tiles = widen(view).reshape(rows // bn, bn, cols // bm, bm)

@@ -32,6 +32,7 @@ __all__ = [
     "Checkpoint",
     "CheckpointError",
     "Selection",
+    "eligible",
     "load",
     "prune",
     "save",
@@ -219,7 +220,8 @@ def check_output(source: str | os.PathLike[str], output: str | os.PathLike[str],
         raise CheckpointError(f"{output}: {what}; pass --force to overwrite it")
 
 
-def _eligible(t: torch.Tensor) -> bool:
+def eligible(t: torch.Tensor) -> bool:
+    """Whether a tensor can be pruned: floating, with 2 or more dims."""
     return t.is_floating_point() and t.ndim >= 2
 
 
@@ -250,10 +252,10 @@ def select(
             continue
         hit = next((p for p in exc if p.search(name)), None)
         if hit is not None:
-            if _eligible(t):
+            if eligible(t):
                 skipped[name] = f"name matches the exclusion {hit.pattern!r}"
             continue
-        if not _eligible(t):
+        if not eligible(t):
             if inc:
                 skipped[name] = f"not a floating tensor with 2+ dims ({str(t.dtype).removeprefix('torch.')}, shape {tuple(t.shape)})"
             continue

@@ -153,7 +153,7 @@ def _prune(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     ckpt = checkpoint.load(args.file)
     if args.all:
-        names = [n for n, t in ckpt.tensors.items() if t.is_floating_point() and t.ndim >= 2]
+        names = [n for n, t in ckpt.tensors.items() if checkpoint.eligible(t)]
         if not names:
             raise checkpoint.CheckpointError(f"{args.file}: no floating tensor with 2 or more dims to report")
         skipped: dict[str, str] = {}

@@ -32,6 +32,7 @@ from fprune.blocks import (
     check_divisible,
     expand_masks,
     grid_shape,
+    reduce_blocks,
     reduce_into,
     reduce_masks,
     to_grid,
@@ -327,7 +328,7 @@ def pruner(
         expanded = expand_masks(chosen, pattern=pat, shapes={n: m.shape for n, m in previous.items()})
         return {n: expanded[n] & previous[n] for n in grid}, r
 
-    def _eager_blocks(active: Tensors) -> bool:
+    def _eager_layers(active: Tensors) -> bool:
         """Whether an eager prune step can score and select layer by layer (on the CPU)."""
         return _fast.applies(active.values(), ())
 
@@ -412,9 +413,9 @@ def pruner(
                 # score only until it asks for the next)
                 score = layer_score(w, None if agrads is None else agrads[name], scratch.like(w))
                 view = to_2d(score)
-                if isinstance(pat, NM) or pat.block_shape(tuple(view.shape)) == (1, 1):
+                block = (1, 1) if isinstance(pat, NM) else pat.block_shape(tuple(view.shape))
+                if block == (1, 1):
                     return to_grid({name: score}, pat, reduce)[name]
-                block = pat.block_shape(tuple(view.shape))
                 shape = (view.shape[0] // block[0], view.shape[1] // block[1])
                 into = grid_scratch.get(shape, widen(view).dtype, view.device)
                 return reduce_into(view, block, reduce, into)
@@ -440,9 +441,8 @@ def pruner(
                 flat = (first[:, None] + within).reshape(-1, bn, bm)  # [units, bn, bm] flat indices
                 w_units = torch.take(w, flat)
                 g_units = None if g is None else torch.take(g, flat)
-                score = widen(layer_score(w_units, g_units, torch.empty_like(w_units)))
-                return score.amax(dim=(1, 2)) if reduce == "max" else score.sum(dim=(1, 2)) / (
-                    bn * bm if reduce == "mean" else 1)
+                score = layer_score(w_units, g_units, torch.empty_like(w_units))
+                return reduce_blocks(score.reshape(-1, bm), (bn, bm), reduce=reduce).reshape(-1)
 
             memo: dict[str, torch.Tensor] = {}
             scratch = Scratch(active.values())
@@ -479,7 +479,7 @@ def pruner(
             new_active = {n: torch.where(pred, chosen[n], state.masks[n]) for n in active}
             new_target = torch.where(pred, r, state.target)
         elif prune_now:
-            fast = _prune_eager(*operands, grid_of, sample_of) if _eager_blocks(active) else None
+            fast = _prune_eager(*operands, grid_of, sample_of) if _eager_layers(active) else None
             new_active, new_target = fast if fast is not None else prune_branch(*operands)
         else:
             new_active, new_target = previous, state.target
