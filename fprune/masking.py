@@ -12,11 +12,11 @@ from collections.abc import Callable, Mapping
 
 import torch
 
-from fprune import _errors, _fast
+from fprune import _errors, _fast, _sharded
 from fprune.blocks import REDUCTIONS, check_divisible, expand_masks, reduce_masks, to_grid
 from fprune.nm import nm_masks
 from fprune.patterns import NM, Pattern, parse_pattern
-from fprune.selection import check_bounds, flat_keys, select
+from fprune.selection import Comm, check_bounds, flat_keys, select
 
 __all__ = ["SCOPES", "apply_masks", "grid_masks", "masks", "pattern_lock_masks"]
 
@@ -64,20 +64,22 @@ def _select(
     hi: float | torch.Tensor,
     previous: Mapping[str, torch.Tensor] | None,
     reduce: str,
+    comm: Comm | None = None,
 ) -> dict[str, torch.Tensor]:
+    """Kept grid masks; with ``comm``, of this rank's shards (the general path, eager)."""
     if isinstance(pattern, NM):
         return nm_masks(
             grid, pattern=pattern, sparsity=sparsity, scope=scope, min_layer_sparsity=lo,
-            max_layer_sparsity=hi, previous=previous, reduce=reduce,
+            max_layer_sparsity=hi, previous=previous, reduce=reduce, comm=comm,
         )
-    if _fast.applies(grid.values(), (sparsity, lo, hi)):
+    if comm is None and _fast.applies(grid.values(), (sparsity, lo, hi)):
         kept = fast_select(
             sorted(grid), lambda n: grid[n], None if previous is None else previous.__getitem__,
             {n: s.numel() for n, s in grid.items()}, scope=scope, sparsity=sparsity, lo=lo, hi=hi,
         )
         if kept is not None:
             return {n: kept[n].reshape(s.shape) for n, s in grid.items()}
-    pruned = select(flat_keys(grid, previous), scope=scope, sparsity=sparsity, lo=lo, hi=hi)
+    pruned = select(flat_keys(grid, previous), scope=scope, sparsity=sparsity, lo=lo, hi=hi, comm=comm)
     return {n: ~pruned[n].reshape(s.shape) for n, s in grid.items()}
 
 
@@ -144,7 +146,13 @@ def grid_masks(
     if isinstance(pattern, NM):
         check_divisible(func, grid_scores, pattern, skip_indivisible=False)
     previous = _errors.previous_masks(func, previous, "grid_scores", grid_scores)
-    return _select(grid_scores, pattern, sparsity, scope, lo, hi, previous, reduce)
+    sharding = _sharded.detect(func, {"grid_scores": grid_scores, "previous": previous})
+    if sharding is None:
+        return _select(grid_scores, pattern, sparsity, scope, lo, hi, previous, reduce)
+    # grid rows are the units' rows: any Shard(0) split keeps units whole
+    local = _select(sharding.local(grid_scores), pattern, sparsity, scope, lo, hi,
+                    None if previous is None else sharding.local(previous), reduce, sharding.comm)
+    return sharding.wrap(local, {n: s.shape for n, s in grid_scores.items()})
 
 
 def masks(
@@ -204,16 +212,23 @@ def masks(
     _ndim_at_least_2(func, scores)
     previous = _errors.previous_masks(func, previous, "scores", scores)
     skipped = check_divisible(func, scores, pattern, skip_indivisible=skip_indivisible)
+    sharding = _sharded.detect(func, {"scores": scores, "previous": previous})
+    comm, shapes = None, {n: s.shape for n, s in scores.items()}
+    if sharding is not None:  # each rank its own rows (see fprune._sharded)
+        sharding.check_units(func, {n: shapes[n] for n in scores if n not in skipped}, pattern)
+        scores, comm = sharding.local(scores), sharding.comm
+        previous = None if previous is None else sharding.local(previous)
     active = {n: s for n, s in scores.items() if n not in skipped}
     out: dict[str, torch.Tensor] = {}
     if active:
         grid = to_grid(active, pattern, reduce)  # validated above
         prev = None if previous is None else reduce_masks({n: previous[n] for n in active}, pattern=pattern)
-        chosen = _select(grid, pattern, sparsity, scope, lo, hi, prev, reduce)
+        chosen = _select(grid, pattern, sparsity, scope, lo, hi, prev, reduce, comm)
         out = expand_masks(chosen, pattern=pattern, shapes={n: s.shape for n, s in active.items()})
     for n in skipped:  # left dense, or as they were
         out[n] = torch.ones_like(scores[n], dtype=torch.bool) if previous is None else previous[n]
-    return {n: out[n] for n in scores}
+    out = {n: out[n] for n in scores}
+    return out if sharding is None else sharding.wrap(out, shapes)
 
 
 def pattern_lock_masks(

@@ -19,7 +19,7 @@ from fprune import _fast
 from fprune._trace import tracing
 from fprune.blocks import reduce_blocks
 from fprune.patterns import NM
-from fprune.selection import _keys, flat_keys, select
+from fprune.selection import Comm, _keys, flat_keys, select
 
 
 def _group_score(low: torch.Tensor, reduce: str) -> torch.Tensor:
@@ -133,11 +133,14 @@ def nm_masks(
     max_layer_sparsity: float | torch.Tensor,
     previous: Mapping[str, torch.Tensor] | None,
     reduce: str,
+    comm: Comm | None = None,
 ) -> dict[str, torch.Tensor]:
     """Kept masks on the 2-D views of already-validated N:M layers (see module docstring).
 
     ``views`` is read once per layer, in order, and no view is used after the next one is
-    read, so a lazy mapping may score one layer at a time into a shared buffer.
+    read, so a lazy mapping may score one layer at a time into a shared buffer. With
+    ``comm`` the views are this rank's rows of the layers, and only the group selection
+    (below N/M) exchanges anything: groups never cross rows.
     """
     fraction = group_fraction(sparsity, pattern)
     everything = _every_group(fraction)  # then no group is ranked, and none needs a score
@@ -157,10 +160,10 @@ def nm_masks(
         kept = {n: torch.ones_like(group_scores[n], dtype=torch.bool) if k is None else k for n, k in kept_groups.items()}
     lo, hi = group_fraction(min_layer_sparsity, pattern), group_fraction(max_layer_sparsity, pattern)
     chosen = None
-    if _fast.applies(group_scores.values(), (fraction, lo, hi)):
+    if comm is None and _fast.applies(group_scores.values(), (fraction, lo, hi)):
         chosen = _fast_groups(group_scores, kept, scope=scope, fraction=fraction, lo=lo, hi=hi)
     if chosen is None:
-        chosen = select(flat_keys(group_scores, kept), scope=scope, sparsity=fraction, lo=lo, hi=hi)
+        chosen = select(flat_keys(group_scores, kept), scope=scope, sparsity=fraction, lo=lo, hi=hi, comm=comm)
     return {name: _lose(low[name], chosen[name], shapes[name]) for name in low}
 
 

@@ -17,15 +17,34 @@ select over those keys, without sorting or concatenating layers.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Protocol
 
 import torch
 
-from fprune import _errors, _radix, _trace
+from fprune import _errors, _radix, _sharded, _trace
 
 __all__ = ["global_masks", "local_masks", "rank_keys"]
 
 _EPS = 1e-9
+_SHARD_BITS = 8  # digit width of a sharded search: 256 bins per layer and pass to sum over ranks
+
+
+class Comm(Protocol):
+    """The two collectives a sharded selection needs, over the ranks that hold the shards.
+
+    Each rank holds a contiguous part of every layer's units, in rank order (the rows of a
+    ``Shard(0)`` weight), so the units of rank ``r`` come before those of rank ``r + 1`` in a
+    layer's flat order.
+    """
+
+    def sum(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` summed over the ranks (every rank gets the sum)."""
+        ...
+
+    def before(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` summed over the ranks before this one (zeros on the first)."""
+        ...
 
 
 def rank_keys(
@@ -111,6 +130,16 @@ def _lowest(keys: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
     return _take(keys, tau, below[0], count)
 
 
+def _lowest_sharded(keys: list[torch.Tensor], counts: torch.Tensor, comm: Comm) -> list[torch.Tensor]:
+    """:func:`_lowest` of several sharded layers in one search, ``counts[l]`` of layer ``l``:
+    this rank's part of each layer's lowest units."""
+    found = _radix.search(keys, counts, separate=True, combine=comm.sum, bits=_SHARD_BITS)
+    offset = comm.before(torch.stack(found.mine))  # ties held by the ranks before this one
+    return [
+        _take(k, found.tau[i], found.below[i] + offset[i], counts[i]) for i, k in enumerate(keys)
+    ]
+
+
 def _take(keys: torch.Tensor, tau: torch.Tensor, below: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
     """The ``count`` smallest keys, given ``tau`` and ``below = #(keys < tau)``, where
     ``below <= count <= below + #(keys == tau)``: ties at ``tau`` are taken by index."""
@@ -119,11 +148,13 @@ def _take(keys: torch.Tensor, tau: torch.Tensor, below: torch.Tensor, count: tor
 
 
 def _take_eager(
-    keys: torch.Tensor, tau: torch.Tensor, below: torch.Tensor, at: torch.Tensor, count: torch.Tensor
+    keys: torch.Tensor, tau: torch.Tensor, below: torch.Tensor, at: torch.Tensor, count: torch.Tensor,
+    offset: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """:func:`_lowest` for an eager call that knows the global threshold: a layer whose count
     lies within its keys below and at ``tau`` needs no search of its own, and usually no
-    tie breaking (the values are read back to Python, which tracing forbids)."""
+    tie breaking (the values are read back to Python, which tracing forbids). Sharded, the
+    counts are the layer's over all ranks, and ``offset`` counts the ties of the ranks before."""
     c, b, a = int(count), int(below), int(at)
     if not b <= c <= b + a:  # a bound moved this layer's threshold off the global one
         return _lowest(keys, count)
@@ -131,15 +162,34 @@ def _take_eager(
         return keys < tau
     if c == b + a:
         return keys <= tau
-    return _take(keys, tau, below, count)
+    return _take(keys, tau, below if offset is None else below + offset, count)
 
 
-def select_local(keys: Mapping[str, torch.Tensor], sparsity: float | torch.Tensor) -> dict[str, torch.Tensor]:
+def _sizes(keys: list[torch.Tensor], comm: Comm | None) -> list[int]:
+    """Each layer's number of units (over all ranks with ``comm``)."""
+    sizes = [k.numel() for k in keys]
+    if comm is None or not keys:
+        return sizes
+    return comm.sum(torch.tensor(sizes, dtype=torch.int64, device=keys[0].device)).tolist()
+
+
+def select_local(
+    keys: Mapping[str, torch.Tensor], sparsity: float | torch.Tensor, comm: Comm | None = None
+) -> dict[str, torch.Tensor]:
     """Pruned units (True) of each 1-D key tensor: ``floor(sparsity * n + 1e-9)`` per layer.
 
-    No validation: ``sparsity`` may be any fraction in [0, 1] (N:M passes 1.0).
+    No validation: ``sparsity`` may be any fraction in [0, 1] (N:M passes 1.0). With
+    ``comm`` (eager only), the keys are this rank's shards of the layers, and all layers are
+    searched together, with one sum of small histograms over the ranks per digit.
     """
-    return {n: _lowest(k, _count(sparsity, k.numel(), k.device)) for n, k in keys.items()}
+    if comm is None:
+        return {n: _lowest(k, _count(sparsity, k.numel(), k.device)) for n, k in keys.items()}
+    if not keys:
+        return {}
+    ordered = list(keys.values())
+    device = ordered[0].device
+    counts = torch.stack([_count(sparsity, n, device) for n in _sizes(ordered, comm)])
+    return dict(zip(keys, _lowest_sharded(ordered, counts, comm), strict=True))
 
 
 def select_global(
@@ -147,21 +197,36 @@ def select_global(
     sparsity: float | torch.Tensor,
     lo: float | torch.Tensor = 0.0,
     hi: float | torch.Tensor = 1.0,
+    comm: Comm | None = None,
 ) -> dict[str, torch.Tensor]:
     """Pruned units (True) across 1-D key tensors of one dtype; see :func:`global_masks`.
 
-    No validation: the fractions may be anything in [0, 1] (N:M passes 1.0).
+    No validation: the fractions may be anything in [0, 1] (N:M passes 1.0). With ``comm``
+    (eager only), the keys are this rank's shards of the layers; see :class:`Comm`.
     """
     names = sorted(keys)  # ties between layers go by sorted name
     ordered = [keys[n] for n in names]
     device = ordered[0].device
-    sizes = [k.numel() for k in ordered]
+    sizes = _sizes(ordered, comm)
     low = [_count(lo, n, device) for n in sizes]
     high = [_count(hi, n, device) for n in sizes]
     total = _count(sparsity, sum(sizes), device)
     total = torch.minimum(torch.maximum(total, torch.stack(low).sum()), torch.stack(high).sum())
     bounded = not (isinstance(lo, float) and lo == 0.0 and isinstance(hi, float) and hi >= 1.0)
     bounds = (low, high) if bounded else (None, None)
+    if comm is not None:
+        found = _radix.search(ordered, total, *bounds, combine=comm.sum, bits=_SHARD_BITS)
+        counts = _allocate(total, found.below, found.at, low, high)
+        offsets = comm.before(torch.stack(found.mine)).unbind()  # ties held by the ranks before
+        # a layer a bound moved off the global threshold has its own: one search for all such
+        own = [i for i, (b, a, c) in enumerate(zip(found.below, found.at, counts, strict=True))
+               if not int(b) <= int(c) <= int(b + a)]
+        alone = _lowest_sharded([ordered[i] for i in own], torch.stack([counts[i] for i in own]), comm) if own else []
+        chosen = dict(zip((names[i] for i in own), alone, strict=True))
+        for i, (n, k) in enumerate(zip(names, ordered, strict=True)):
+            if n not in chosen:
+                chosen[n] = _take_eager(k, found.tau, found.below[i], found.at[i], counts[i], offsets[i])
+        return {n: chosen[n] for n in keys}
     tau, below, at = _radix.kth_key(ordered, total, *bounds)
     counts = _allocate(total, below, at, low, high)
     if _trace.tracing(counts[0]):  # counts depend on the keys and the target: traced if either is
@@ -181,11 +246,13 @@ def select(
     sparsity: float | torch.Tensor,
     lo: float | torch.Tensor = 0.0,
     hi: float | torch.Tensor = 1.0,
+    comm: Comm | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Pruned units (True) of 1-D keys in ``"local"`` or ``"global"`` scope (no validation)."""
+    """Pruned units (True) of 1-D keys in ``"local"`` or ``"global"`` scope (no validation);
+    with ``comm``, of this rank's shards of the layers (see :class:`Comm`)."""
     if scope == "local":
-        return select_local(keys, sparsity)
-    return select_global(keys, sparsity, lo, hi)
+        return select_local(keys, sparsity, comm)
+    return select_global(keys, sparsity, lo, hi, comm)
 
 
 def flat_keys(
@@ -231,12 +298,28 @@ def local_masks(
         [[True, False], [True, False]]
     """
     scores, previous, sparsity = _check("local_masks", scores, previous, sparsity)
+    return _on_shards("local_masks", scores, previous, lambda s, p, comm: _local(s, p, sparsity, comm))
+
+
+def _local(scores: Mapping[str, torch.Tensor], previous: Mapping[str, torch.Tensor] | None,
+           sparsity: float | torch.Tensor, comm: Comm | None) -> dict[str, torch.Tensor]:
     keys = {
         n: rank_keys(s, pruned=None if previous is None else ~previous[n]).reshape(-1)
         for n, s in scores.items()
     }
-    pruned = select_local(keys, sparsity)
+    pruned = select_local(keys, sparsity, comm)
     return {n: ~pruned[n].reshape(s.shape) for n, s in scores.items()}
+
+
+def _on_shards(func: str, scores: Mapping[str, torch.Tensor], previous: Mapping[str, torch.Tensor] | None,
+               compute: Callable[..., dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """``compute(scores, previous, comm)`` on plain tensors, or on ``Shard(0)`` DTensors'
+    local shards (their rows come in flat order) with the masks wrapped back."""
+    sharding = _sharded.detect(func, {"scores": scores, "previous": previous})
+    if sharding is None:
+        return compute(scores, previous, None)
+    local = compute(sharding.local(scores), None if previous is None else sharding.local(previous), sharding.comm)
+    return sharding.wrap(local, {n: s.shape for n, s in scores.items()})
 
 
 def global_masks(
@@ -283,8 +366,12 @@ def global_masks(
     func = "global_masks"
     scores, previous, sparsity = _check(func, scores, previous, sparsity)
     lo, hi = check_bounds(func, sparsity, min_layer_sparsity, max_layer_sparsity)
-    pruned = select_global(flat_keys(scores, previous), sparsity, lo, hi)
-    return {n: ~pruned[n].reshape(s.shape) for n, s in scores.items()}
+
+    def compute(s: Mapping[str, torch.Tensor], p: Mapping[str, torch.Tensor] | None, comm: Comm | None) -> dict[str, torch.Tensor]:
+        pruned = select_global(flat_keys(s, p), sparsity, lo, hi, comm)
+        return {n: ~pruned[n].reshape(v.shape) for n, v in s.items()}
+
+    return _on_shards(func, scores, previous, compute)
 
 
 def _allocate(
