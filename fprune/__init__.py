@@ -15,6 +15,7 @@ Example:
 
 from fprune import (
     _resolve,  # noqa: F401  (registers the built-ins)
+    distributed,
     nn,
 )
 from fprune.blocks import (
@@ -63,6 +64,7 @@ __all__ = [
     "apply_masks",
     "block_scores",
     "criterion",
+    "distributed",
     "expand_blocks",
     "expand_masks",
     "from_2d",

@@ -9,7 +9,8 @@ from typing import Any
 
 import torch
 
-from fprune import _checks, _errors, _resolve, registry
+from fprune import _checks, _errors, _resolve, _sharded, registry
+from fprune.blocks import check_divisible
 from fprune.masking import _ndim_at_least_2, pattern_lock_masks
 from fprune.patterns import Pattern
 from fprune.pruner import Pruner
@@ -55,7 +56,18 @@ def pattern_lock(*, pattern: str | Pattern = "4x1", skip_indivisible: bool = Fal
             )
         params = _checks.detached(_errors.tensor_dict("init", "params", params))
         _ndim_at_least_2("init", params)
-        masks = pattern_lock_masks(params, pattern=pat, skip_indivisible=skip_indivisible)
+        sharding = _sharded.detect("init", {"params": params})
+        if sharding is None:
+            masks = pattern_lock_masks(params, pattern=pat, skip_indivisible=skip_indivisible)
+        else:  # each rank locks its own rows, judged on the global shapes
+            skipped = check_divisible("init", params, pat, skip_indivisible=skip_indivisible)
+            sharding.check_units("init", {n: p.shape for n, p in params.items() if n not in skipped}, pat)
+            local = sharding.local(params)
+            locked = pattern_lock_masks({n: p for n, p in local.items() if n not in skipped}, pattern=pat)
+            masks = sharding.wrap(
+                {n: locked[n] if n in locked else torch.ones_like(p, dtype=torch.bool) for n, p in local.items()},
+                {n: p.shape for n, p in params.items()},
+            )
         zero = _checks.scalar(0.0, torch.float64)
         return PruneState(
             step=_checks.scalar(0, torch.int64), target=zero.clone(), initial=zero, masks=masks, aux={},

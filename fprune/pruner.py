@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from fprune import _checks, _errors, _fast, _resolve, _trace, registry
+from fprune import _checks, _errors, _fast, _resolve, _sharded, _trace, registry
 from fprune._dtypes import widen
 from fprune._scratch import Scratch
 from fprune.blocks import (
@@ -42,7 +42,7 @@ from fprune.masking import SCOPES, _ndim_at_least_2, _select, fast_select, patte
 from fprune.patterns import NM, Pattern
 from fprune.schedules import _window, decay_curve, is_prune_step
 from fprune.selection import check_bounds
-from fprune.sparsity import total_sparsity
+from fprune.sparsity import _pruned_units, total_sparsity
 from fprune.state import PruneState, hash64
 
 __all__ = ["Pruner", "pruner"]
@@ -263,17 +263,31 @@ def pruner(
         final = _final_target(sparsity)
         params = _checks.detached(_errors.tensor_dict("init", "params", params))
         _ndim_at_least_2("init", params)
-        active = _active(params)
+        names = tuple(_active(params))  # judged on the global shapes
+        sharding = _sharded.detect("init", {"params": params})
+        if sharding is not None:
+            sharding.check_units("init", {n: params[n].shape for n in names}, pat)
+        local = params if sharding is None else sharding.local(params)
+        active = {n: local[n] for n in names}
         aux = crit.init(active) if active else {}
         if lock_init_sparsity:
-            masks = pattern_lock_masks(params, pattern=pat, skip_indivisible=skip_indivisible)
-            initial = (
-                total_sparsity({n: masks[n] for n in active}, pattern=pat) if active
-                else _checks.scalar(0.0, torch.float64)
-            ).cpu()
+            locked = pattern_lock_masks(active, pattern=pat) if active else {}
+            masks = {n: locked[n] if n in locked else torch.ones_like(p, dtype=torch.bool) for n, p in local.items()}
+            if sharding is not None and active:
+                initial = _sharded.pruned_fraction(*_pruned_units("init", locked, pat), sharding.comm)
+            elif active:
+                initial = total_sparsity(locked, pattern=pat).cpu()
+            else:
+                initial = _checks.scalar(0.0, torch.float64)
         else:
-            masks = {n: torch.ones_like(p, dtype=torch.bool) for n, p in params.items()}
+            masks = {n: torch.ones_like(p, dtype=torch.bool) for n, p in local.items()}
             initial = _checks.scalar(0.0, torch.float64)
+        if sharding is not None:
+            masks = sharding.wrap(masks, {n: p.shape for n, p in params.items()})
+            if aux:
+                shapes = {n: a.shape for n, a in crit.init(_sharded.meta({n: params[n] for n in names})).items()}
+                aux = sharding.wrap(aux, _sharded.global_shapes(shapes, aux, sharding, "init",
+                                                                 "the criterion's state"))
         return PruneState(
             step=_checks.scalar(0, torch.int64),
             target=initial.clone(),
@@ -321,10 +335,12 @@ def pruner(
         final: torch.Tensor,
         previous: dict[str, torch.Tensor],
         grid: dict[str, torch.Tensor],
+        comm: _sharded.Collectives | None = None,
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """New masks of the active layers and the new target, at a prune step (pure tensors)."""
+        """New masks of the active layers and the new target, at a prune step (pure tensors;
+        a sharded run's local shards with ``comm``)."""
         r, low = _targets(step_t, initial, current, final)
-        chosen = _select(grid, pat, r, scope, low, hi, reduce_masks(previous, pattern=pat), reduce)
+        chosen = _select(grid, pat, r, scope, low, hi, reduce_masks(previous, pattern=pat), reduce, comm)
         expanded = expand_masks(chosen, pattern=pat, shapes={n: m.shape for n, m in previous.items()})
         return {n: expanded[n] & previous[n] for n in grid}, r
 
@@ -395,7 +411,30 @@ def pruner(
                                                        frequency=freq)
         if prune_now is False and stateless:  # nothing to accumulate, nothing to select
             return dataclasses.replace(state, step=state.step + 1), dict(state.masks)
-        active = _active(params)
+        names = tuple(_active(params))  # judged on the global shapes
+        sharding = _sharded.detect(
+            func, {"params": params, "grads": grads, "state.masks": state.masks, "state.aux": state.aux}
+        )
+        if sharding is None:
+            return _advance(state, params, grads, names, tracing, prune_now, None)
+        local = dataclasses.replace(state, masks=sharding.local(state.masks), aux=sharding.local(state.aux))
+        new_state, _ = _advance(local, sharding.local(params), None if grads is None else sharding.local(grads),
+                                names, tracing, prune_now, sharding.comm)
+        masks = sharding.wrap(new_state.masks, {n: m.shape for n, m in state.masks.items()})
+        shapes = {n: a.shape for n, a in state.aux.items()}
+        aux = sharding.wrap(new_state.aux, _sharded.global_shapes(shapes, new_state.aux, sharding, func,
+                                                                  "the criterion's state"))
+        return dataclasses.replace(new_state, masks=masks, aux=aux), dict(masks)
+
+    def _advance(
+        state: PruneState, params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor] | None,
+        names: tuple[str, ...], tracing: bool, prune_now: bool | torch.Tensor | None,
+        comm: _sharded.Collectives | None,
+    ) -> tuple[PruneState, dict[str, torch.Tensor]]:
+        """``step`` after its checks, on plain tensors (a sharded run's local shards, with
+        ``comm`` for the selection), for the active layers ``names``."""
+        func = "step"
+        active = {n: params[n] for n in names}
         agrads = None if grads is None else {n: grads[n] for n in active}
         if stateless:  # scored inside the prune branch: a compiled non-prune step skips it too
             aux: Mapping[str, torch.Tensor] = {}
@@ -464,7 +503,7 @@ def pruner(
             step_t: torch.Tensor, initial: torch.Tensor, current: torch.Tensor, final: torch.Tensor,
             previous: dict[str, torch.Tensor],
         ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-            return _prune(step_t, initial, current, final, previous, grid())
+            return _prune(step_t, initial, current, final, previous, grid(), comm)
 
         previous = {n: state.masks[n] for n in active}
         operands = (state.step, state.initial, state.target, state.sparsity, previous)
@@ -479,7 +518,7 @@ def pruner(
             new_active = {n: torch.where(pred, chosen[n], state.masks[n]) for n in active}
             new_target = torch.where(pred, r, state.target)
         elif prune_now:
-            fast = _prune_eager(*operands, grid_of, sample_of) if _eager_layers(active) else None
+            fast = _prune_eager(*operands, grid_of, sample_of) if comm is None and _eager_layers(active) else None
             new_active, new_target = fast if fast is not None else prune_branch(*operands)
         else:
             new_active, new_target = previous, state.target
