@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 
 from fprune import _trace
-from fprune.selection import _allocate, _count, _lowest, rank_keys
+from fprune.selection import _allocate, _count, _lowest, all_true, rank_keys
 
 Producer = Callable[[str], torch.Tensor]
 PreviousProducer = Callable[[str], "torch.Tensor | None"]
@@ -45,17 +45,14 @@ PreviousProducer = Callable[[str], "torch.Tensor | None"]
 # computed without scoring the whole layer, or None where it cannot (then ``produce`` runs).
 Sampler = Callable[[str, int], "torch.Tensor | None"]
 
+__all__ = ["all_true", "applies", "select_global", "select_local"]
+
+
 def applies(scores: Iterable[torch.Tensor], fractions: Iterable[object]) -> bool:
     """Whether the eager method may run: eager (nothing traced) and on the CPU (on a GPU the
     general path's few large kernels beat a pass with host round trips)."""
     tensors = [*scores, *(f for f in fractions if isinstance(f, torch.Tensor))]
     return all(t.device.type == "cpu" and not _trace.tracing(t) for t in tensors)
-
-
-def all_true(mask: torch.Tensor) -> bool:
-    """Whether an eager bool tensor is all True, as the minimum of its bytes: one vectorised
-    read-only pass (``Tensor.all`` costs about 30 times as much on the CPU)."""
-    return mask.numel() == 0 or bool(mask.reshape(-1).view(torch.uint8).amin() == 1)
 
 
 def _indices(mask: torch.Tensor) -> torch.Tensor:

@@ -7,9 +7,10 @@ one rank, and so does every block whose row count divides ``c``; a block cut by 
 boundary is rejected at ``init`` (scoring it would need its weights from two ranks).
 
 The pruners unwrap ``DTensor`` inputs to their local shards, score and reduce them where
-they are, and select with :class:`Collectives`: a sum over the ranks of per-layer
-histograms (256 bins per layer and radix digit) and of per-layer tie counts. Nothing of
-weight size leaves a rank. Masks and accumulators are wrapped back as ``DTensor`` with the
+they are, and select with :class:`Collectives` (:mod:`fprune._sharded_select`): a gathered
+sample of rank keys places a bracket, then per-layer counts, histograms (256 bins per layer
+and radix digit) and tie counts are summed over the ranks. Nothing of weight size leaves a
+rank. Masks and accumulators are wrapped back as ``DTensor`` with the
 params' mesh and placements, so a state saves and loads per rank like any FSDP2 tensor.
 """
 
@@ -49,7 +50,7 @@ def rows_of(rows: int, world: int, rank: int) -> tuple[int, int]:
 
 @dataclasses.dataclass(frozen=True)
 class Collectives:
-    """:class:`fprune.selection.Comm` over the process group of a 1-D mesh."""
+    """:class:`fprune._sharded_select.Comm` over the process group of a 1-D mesh."""
 
     group: Any
     rank: int
@@ -60,10 +61,13 @@ class Collectives:
         torch.distributed.all_reduce(out, group=self.group)
         return out
 
-    def before(self, t: torch.Tensor) -> torch.Tensor:
+    def gather(self, t: torch.Tensor) -> torch.Tensor:
         parts = [torch.empty_like(t) for _ in range(self.world)]
         torch.distributed.all_gather(parts, t.contiguous(), group=self.group)
-        return torch.stack(parts[: self.rank]).sum(0) if self.rank else torch.zeros_like(t)
+        return torch.stack(parts)
+
+    def before(self, t: torch.Tensor) -> torch.Tensor:
+        return self.gather(t)[: self.rank].sum(0)
 
 
 @dataclasses.dataclass(frozen=True)

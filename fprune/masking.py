@@ -13,10 +13,11 @@ from collections.abc import Callable, Mapping
 import torch
 
 from fprune import _errors, _fast, _sharded
+from fprune._sharded_select import Comm
 from fprune.blocks import REDUCTIONS, check_divisible, expand_masks, reduce_masks, to_grid
 from fprune.nm import nm_masks
 from fprune.patterns import NM, Pattern, parse_pattern
-from fprune.selection import Comm, check_bounds, flat_keys, select
+from fprune.selection import check_bounds, flat_keys, select
 
 __all__ = ["SCOPES", "apply_masks", "grid_masks", "masks", "pattern_lock_masks"]
 

@@ -16,10 +16,11 @@ from collections.abc import Mapping
 import torch
 
 from fprune import _fast
+from fprune._sharded_select import Comm
 from fprune._trace import tracing
 from fprune.blocks import reduce_blocks
 from fprune.patterns import NM
-from fprune.selection import Comm, _keys, flat_keys, select
+from fprune.selection import _keys, flat_keys, select
 
 
 def _group_score(low: torch.Tensor, reduce: str) -> torch.Tensor:

@@ -18,35 +18,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 import torch
 
 from fprune import _errors, _radix, _sharded, _trace
 
+if TYPE_CHECKING:
+    from fprune._sharded_select import Comm
+
 __all__ = ["global_masks", "local_masks", "rank_keys"]
 
 _EPS = 1e-9
-_SHARD_BITS = 8  # digit width of a sharded search: 256 bins per layer and pass to sum over ranks
-
-
-class Comm(Protocol):
-    """The two collectives a sharded selection needs, over the ranks that hold the shards.
-
-    Each rank holds a contiguous part of every layer's units, in rank order (the rows of a
-    ``Shard(0)`` weight), so the units of rank ``r`` come before those of rank ``r + 1`` in a
-    layer's flat order.
-    """
-
-    def sum(self, t: torch.Tensor) -> torch.Tensor:
-        """``t`` summed over the ranks (every rank gets the sum)."""
-        ...
-
-    def before(self, t: torch.Tensor) -> torch.Tensor:
-        """``t`` summed over the ranks before this one (zeros on the first)."""
-        ...
-
-
 def rank_keys(
     scores: torch.Tensor, *, pruned: torch.Tensor | None = None, wide: bool = False
 ) -> torch.Tensor:
@@ -107,6 +90,12 @@ def _keys(scores: torch.Tensor, *, pruned: torch.Tensor | None, wide: bool, shar
     return keys
 
 
+def all_true(mask: torch.Tensor) -> bool:
+    """Whether an eager bool tensor is all True, as the minimum of its bytes: one vectorised
+    read-only pass (``Tensor.all`` costs about 30 times as much on the CPU)."""
+    return mask.numel() == 0 or bool(mask.reshape(-1).view(torch.uint8).amin() == 1)
+
+
 def _within(t: torch.Tensor, low: int, high: int) -> bool:
     """Whether every value of an eager integer tensor lies in ``[low, high]`` (one read-only
     pass; a comparison that writes a bool tensor costs several)."""
@@ -130,21 +119,17 @@ def _lowest(keys: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
     return _take(keys, tau, below[0], count)
 
 
-def _lowest_sharded(keys: list[torch.Tensor], counts: torch.Tensor, comm: Comm) -> list[torch.Tensor]:
-    """:func:`_lowest` of several sharded layers in one search, ``counts[l]`` of layer ``l``:
-    this rank's part of each layer's lowest units."""
-    found = _radix.search(keys, counts, separate=True, combine=comm.sum, bits=_SHARD_BITS)
-    offset = comm.before(torch.stack(found.mine))  # ties held by the ranks before this one
-    return [
-        _take(k, found.tau[i], found.below[i] + offset[i], counts[i]) for i, k in enumerate(keys)
-    ]
-
-
 def _take(keys: torch.Tensor, tau: torch.Tensor, below: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
     """The ``count`` smallest keys, given ``tau`` and ``below = #(keys < tau)``, where
     ``below <= count <= below + #(keys == tau)``: ties at ``tau`` are taken by index."""
     tied = keys == tau
-    return (keys < tau) | (tied & (torch.cumsum(tied, 0) <= count - below))
+    if _trace.tracing(keys) or _trace.tracing(count) or _trace.tracing(below):
+        return (keys < tau) | (tied & (torch.cumsum(tied, 0) <= count - below))
+    pruned = keys < tau  # eager: the first ties by their indices (few), not a running count
+    extra = int(count - below)
+    if extra > 0:
+        pruned[tied.nonzero().squeeze(1)[:extra]] = True
+    return pruned
 
 
 def _take_eager(
@@ -165,14 +150,6 @@ def _take_eager(
     return _take(keys, tau, below if offset is None else below + offset, count)
 
 
-def _sizes(keys: list[torch.Tensor], comm: Comm | None) -> list[int]:
-    """Each layer's number of units (over all ranks with ``comm``)."""
-    sizes = [k.numel() for k in keys]
-    if comm is None or not keys:
-        return sizes
-    return comm.sum(torch.tensor(sizes, dtype=torch.int64, device=keys[0].device)).tolist()
-
-
 def select_local(
     keys: Mapping[str, torch.Tensor], sparsity: float | torch.Tensor, comm: Comm | None = None
 ) -> dict[str, torch.Tensor]:
@@ -184,12 +161,9 @@ def select_local(
     """
     if comm is None:
         return {n: _lowest(k, _count(sparsity, k.numel(), k.device)) for n, k in keys.items()}
-    if not keys:
-        return {}
-    ordered = list(keys.values())
-    device = ordered[0].device
-    counts = torch.stack([_count(sparsity, n, device) for n in _sizes(ordered, comm)])
-    return dict(zip(keys, _lowest_sharded(ordered, counts, comm), strict=True))
+    from fprune import _sharded_select  # built on this module's helpers
+
+    return _sharded_select.select_local(keys, sparsity, comm)
 
 
 def select_global(
@@ -205,28 +179,20 @@ def select_global(
     (eager only), the keys are this rank's shards of the layers; see :class:`Comm`.
     """
     names = sorted(keys)  # ties between layers go by sorted name
+    if comm is not None:
+        from fprune import _sharded_select  # built on this module's helpers
+
+        chosen = _sharded_select.select_global(keys, names, sparsity, lo, hi, comm)
+        return {n: chosen[n] for n in keys}
     ordered = [keys[n] for n in names]
     device = ordered[0].device
-    sizes = _sizes(ordered, comm)
+    sizes = [k.numel() for k in ordered]
     low = [_count(lo, n, device) for n in sizes]
     high = [_count(hi, n, device) for n in sizes]
     total = _count(sparsity, sum(sizes), device)
     total = torch.minimum(torch.maximum(total, torch.stack(low).sum()), torch.stack(high).sum())
     bounded = not (isinstance(lo, float) and lo == 0.0 and isinstance(hi, float) and hi >= 1.0)
     bounds = (low, high) if bounded else (None, None)
-    if comm is not None:
-        found = _radix.search(ordered, total, *bounds, combine=comm.sum, bits=_SHARD_BITS)
-        counts = _allocate(total, found.below, found.at, low, high)
-        offsets = comm.before(torch.stack(found.mine)).unbind()  # ties held by the ranks before
-        # a layer a bound moved off the global threshold has its own: one search for all such
-        own = [i for i, (b, a, c) in enumerate(zip(found.below, found.at, counts, strict=True))
-               if not int(b) <= int(c) <= int(b + a)]
-        alone = _lowest_sharded([ordered[i] for i in own], torch.stack([counts[i] for i in own]), comm) if own else []
-        chosen = dict(zip((names[i] for i in own), alone, strict=True))
-        for i, (n, k) in enumerate(zip(names, ordered, strict=True)):
-            if n not in chosen:
-                chosen[n] = _take_eager(k, found.tau, found.below[i], found.at[i], counts[i], offsets[i])
-        return {n: chosen[n] for n in keys}
     tau, below, at = _radix.kth_key(ordered, total, *bounds)
     counts = _allocate(total, below, at, low, high)
     if _trace.tracing(counts[0]):  # counts depend on the keys and the target: traced if either is
@@ -258,12 +224,19 @@ def select(
 def flat_keys(
     scores: Mapping[str, torch.Tensor], previous: Mapping[str, torch.Tensor] | None
 ) -> dict[str, torch.Tensor]:
-    """1-D rank keys of every layer, all int64 if any score is float64 (comparable globally)."""
+    """1-D rank keys of every layer, all int64 if any score is float64 (comparable globally).
+
+    For the selection, which only reads them: eager keys may share the scores' memory, and an
+    eager all-kept previous mask is skipped (it changes no key)."""
     wide = any(s.dtype == torch.float64 for s in scores.values())
-    return {
-        n: rank_keys(s, pruned=None if previous is None else ~previous[n], wide=wide).reshape(-1)
-        for n, s in scores.items()
-    }
+    out = {}
+    for n, s in scores.items():
+        eager = not _trace.tracing(s)
+        prev = None if previous is None else previous[n]
+        if prev is not None and eager and not _trace.tracing(prev) and all_true(prev):
+            prev = None
+        out[n] = _keys(s, pruned=None if prev is None else ~prev, wide=wide, share=eager).reshape(-1)
+    return out
 
 
 def _check(

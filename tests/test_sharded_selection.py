@@ -4,13 +4,14 @@ reference on the whole layers: threads play the ranks (see ``tests/threaded.py``
 from __future__ import annotations
 
 import itertools
+from unittest import mock
 
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fprune import _sharded
+from fprune import _sharded, _sharded_select
 from fprune.masking import _select
 from fprune.patterns import parse_pattern
 from fprune.selection import flat_keys, rank_keys, select
@@ -34,7 +35,7 @@ def row_splits(draw, scores, world):
     return out
 
 
-def _sharded_select(scores, previous, splits, world, **kw):
+def _run_sharded(scores, previous, splits, world, **kw):
     """Run the sharded selection on ``world`` thread ranks; each layer's rows back in order."""
 
     def rank(comm, r):
@@ -53,7 +54,7 @@ def test_sharded_selection_equals_the_sort_reference(scores, bounds, world, scop
     sparsity, lo, hi = bounds
     previous = data.draw(strategies.previous_masks(scores))
     splits = data.draw(row_splits(scores, world))
-    got, _ = _sharded_select(scores, previous, splits, world, scope=scope, sparsity=sparsity, lo=lo, hi=hi)
+    got, _ = _run_sharded(scores, previous, splits, world, scope=scope, sparsity=sparsity, lo=lo, hi=hi)
     if scope == "global":
         want = reference.global_masks(scores, sparsity, lo, hi, previous)
     else:
@@ -87,10 +88,10 @@ def test_sharded_selection_exchanges_a_fixed_number_of_small_collectives():
     g = torch.Generator().manual_seed(0)
     scores = {"a": torch.randn(64, 32, generator=g), "b": torch.randn(48, 16, generator=g)}
     splits = {n: [(0, s.shape[0] // 2), (s.shape[0] // 2, s.shape[0])] for n, s in scores.items()}
-    got, calls = _sharded_select(scores, None, splits, 2, scope="global", sparsity=0.7)
+    got, calls = _run_sharded(scores, None, splits, 2, scope="global", sparsity=0.7)
     want = reference.global_masks(scores, 0.7, 0.0, 1.0, None)
     assert same_bits(got, want)
-    assert calls == 1 + 4 + 1
+    assert calls == 1 + 4 + 1  # too few units to sample: the search runs on all keys
     sizes = []
 
     class Recorder:
@@ -124,8 +125,56 @@ def test_rows_of_is_torch_chunk():
 def test_sharded_selection_ranks_every_dtype_like_rank_keys(dtype):
     scores = {"w": torch.tensor([[0.0, -0.0, 1.0], [float("nan"), -float("inf"), 1.0], [2.0, 1.0, -1.0]], dtype=dtype)}
     splits = {"w": [(0, 1), (1, 3)]}
-    got, _ = _sharded_select(scores, None, splits, 2, scope="local", sparsity=0.6)
+    got, _ = _run_sharded(scores, None, splits, 2, scope="local", sparsity=0.6)
     order = torch.argsort(rank_keys(scores["w"].reshape(-1)), stable=True)
     want = torch.ones(9, dtype=torch.bool)
     want[order[:5]] = False
     assert torch.equal(got["w"].reshape(-1), want)
+
+
+def small_samples():
+    """Sample small layers too, so the bracket (and its misses) run on hypothesis' sizes."""
+    return mock.patch.multiple(_sharded_select, _SAMPLE=8, _LAYER_SAMPLE=4, _DENSITY=1,
+                               _Z=1.0)  # a narrow bracket: misses happen too
+
+
+@given(strategies.score_dicts(conv=False), bound_pairs, st.integers(1, 4), st.sampled_from(["global", "local"]),
+       st.data())
+def test_bracketed_sharded_selection_equals_the_sort_reference(scores, bounds, world, scope, data):
+    sparsity, lo, hi = bounds
+    previous = data.draw(strategies.previous_masks(scores))
+    splits = data.draw(row_splits(scores, world))
+    with small_samples():
+        got, _ = _run_sharded(scores, previous, splits, world, scope=scope, sparsity=sparsity, lo=lo, hi=hi)
+    if scope == "global":
+        want = reference.global_masks(scores, sparsity, lo, hi, previous)
+    else:
+        want = reference.local_masks(scores, sparsity, previous)
+    assert same_bits(got, want)
+
+
+def test_the_bracket_narrows_the_search_on_large_layers():
+    """2^20 units: the sample bracket holds the threshold, so the radix digits count a few
+    percent of the keys (one sample of 2^14 in global scope, 2^10 per layer in local);
+    the result equals the single-process selection."""
+    g = torch.Generator().manual_seed(0)
+    scores = {"a": torch.randn(1024, 512, generator=g).abs(), "b": torch.randn(512, 1024, generator=g).abs()}
+    splits = {n: [(0, 300), (300, s.shape[0])] for n, s in scores.items()}
+    counted = []
+    search = _sharded_select._radix.search
+
+    def spy(keys, *args, **kw):
+        if kw.get("combine") is not None:
+            counted.append(sum(k.numel() for k in keys))
+        return search(keys, *args, **kw)
+
+    _sharded_select._radix.search = spy
+    try:
+        for scope in ("global", "local"):
+            counted.clear()
+            got, _ = _run_sharded(scores, None, splits, 2, scope=scope, sparsity=0.8, lo=0.0, hi=1.0)
+            pruned = select(flat_keys(scores, None), scope=scope, sparsity=0.8)  # one process, tested elsewhere
+            assert same_bits(got, {n: ~p.reshape(scores[n].shape) for n, p in pruned.items()})
+            assert counted and max(counted) < 0.1 * sum(s.numel() for s in scores.values())  # keys counted
+    finally:
+        _sharded_select._radix.search = search

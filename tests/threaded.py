@@ -1,4 +1,4 @@
-"""Run a function on several threads that share :class:`fprune.selection.Comm` collectives.
+"""Run a function on several threads that share :class:`fprune._sharded_select.Comm` collectives.
 
 Each thread plays one rank of a sharded selection: ``sum`` and ``before`` meet at a barrier
 and combine what every thread contributed. It checks the selection's arithmetic on any
@@ -41,9 +41,11 @@ class ThreadComm:
     def sum(self, t: torch.Tensor) -> torch.Tensor:
         return torch.stack(self.meeting.exchange(self.rank, t)).sum(0)
 
+    def gather(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.stack(self.meeting.exchange(self.rank, t))
+
     def before(self, t: torch.Tensor) -> torch.Tensor:
-        parts = self.meeting.exchange(self.rank, t)
-        return torch.stack(parts[: self.rank]).sum(0) if self.rank else torch.zeros_like(t)
+        return self.gather(t)[: self.rank].sum(0)
 
 
 def run_ranks(world: int, fn: Callable[[ThreadComm, int], Any]) -> tuple[list[Any], int]:
