@@ -4,8 +4,10 @@ The 72 weights of the workload (84,934,656 values) are split ``Shard(0)`` over `
 gloo processes on this machine (each slices its rows locally; no collective builds them).
 For each case, a one-shot magnitude pruner's mask update runs on the ``DTensor`` shards,
 with every collective inside ``prune.step`` recorded (:class:`fprune.distributed.Traffic`).
-The same update on the whole weights in one process is timed alongside, as the reference,
-and the masks of both are compared (the comparison gathers them, after the timing).
+The same update on the whole weights in one process is timed alongside, as the reference
+(every rank runs it, at the same time, each on 1 thread like the sharded run), and the masks
+of both are compared (the comparison gathers them, after the timing). Times are medians of
+``--repeats`` calls after a warm-up.
 
 Prints a table and writes JSON (``benchmarks/results/sharded.json`` or ``--json``).
 ``python benchmarks/bench_sharded.py [--ranks 2] [--repeats 3] [--layers 72]``
@@ -14,9 +16,9 @@ Prints a table and writes JSON (``benchmarks/results/sharded.json`` or ``--json`
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -43,9 +45,10 @@ def _shard(whole: dict[str, torch.Tensor], mesh) -> dict[str, torch.Tensor]:
     return {n: distribute_tensor(t, mesh, [Shard(0)], src_data_rank=None) for n, t in whole.items()}
 
 
-def worker(rank: int, world: int, port: int, layers: int, repeats: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def worker(rank: int, world: int, rendezvous: str, layers: int, repeats: int, out: str) -> None:
+    # a file rendezvous: no port to pick (one picked free can be taken before rank 0 binds it)
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=120))
     torch.set_num_threads(1)
     mesh = init_device_mesh("cpu", (world,))
     whole = workload(layers)  # magnitude: no gradients needed
@@ -62,14 +65,17 @@ def worker(rank: int, world: int, port: int, layers: int, repeats: int, out: str
             times.append(time.perf_counter() - start)
         with fprune.distributed.Traffic() as traffic:  # one more, recorded
             _, masks = prune.step(state, params)
-        # the reference: the same update on the whole weights, in this process
-        start = time.perf_counter()
-        _, expected = prune.step(prune.init(whole), whole)
-        single_time = time.perf_counter() - start
+        # the reference: the same update on the whole weights, in this process (each rank)
+        single_state, single_times = prune.init(whole), []
+        for _ in range(repeats + 1):
+            dist.barrier()
+            start = time.perf_counter()
+            _, expected = prune.step(single_state, whole)
+            single_times.append(time.perf_counter() - start)
         equal = all(torch.equal(m.full_tensor(), expected[n]) for n, m in masks.items())
         rows.append({
             "case": f"{pattern} {scope} {sparsity}", "collectives": len(traffic.calls), "bytes": traffic.bytes,
-            "largest": traffic.largest, "seconds": statistics.median(times[1:]), "single_seconds": single_time,
+            "largest": traffic.largest, "seconds": statistics.median(times[1:]), "single_seconds": statistics.median(single_times[1:]),
             "equal": equal,
         })
     if rank == 0:
@@ -90,13 +96,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--layers", type=int, default=72)
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "out.json")
-        mp.start_processes(worker, args=(args.ranks, port, args.layers, args.repeats, out), nprocs=args.ranks,
-                           start_method="spawn")
+        mp.start_processes(worker, args=(args.ranks, os.path.join(tmp, "rendezvous"), args.layers, args.repeats, out),
+                           nprocs=args.ranks, start_method="spawn")
         result = json.loads(Path(out).read_text())
     result["machine"] = machine()
     print(f"{result['weights']:,} weights ({result['weight_bytes']:,} bytes) in {result['layers']} layers, "

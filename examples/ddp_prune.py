@@ -15,10 +15,10 @@ cores), ``--ranks 4``, or ``--quick``. With ``--json`` the last line is one JSON
 from __future__ import annotations
 
 import argparse
+import datetime
 import hashlib
 import json
 import os
-import socket
 import sys
 import tempfile
 
@@ -41,9 +41,10 @@ def _digest(tensors: dict[str, torch.Tensor]) -> int:
     return int.from_bytes(h.digest()[:8], "little") >> 1
 
 
-def worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def worker(rank: int, world: int, rendezvous: str, args: argparse.Namespace, out: str) -> None:
+    # a file rendezvous: no port to pick (one picked free can be taken before rank 0 binds it)
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=120))
     torch.set_num_threads(1)
     torch.manual_seed(0)  # the same initial model on every rank (DDP also broadcasts rank 0's)
     x, y, x_test, y_test = data(torch.Generator().manual_seed(0))
@@ -96,11 +97,6 @@ def worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str)
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(description="Prune under DDP: identical masks on every rank, no extra communication.")
@@ -115,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         args.steps = 40
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "result.json")
-        mp.start_processes(worker, args=(args.ranks, _free_port(), args, out), nprocs=args.ranks, start_method="spawn")
+        mp.start_processes(worker, args=(args.ranks, os.path.join(tmp, "rendezvous"), args, out), nprocs=args.ranks, start_method="spawn")
         with open(out) as f:
             result = json.load(f)
     print(f"{result['ranks']} ranks (gloo), {args.steps} steps, snip_momentum {args.pattern} global to {args.sparsity}:")

@@ -1,4 +1,4 @@
-"""Prune under FSDP2: each rank selects on its own shard, exchanging only small counts.
+"""Prune under FSDP2: each rank selects on its own shard, exchanging only small counts and samples.
 
 ``fully_shard`` turns every parameter into a ``DTensor`` placed ``Shard(0)``: rank ``r``
 holds a block of rows. ``prune.init`` and ``prune.step`` take those DTensors as they are.
@@ -23,9 +23,9 @@ Run ``python examples/fsdp_prune.py`` (2 gloo processes on this machine), ``--ra
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
-import socket
 import sys
 import tempfile
 
@@ -45,9 +45,10 @@ def _full(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {n: t.full_tensor() if isinstance(t, DTensor) else t for n, t in tensors.items()}
 
 
-def worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str, tmp: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def worker(rank: int, world: int, rendezvous: str, args: argparse.Namespace, out: str, tmp: str) -> None:
+    # a file rendezvous: no port to pick (one picked free can be taken before rank 0 binds it)
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=120))
     torch.set_num_threads(1)
     mesh = init_device_mesh("cpu", (world,))
     torch.manual_seed(0)
@@ -122,11 +123,6 @@ def worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str,
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(description="Prune under FSDP2: selection on local shards, small counts exchanged.")
@@ -142,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         args.steps = 40
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "result.json")
-        mp.start_processes(worker, args=(args.ranks, _free_port(), args, out, tmp), nprocs=args.ranks,
+        mp.start_processes(worker, args=(args.ranks, os.path.join(tmp, "rendezvous"), args, out, tmp), nprocs=args.ranks,
                            start_method="spawn")
         with open(out) as f:
             result = json.load(f)

@@ -17,10 +17,12 @@ writes ``D/MODE.json``. Modes:
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
-import socket
+import shutil
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 
@@ -98,6 +100,18 @@ def check(mesh) -> dict[str, object]:
                 equal &= bool(d_state.target == s_state.target) and bool(d_state.step == s_state.step)
                 equal &= all(torch.equal(a, s_state.aux[n]) for n, a in full(d_state.aux).items())
             results.append({"case": f"{pattern} {scope} {sparsity} {criterion} [{lo}, {hi}]", "equal": equal})
+    # 2^20 units: enough that the selection narrows its search with a gathered sample
+    g = torch.Generator().manual_seed(3)
+    big = {"big.a": torch.randn(1024, 512, generator=g), "big.b": torch.randn(512, 1024, generator=g)}
+    for pattern, scope in (("1x1", "global"), ("1x1", "local"), ("4x1", "global")):
+        if not supported(pattern, world):
+            continue
+        prune = fprune.pruner(0.8, pattern=pattern, scope=scope, criterion="magnitude", max_layer_sparsity=0.85)
+        _, want = prune.step(prune.init(big), big)
+        with fprune.distributed.Traffic() as traffic:
+            _, got = prune.step(prune.init(shard(big, mesh)), shard(big, mesh))
+        results.append({"case": f"large {pattern} {scope}", "equal": all(torch.equal(m, want[n]) for n, m in full(got).items()),
+                        "largest": traffic.largest})
     primitives_equal: dict[str, bool] = {}
     scores, previous = tensors(7), {n: t > -1.0 for n, t in tensors(8).items()}
     scores = {n: t.abs() for n, t in scores.items()}
@@ -207,9 +221,10 @@ def resume(mesh, folder: Path, saved_ranks: int) -> dict[str, object]:
     return out
 
 
-def worker(rank: int, world: int, port: int, mode: str, folder: str, saved_ranks: int) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def worker(rank: int, world: int, rendezvous: str, mode: str, folder: str, saved_ranks: int) -> None:
+    # a file rendezvous: no port to pick (one picked free can be taken before rank 0 binds it)
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=120))
     torch.set_num_threads(1)
     try:
         mesh = init_device_mesh("cpu", (world,))
@@ -229,6 +244,11 @@ def worker(rank: int, world: int, port: int, mode: str, folder: str, saved_ranks
                                                                **result}))
     dist.barrier()
     dist.destroy_process_group()
+    # Leave without interpreter finalization: a gloo worker thread still referenced there can
+    # abort the process after the results are written (seen once under heavy load).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -238,11 +258,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dir", required=True)
     parser.add_argument("--saved-ranks", type=int, default=0)
     args = parser.parse_args(argv)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.start_processes(worker, args=(args.ranks, port, args.mode, args.dir, args.saved_ranks), nprocs=args.ranks,
-                       start_method="spawn")
+    rendezvous = tempfile.mkdtemp()
+    try:
+        mp.start_processes(worker, args=(args.ranks, os.path.join(rendezvous, "store"), args.mode, args.dir,
+                                         args.saved_ranks), nprocs=args.ranks, start_method="spawn")
+    finally:
+        shutil.rmtree(rendezvous, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -53,6 +53,12 @@ def test_sharded_masks_equal_the_single_process_ones(tmp_path, ranks):
     result = _worker(tmp_path, "check", ranks)
     cases = result["cases"]
     assert cases and all(c["equal"] for c in cases), [c["case"] for c in cases if not c["equal"]]
+    large = [c for c in cases if c["case"].startswith("large")]
+    assert len(large) == (2 if ranks == 3 else 3)
+    # the largest payload is the sample's gather: 2^14 int32 keys over all ranks (each rank's
+    # part padded to the longest), counted as the input plus the ranks' outputs; 8 MiB of weights
+    assert all(c["largest"] <= 4 * (ranks + 1) * ((1 << 14) // ranks + 64) for c in large)
+    cases = [c for c in cases if not c["case"].startswith("large")]
     patterns = {c["case"].split()[0] for c in cases}
     assert {"1x1", "1x8", "2:4"} <= patterns and ("4x1" in patterns) == (ranks != 3)
     assert {c["case"].split()[1] for c in cases} == {"global", "local"}
