@@ -15,16 +15,13 @@ cores), ``--ranks 4``, or ``--quick``. With ``--json`` the last line is one JSON
 from __future__ import annotations
 
 import argparse
-import datetime
 import hashlib
 import json
-import os
 import sys
-import tempfile
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from _ranks import join, spawn  # spawning gloo ranks, shared by the distributed examples
 from _task import accuracy, data, mlp  # the synthetic task, shared by the examples
 from torch.distributed.tensor.debug import CommDebugMode
 from torch.nn.parallel import DistributedDataParallel
@@ -41,10 +38,8 @@ def _digest(tensors: dict[str, torch.Tensor]) -> int:
     return int.from_bytes(h.digest()[:8], "little") >> 1
 
 
-def worker(rank: int, world: int, rendezvous: str, args: argparse.Namespace, out: str) -> None:
-    # a file rendezvous: no port to pick (one picked free can be taken before rank 0 binds it)
-    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=120))
+def worker(rank: int, world: int, rendezvous: str, out: str, tmp: str, args: argparse.Namespace) -> None:
+    join(rank, world, rendezvous)
     torch.set_num_threads(1)
     torch.manual_seed(0)  # the same initial model on every rank (DDP also broadcasts rank 0's)
     x, y, x_test, y_test = data(torch.Generator().manual_seed(0))
@@ -97,7 +92,6 @@ def worker(rank: int, world: int, rendezvous: str, args: argparse.Namespace, out
     dist.destroy_process_group()
 
 
-
 def main(argv: list[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(description="Prune under DDP: identical masks on every rank, no extra communication.")
     parser.add_argument("--ranks", type=int, default=2)
@@ -109,11 +103,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     args = parser.parse_args(argv)
     if args.quick:
         args.steps = 40
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "result.json")
-        mp.start_processes(worker, args=(args.ranks, os.path.join(tmp, "rendezvous"), args, out), nprocs=args.ranks, start_method="spawn")
-        with open(out) as f:
-            result = json.load(f)
+    result = spawn(worker, args.ranks, args)
     print(f"{result['ranks']} ranks (gloo), {args.steps} steps, snip_momentum {args.pattern} global to {args.sparsity}:")
     print(f"  collectives inside prune.step: {result['collectives_in_prune_step']} "
           f"(the same counter saw {result['collectives_counted_in_control']} for one all_reduce)")

@@ -23,15 +23,13 @@ Run ``python examples/fsdp_prune.py`` (2 gloo processes on this machine), ``--ra
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import sys
-import tempfile
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from _ranks import join, spawn  # spawning gloo ranks, shared by the distributed examples
 from _task import accuracy, data, mlp  # the synthetic task, shared by the examples
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
@@ -45,10 +43,8 @@ def _full(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {n: t.full_tensor() if isinstance(t, DTensor) else t for n, t in tensors.items()}
 
 
-def worker(rank: int, world: int, rendezvous: str, args: argparse.Namespace, out: str, tmp: str) -> None:
-    # a file rendezvous: no port to pick (one picked free can be taken before rank 0 binds it)
-    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=120))
+def worker(rank: int, world: int, rendezvous: str, out: str, tmp: str, args: argparse.Namespace) -> None:
+    join(rank, world, rendezvous)
     torch.set_num_threads(1)
     mesh = init_device_mesh("cpu", (world,))
     torch.manual_seed(0)
@@ -123,7 +119,6 @@ def worker(rank: int, world: int, rendezvous: str, args: argparse.Namespace, out
     dist.destroy_process_group()
 
 
-
 def main(argv: list[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(description="Prune under FSDP2: selection on local shards, small counts exchanged.")
     parser.add_argument("--ranks", type=int, default=2)
@@ -136,12 +131,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     args = parser.parse_args(argv)
     if args.quick:
         args.steps = 40
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "result.json")
-        mp.start_processes(worker, args=(args.ranks, os.path.join(tmp, "rendezvous"), args, out, tmp), nprocs=args.ranks,
-                           start_method="spawn")
-        with open(out) as f:
-            result = json.load(f)
+    result = spawn(worker, args.ranks, args)
     print(f"{result['ranks']} ranks (gloo, FSDP2), {args.steps} steps, snip_momentum {args.pattern} "
           f"{args.scope} to {args.sparsity}:")
     print(f"  inside prune.step: {result['collectives_per_prune_step']:.0f} collectives and "

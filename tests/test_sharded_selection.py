@@ -3,6 +3,7 @@ reference on the whole layers: threads play the ranks (see ``tests/threaded.py``
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from unittest import mock
 
@@ -48,13 +49,22 @@ def _run_sharded(scores, previous, splits, world, **kw):
     return {n: torch.cat([p[n] for p in parts]) for n in scores}, calls
 
 
+def small_samples():
+    """Sample small layers too, so the bracket (and its misses) run on hypothesis' sizes."""
+    return mock.patch.multiple(_sharded_select, _SAMPLE=8, _LAYER_SAMPLE=4, _DENSITY=1,
+                               _Z=1.0)  # a narrow bracket: misses happen too
+
+
 @given(strategies.score_dicts(conv=False), bound_pairs, st.integers(1, 4), st.sampled_from(["global", "local"]),
-       st.data())
-def test_sharded_selection_equals_the_sort_reference(scores, bounds, world, scope, data):
+       st.booleans(), st.data())
+def test_sharded_selection_equals_the_sort_reference(scores, bounds, world, scope, bracketed, data):
+    """With ``bracketed``, even small layers are narrowed by a sample first (a narrow bracket
+    that often misses, so both outcomes run); without, the search runs on all keys."""
     sparsity, lo, hi = bounds
     previous = data.draw(strategies.previous_masks(scores))
     splits = data.draw(row_splits(scores, world))
-    got, _ = _run_sharded(scores, previous, splits, world, scope=scope, sparsity=sparsity, lo=lo, hi=hi)
+    with small_samples() if bracketed else contextlib.nullcontext():
+        got, _ = _run_sharded(scores, previous, splits, world, scope=scope, sparsity=sparsity, lo=lo, hi=hi)
     if scope == "global":
         want = reference.global_masks(scores, sparsity, lo, hi, previous)
     else:
@@ -130,27 +140,6 @@ def test_sharded_selection_ranks_every_dtype_like_rank_keys(dtype):
     want = torch.ones(9, dtype=torch.bool)
     want[order[:5]] = False
     assert torch.equal(got["w"].reshape(-1), want)
-
-
-def small_samples():
-    """Sample small layers too, so the bracket (and its misses) run on hypothesis' sizes."""
-    return mock.patch.multiple(_sharded_select, _SAMPLE=8, _LAYER_SAMPLE=4, _DENSITY=1,
-                               _Z=1.0)  # a narrow bracket: misses happen too
-
-
-@given(strategies.score_dicts(conv=False), bound_pairs, st.integers(1, 4), st.sampled_from(["global", "local"]),
-       st.data())
-def test_bracketed_sharded_selection_equals_the_sort_reference(scores, bounds, world, scope, data):
-    sparsity, lo, hi = bounds
-    previous = data.draw(strategies.previous_masks(scores))
-    splits = data.draw(row_splits(scores, world))
-    with small_samples():
-        got, _ = _run_sharded(scores, previous, splits, world, scope=scope, sparsity=sparsity, lo=lo, hi=hi)
-    if scope == "global":
-        want = reference.global_masks(scores, sparsity, lo, hi, previous)
-    else:
-        want = reference.local_masks(scores, sparsity, previous)
-    assert same_bits(got, want)
 
 
 def test_the_bracket_narrows_the_search_on_large_layers():

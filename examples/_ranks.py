@@ -1,0 +1,31 @@
+"""Spawning gloo ranks on this machine for the distributed examples (shared, so they stay short)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+def join(rank: int, world: int, rendezvous: str) -> None:
+    """Join the gloo process group through a rendezvous file (no port to pick: one picked
+    free can be taken before rank 0 binds it), failing after 2 minutes rather than hanging."""
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=120))
+
+
+def spawn(worker: Callable[..., None], ranks: int, *args: Any) -> dict[str, Any]:
+    """Run ``worker(rank, ranks, rendezvous, out, tmp, *args)`` on ``ranks`` processes and
+    return the JSON object that one of them writes to ``out``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "result.json")
+        mp.start_processes(worker, args=(ranks, os.path.join(tmp, "rendezvous"), out, tmp, *args), nprocs=ranks,
+                           start_method="spawn")
+        with open(out) as f:
+            return json.load(f)
