@@ -87,6 +87,7 @@ def worker(rank: int, world: int, rendezvous: str, layers: int, repeats: int, ou
         }))
     dist.barrier()
     dist.destroy_process_group()
+    os._exit(0)  # at once: freeing objects after the group is gone can block in gloo's teardown
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:

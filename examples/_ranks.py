@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +19,17 @@ def join(rank: int, world: int, rendezvous: str) -> None:
     free can be taken before rank 0 binds it), failing after 2 minutes rather than hanging."""
     dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=120))
+
+
+def leave() -> None:
+    """Leave the group and end this rank's process at once. Ending it normally would free
+    the rank's objects after the group is gone, and gloo's teardown can then block forever
+    (seen on this machine: a rank asleep after its work, its parent waiting for it)."""
+    dist.barrier()
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def spawn(worker: Callable[..., None], ranks: int, *args: Any) -> dict[str, Any]:

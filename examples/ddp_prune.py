@@ -21,7 +21,7 @@ import sys
 
 import torch
 import torch.distributed as dist
-from _ranks import join, spawn  # spawning gloo ranks, shared by the distributed examples
+from _ranks import join, leave, spawn  # spawning gloo ranks, shared by the distributed examples
 from _task import accuracy, data, mlp  # the synthetic task, shared by the examples
 from torch.distributed.tensor.debug import CommDebugMode
 from torch.nn.parallel import DistributedDataParallel
@@ -88,8 +88,7 @@ def worker(rank: int, world: int, rendezvous: str, out: str, tmp: str, args: arg
         }
         with open(out, "w") as f:
             json.dump(result, f)
-    dist.barrier()
-    dist.destroy_process_group()
+    leave()
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:

@@ -72,8 +72,17 @@ def _below(rank: torch.Tensor, n: int) -> torch.Tensor:
     return ((rank - n) >> 7).view(torch.bool)
 
 
+def _at_least(rank: torch.Tensor, n: int) -> torch.Tensor:
+    """``rank >= n`` for uint8 ranks below 128, by arithmetic: ``n - 1 - rank`` wraps to 128 or
+    more exactly when ``rank >= n`` (the complement of :func:`_below`, in one pass)."""
+    if tracing(rank):
+        return rank >= n
+    return (((n - 1) - rank) >> 7).view(torch.bool)
+
+
 def within_groups(
-    view: torch.Tensor, pattern: NM, *, pruned: torch.Tensor | None, reduce: str | None
+    view: torch.Tensor, pattern: NM, *, pruned: torch.Tensor | None, reduce: str | None,
+    complement: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The N lowest-ranked weights of every group, and each group's score.
 
@@ -83,10 +92,13 @@ def within_groups(
         pruned: bool ``[rows, cols]``, True where a weight is already pruned (ranks first).
         reduce: the group-score reduction of the N lowest scores (taken in rank order), or
             None to skip the group scores.
+        complement: return the other M - N weights instead (the kept mask when every group
+            converts), computed directly rather than negated.
 
     Returns:
         ``(low, score)``: bool ``[rows, cols / M, M]``, True for the N weights a converted
-        group loses (ties to the lower index); ``[rows, cols / M]`` scores, or None.
+        group loses (ties to the lower index), or for the others with ``complement``;
+        ``[rows, cols / M]`` scores, or None.
     """
     n, m = pattern.n, pattern.m
     rows, cols = view.shape
@@ -96,10 +108,10 @@ def within_groups(
         order = torch.sort(keys, dim=-1, stable=True).indices[..., :n]
         low = torch.zeros_like(keys, dtype=torch.bool).scatter(-1, order, True)
         score = None if reduce is None else _group_score(values.gather(-1, order), reduce)
-        return low, score
+        return ~low if complement else low, score
     ranks = _ranks(keys, inplace=not tracing(view))
     del keys
-    low = torch.stack([_below(r, n) for r in ranks], dim=-1)
+    low = torch.stack([(_at_least if complement else _below)(r, n) for r in ranks], dim=-1)
     if reduce is None:
         return low, None
     cols_v = values.unbind(-1)
@@ -149,13 +161,15 @@ def nm_masks(
     for name, view in views.items():
         rows, cols = shapes[name] = tuple(view.shape)
         pruned = None if previous is None or _all_kept(previous[name]) else ~previous[name]
-        low[name], score = within_groups(view, pattern, pruned=pruned, reduce=None if everything else reduce)
+        # every group converting: each keeps its M - N highest, computed as the kept mask
+        low[name], score = within_groups(view, pattern, pruned=pruned, reduce=None if everything else reduce,
+                                         complement=everything)
         if score is not None:
             group_scores[name] = score
         if not everything:  # a group with a pruned weight was converted: it ranks first
             kept_groups[name] = None if pruned is None else ~pruned.reshape(rows, cols // pattern.m, pattern.m).any(dim=-1)
-    if everything:
-        return {name: _lose(low[name], None, shapes[name]) for name in low}
+    if everything:  # the stored masks are already the kept ones
+        return {name: low[name].reshape(shapes[name]) for name in low}
     kept = None
     if any(k is not None for k in kept_groups.values()):
         kept = {n: torch.ones_like(group_scores[n], dtype=torch.bool) if k is None else k for n, k in kept_groups.items()}
@@ -168,13 +182,10 @@ def nm_masks(
     return {name: _lose(low[name], chosen[name], shapes[name]) for name in low}
 
 
-def _lose(low: torch.Tensor, chosen: torch.Tensor | None, shape: tuple[int, int]) -> torch.Tensor:
+def _lose(low: torch.Tensor, chosen: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     """Kept mask ``[rows, cols]``: a chosen (converted) group loses its N lowest weights."""
-    if chosen is not None:
-        low = low & chosen.reshape(low.shape[:-1])[..., None]
-    elif not tracing(low):
-        return low.logical_not_().reshape(shape)  # our own fresh tensor
-    return (~low).reshape(shape)
+    lost = low & chosen.reshape(low.shape[:-1])[..., None]
+    return (lost.logical_not_() if not tracing(lost) else ~lost).reshape(shape)  # ours: in place
 
 
 def _fast_groups(

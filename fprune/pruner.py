@@ -380,9 +380,12 @@ def pruner(
 
     def _and_previous(grid_mask: torch.Tensor, name: str, previous: dict[str, torch.Tensor]) -> torch.Tensor:
         """A layer's new grid mask expanded to its weight and ANDed with its previous mask: in
-        place when the expansion is our own fresh tensor (not a broadcast view)."""
+        place when the expansion is our own fresh tensor (not a broadcast view), and not at all
+        when the previous mask keeps everything (one read of its bytes instead of a pass)."""
         expanded = expand_masks({name: grid_mask}, pattern=pat, shapes={name: previous[name].shape})[name]
-        return expanded.__iand__(previous[name]) if expanded.is_contiguous() else expanded & previous[name]
+        if not expanded.is_contiguous():
+            return expanded & previous[name]
+        return expanded if _fast.all_true(previous[name]) else expanded.__iand__(previous[name])
 
     def _keep(*operands: Any) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """The other branch of ``torch.cond`` (same operands as the prune branch): unchanged

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 __all__ = ["global_masks", "local_masks", "rank_keys"]
 
 _EPS = 1e-9
+
+
 def rank_keys(
     scores: torch.Tensor, *, pruned: torch.Tensor | None = None, wide: bool = False
 ) -> torch.Tensor:
@@ -156,8 +158,8 @@ def select_local(
     """Pruned units (True) of each 1-D key tensor: ``floor(sparsity * n + 1e-9)`` per layer.
 
     No validation: ``sparsity`` may be any fraction in [0, 1] (N:M passes 1.0). With
-    ``comm`` (eager only), the keys are this rank's shards of the layers, and all layers are
-    searched together, with one sum of small histograms over the ranks per digit.
+    ``comm`` (eager only), the keys are this rank's shards of the layers, searched together
+    with small collectives (:mod:`fprune._sharded_select`).
     """
     if comm is None:
         return {n: _lowest(k, _count(sparsity, k.numel(), k.device)) for n, k in keys.items()}
@@ -176,7 +178,7 @@ def select_global(
     """Pruned units (True) across 1-D key tensors of one dtype; see :func:`global_masks`.
 
     No validation: the fractions may be anything in [0, 1] (N:M passes 1.0). With ``comm``
-    (eager only), the keys are this rank's shards of the layers; see :class:`Comm`.
+    (eager only), the keys are this rank's shards of the layers (:mod:`fprune._sharded_select`).
     """
     names = sorted(keys)  # ties between layers go by sorted name
     if comm is not None:
@@ -215,7 +217,7 @@ def select(
     comm: Comm | None = None,
 ) -> dict[str, torch.Tensor]:
     """Pruned units (True) of 1-D keys in ``"local"`` or ``"global"`` scope (no validation);
-    with ``comm``, of this rank's shards of the layers (see :class:`Comm`)."""
+    with ``comm``, of this rank's shards of the layers (:mod:`fprune._sharded_select`)."""
     if scope == "local":
         return select_local(keys, sparsity, comm)
     return select_global(keys, sparsity, lo, hi, comm)

@@ -244,8 +244,8 @@ def worker(rank: int, world: int, rendezvous: str, mode: str, folder: str, saved
                                                                **result}))
     dist.barrier()
     dist.destroy_process_group()
-    # Leave without interpreter finalization: a gloo worker thread still referenced there can
-    # abort the process after the results are written (seen once under heavy load).
+    # End the process at once: freeing this rank's objects after the group is gone can abort
+    # or block in gloo's teardown (seen on this machine, once each, after the work was done).
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
