@@ -17,6 +17,7 @@ params' mesh and placements, so a state saves and loads per rank like any FSDP2 
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
@@ -32,12 +33,11 @@ Tensors = Mapping[str, torch.Tensor]
 
 
 def _dtensor_type() -> type | None:
-    """The ``DTensor`` class, or None where this torch build has no distributed support."""
-    if not torch.distributed.is_available():
-        return None
-    from torch.distributed.tensor import DTensor
-
-    return DTensor
+    """The ``DTensor`` class, or None while nothing has imported it (then no tensor can be
+    one, and a plain-tensor run does not pay for importing it: about 40 MB of resident
+    memory, and 0.006 byte per weight more at the peak of a 1x1 update on the workload)."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return None if module is None else module.DTensor
 
 
 def rows_of(rows: int, world: int, rank: int) -> tuple[int, int]:
