@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -41,3 +42,21 @@ def spawn(worker: Callable[..., None], ranks: int, *args: Any) -> dict[str, Any]
                            start_method="spawn")
         with open(out) as f:
             return json.load(f)
+
+
+def arguments(description: str, argv: list[str] | None, **more: dict[str, Any]) -> argparse.Namespace:
+    """The distributed examples' options (``--ranks --pattern --sparsity --steps --quick
+    --json``, plus ``more``: option name -> ``add_argument`` keywords); ``--quick`` is 40 steps."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--ranks", type=int, default=2)
+    parser.add_argument("--pattern", default="4x1")
+    parser.add_argument("--sparsity", type=float, default=0.8)
+    for name, kwargs in more.items():
+        parser.add_argument(f"--{name}", **kwargs)
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--quick", action="store_true", help="40 steps, for tests")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on the last line")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.steps = 40
+    return args

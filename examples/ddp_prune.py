@@ -21,7 +21,12 @@ import sys
 
 import torch
 import torch.distributed as dist
-from _ranks import join, leave, spawn  # spawning gloo ranks, shared by the distributed examples
+from _ranks import (  # spawning gloo ranks, shared by the distributed examples
+    arguments,
+    join,
+    leave,
+    spawn,
+)
 from _task import accuracy, data, mlp  # the synthetic task, shared by the examples
 from torch.distributed.tensor.debug import CommDebugMode
 from torch.nn.parallel import DistributedDataParallel
@@ -92,16 +97,7 @@ def worker(rank: int, world: int, rendezvous: str, out: str, tmp: str, args: arg
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
-    parser = argparse.ArgumentParser(description="Prune under DDP: identical masks on every rank, no extra communication.")
-    parser.add_argument("--ranks", type=int, default=2)
-    parser.add_argument("--pattern", default="4x1")
-    parser.add_argument("--sparsity", type=float, default=0.8)
-    parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--quick", action="store_true", help="40 steps, for tests")
-    parser.add_argument("--json", action="store_true", help="print one JSON object on the last line")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.steps = 40
+    args = arguments("Prune under DDP: identical masks on every rank, no extra communication.", argv)
     result = spawn(worker, args.ranks, args)
     print(f"{result['ranks']} ranks (gloo), {args.steps} steps, snip_momentum {args.pattern} global to {args.sparsity}:")
     print(f"  collectives inside prune.step: {result['collectives_in_prune_step']} "

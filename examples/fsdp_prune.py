@@ -28,7 +28,12 @@ import os
 import sys
 
 import torch
-from _ranks import join, leave, spawn  # spawning gloo ranks, shared by the distributed examples
+from _ranks import (  # spawning gloo ranks, shared by the distributed examples
+    arguments,
+    join,
+    leave,
+    spawn,
+)
 from _task import accuracy, data, mlp  # the synthetic task, shared by the examples
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
@@ -118,17 +123,7 @@ def worker(rank: int, world: int, rendezvous: str, out: str, tmp: str, args: arg
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
-    parser = argparse.ArgumentParser(description="Prune under FSDP2: selection on local shards, small counts exchanged.")
-    parser.add_argument("--ranks", type=int, default=2)
-    parser.add_argument("--pattern", default="4x1")
-    parser.add_argument("--sparsity", type=float, default=0.8)
-    parser.add_argument("--scope", default="global", choices=("global", "local"))
-    parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--quick", action="store_true", help="40 steps, for tests")
-    parser.add_argument("--json", action="store_true", help="print one JSON object on the last line")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.steps = 40
+    args = arguments("Prune under FSDP2: selection on local shards, small counts exchanged.", argv, scope=dict(default="global", choices=("global", "local")))
     result = spawn(worker, args.ranks, args)
     print(f"{result['ranks']} ranks (gloo, FSDP2), {args.steps} steps, snip_momentum {args.pattern} "
           f"{args.scope} to {args.sparsity}:")
