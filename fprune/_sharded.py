@@ -213,14 +213,3 @@ def global_shapes(shapes: Mapping[str, Sequence[int]], local: Tensors, sharding:
 def meta(tensors: Tensors) -> dict[str, torch.Tensor]:
     """Storage-free stand-ins of the global tensors (to learn a criterion's state shapes)."""
     return {n: torch.empty(t.shape, dtype=t.dtype, device="meta") for n, t in tensors.items()}
-
-
-def pruned_fraction(pruned: Mapping[str, torch.Tensor], totals: Mapping[str, int], unit: float,
-                    comm: Collectives | None) -> torch.Tensor:
-    """``unit * sum(pruned) / sum(totals)`` over all layers (and ranks), float64 0-d on the CPU."""
-    total = torch.stack(list(pruned.values())).sum()
-    counts = torch.stack([total, torch.tensor(sum(totals.values()), device=total.device)]).to(torch.int64)
-    if comm is not None:
-        counts = comm.sum(counts)
-    return (counts[0].to(torch.float64) * unit / max(int(counts[1]), 1)).cpu()
-

@@ -31,7 +31,7 @@ from typing import Protocol
 import torch
 
 from fprune import _radix
-from fprune.selection import _allocate, _count, _take_eager
+from fprune.selection import _allocate, _budget, _count, _take_eager
 
 _BITS = 8  # digit width: 256 bins per layer and pass to sum over ranks
 _SAMPLE = 1 << 14  # sample size over all layers
@@ -188,11 +188,8 @@ def select_global(
     ordered = [keys[n] for n in names]
     device = ordered[0].device
     sizes_ = sizes(ordered, comm)
-    low = torch.stack([_count(lo, s, device) for s in sizes_])
-    high = torch.stack([_count(hi, s, device) for s in sizes_])
-    total = _count(sparsity, sum(sizes_), device)
-    total = torch.minimum(torch.maximum(total, low.sum()), high.sum())
-    bounded = not (isinstance(lo, float) and lo == 0.0 and isinstance(hi, float) and hi >= 1.0)
+    low_l, high_l, total, bounded = _budget(sizes_, sparsity, lo, hi, device)
+    low, high = torch.stack(low_l), torch.stack(high_l)
     b_low, b_high = (low, high) if bounded else (None, None)
     found = None
     if int(total) > 0 and sum(sizes_) >= _DENSITY * _SAMPLE:
@@ -209,7 +206,7 @@ def select_global(
     if found is None:  # nothing to prune, or the bracket missed: search all keys
         found = _radix.search(ordered, total, None if b_low is None else list(b_low.unbind()),
                               None if b_high is None else list(b_high.unbind()), combine=comm.sum, bits=_BITS)
-    counts = _allocate(total, found.below, found.at, list(low.unbind()), list(high.unbind()))
+    counts = _allocate(total, found.below, found.at, low_l, high_l)
     offsets = comm.before(torch.stack(found.mine)).unbind()  # ties held by the ranks before
     # a layer a bound moved off the global threshold has its own: one search for all such
     own = [i for i, (b, a, c) in enumerate(zip(found.below, found.at, counts, strict=True))

@@ -42,7 +42,7 @@ from fprune.masking import SCOPES, _ndim_at_least_2, _select, fast_select, patte
 from fprune.patterns import NM, Pattern
 from fprune.schedules import _window, decay_curve, is_prune_step
 from fprune.selection import check_bounds
-from fprune.sparsity import _pruned_units, total_sparsity
+from fprune.sparsity import _fraction, _pruned_units
 from fprune.state import PruneState, hash64
 
 __all__ = ["Pruner", "pruner"]
@@ -273,12 +273,9 @@ def pruner(
         if lock_init_sparsity:
             locked = pattern_lock_masks(active, pattern=pat) if active else {}
             masks = {n: locked[n] if n in locked else torch.ones_like(p, dtype=torch.bool) for n, p in local.items()}
-            if sharding is not None and active:
-                initial = _sharded.pruned_fraction(*_pruned_units("init", locked, pat), sharding.comm)
-            elif active:
-                initial = total_sparsity(locked, pattern=pat).cpu()
-            else:
-                initial = _checks.scalar(0.0, torch.float64)
+            combine = None if sharding is None else sharding.comm.sum  # counts over all ranks
+            initial = (_fraction(*_pruned_units("init", locked, pat), combine).cpu() if active
+                       else _checks.scalar(0.0, torch.float64))
         else:
             masks = {n: torch.ones_like(p, dtype=torch.bool) for n, p in local.items()}
             initial = _checks.scalar(0.0, torch.float64)

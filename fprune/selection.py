@@ -187,13 +187,7 @@ def select_global(
         chosen = _sharded_select.select_global(keys, names, sparsity, lo, hi, comm)
         return {n: chosen[n] for n in keys}
     ordered = [keys[n] for n in names]
-    device = ordered[0].device
-    sizes = [k.numel() for k in ordered]
-    low = [_count(lo, n, device) for n in sizes]
-    high = [_count(hi, n, device) for n in sizes]
-    total = _count(sparsity, sum(sizes), device)
-    total = torch.minimum(torch.maximum(total, torch.stack(low).sum()), torch.stack(high).sum())
-    bounded = not (isinstance(lo, float) and lo == 0.0 and isinstance(hi, float) and hi >= 1.0)
+    low, high, total, bounded = _budget([k.numel() for k in ordered], sparsity, lo, hi, ordered[0].device)
     bounds = (low, high) if bounded else (None, None)
     tau, below, at = _radix.kth_key(ordered, total, *bounds)
     counts = _allocate(total, below, at, low, high)
@@ -205,6 +199,20 @@ def select_global(
             for n, k, b, a, c in zip(names, ordered, below, at, counts, strict=True)
         }
     return {n: chosen[n] for n in keys}
+
+
+def _budget(
+    sizes: list[int], sparsity: float | torch.Tensor, lo: float | torch.Tensor, hi: float | torch.Tensor,
+    device: torch.device,
+) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor, bool]:
+    """A global selection's per-layer count bounds, its total (clamped to what they allow),
+    and whether the bounds can bind at all."""
+    low = [_count(lo, n, device) for n in sizes]
+    high = [_count(hi, n, device) for n in sizes]
+    total = _count(sparsity, sum(sizes), device)
+    total = torch.minimum(torch.maximum(total, torch.stack(low).sum()), torch.stack(high).sum())
+    bounded = not (isinstance(lo, float) and lo == 0.0 and isinstance(hi, float) and hi >= 1.0)
+    return low, high, total, bounded
 
 
 def select(

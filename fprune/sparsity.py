@@ -9,7 +9,7 @@ weights. Results are float64 0-d tensors (no device synchronisation); counts are
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -78,6 +78,18 @@ def total_sparsity(
         >>> float(total_sparsity(m))
         0.25
     """
-    pruned, totals, unit = _pruned_units("total_sparsity", masks, pattern)
+    return _fraction(*_pruned_units("total_sparsity", masks, pattern))
+
+
+def _fraction(
+    pruned: Mapping[str, torch.Tensor], totals: Mapping[str, int], unit: float,
+    combine: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """``unit * sum(pruned) / sum(totals)``; with ``combine`` (a sum over ranks, say) the two
+    counts pass through it first."""
     count = torch.stack(list(pruned.values())).sum()
-    return count.to(torch.float64) * unit / max(sum(totals.values()), 1)
+    total = sum(totals.values())
+    if combine is not None:
+        both = combine(torch.stack([count.to(torch.int64), torch.tensor(total, device=count.device)]))
+        count, total = both[0], int(both[1])
+    return count.to(torch.float64) * unit / max(total, 1)
