@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol
 
 import torch
 
@@ -45,7 +46,35 @@ PreviousProducer = Callable[[str], "torch.Tensor | None"]
 # computed without scoring the whole layer, or None where it cannot (then ``produce`` runs).
 Sampler = Callable[[str, int], "torch.Tensor | None"]
 
-__all__ = ["all_true", "applies", "select_global", "select_local"]
+
+class Placer(Protocol):
+    """Where a layer's units lie in its weight, for a caller that wants weight-shaped masks.
+
+    With a placer, a covered layer's sure-kept units are spread to a fresh weight-shaped mask
+    as soon as its pass computes them (from a reused unit buffer), and the chosen candidates
+    are then set in that mask: the unit masks of all layers are never held at once, and the
+    weight-shaped masks are allocated in the same order and sizes on every step (which lets
+    the allocator reuse a previous step's freed masks instead of faulting in fresh pages).
+    """
+
+    def covers(self, name: str) -> bool:
+        """Whether this layer's masks are to be weight-shaped (else its flat unit mask is returned)."""
+        ...
+
+    def full(self, name: str, units: torch.Tensor) -> torch.Tensor:
+        """A fresh weight-shaped mask: every weight takes its unit's value (``units`` is flat)."""
+        ...
+
+    def mark(self, name: str, mask: torch.Tensor, units: torch.Tensor) -> None:
+        """Set the weights of the flat unit indices ``units`` to True in ``mask`` (in place)."""
+        ...
+
+
+def _place(placer: Placer | None, name: str, units: torch.Tensor) -> torch.Tensor:
+    """A layer's result: its weight-shaped mask where the placer covers it, else ``units``."""
+    return placer.full(name, units) if placer is not None and placer.covers(name) else units
+
+__all__ = ["Placer", "all_true", "applies", "select_global", "select_local"]
 
 
 def applies(scores: Iterable[torch.Tensor], fractions: Iterable[object]) -> bool:
@@ -177,10 +206,11 @@ def _settle(
     low: list[int],
     high: list[int],
     sampler: Sampler | None = None,
+    placer: Placer | None = None,
 ) -> dict[str, torch.Tensor] | None:
     """Kept flat masks pruning exactly ``total`` units of ``names`` (tie order) under per-layer
     count bounds ``[low, high]`` (``sum(low) <= total <= sum(high)``), or None if the bracket
-    missed."""
+    missed; weight-shaped for the layers ``placer`` covers."""
     stride = max(1, sum(sizes) // (_SAMPLE if len(names) > 1 else _SAMPLE >> 4))  # one layer: 2^14
     samples, dtypes, all_kept, pruned_before = [], set(), {}, []
     device = torch.device("cpu")
@@ -203,7 +233,7 @@ def _settle(
         samples.append(sample.float() if sample.dtype in (torch.float16, torch.bfloat16) else sample)
     wide = torch.float64 in dtypes
     if total == 0:  # nothing to prune (as the general path: earlier pruned units are not kept pruned)
-        return {n: torch.ones(s, dtype=torch.bool, device=device) for n, s in zip(names, sizes, strict=True)}
+        return {n: _place(placer, n, torch.ones(s, dtype=torch.bool, device=device)) for n, s in zip(names, sizes, strict=True)}
     unpruned = sum(sizes) - sum(pruned_before)
     if total <= sum(pruned_before) or unpruned == 0:  # the threshold is among the pruned units
         return None
@@ -220,12 +250,15 @@ def _settle(
     del samples
 
     scratch = torch.empty(max(sizes), dtype=torch.bool, device=device)  # reused by every layer
+    placed = {n: placer is not None and placer.covers(n) for n in names}
+    # the sure-kept units of a placed layer, reused: its weight-shaped mask is what is kept
+    sure_scratch = torch.empty(max(sizes) if any(placed.values()) else 0, dtype=torch.bool, device=device)
 
     def one_pass(name: str, size: int, lo_end: float, hi_end: float) -> tuple[torch.Tensor, ...]:
         """The layer's sure-kept units (its mask), candidates' indices and keys, and count below."""
         score = produce(name).reshape(-1)
         prev = None if all_kept[name] else _kept(previous, name)
-        sure = score > hi_end  # becomes the layer's mask
+        sure = torch.gt(score, hi_end, out=sure_scratch[:size]) if placed[name] else score > hi_end
         inside = scratch[:size]
         torch.ge(score, lo_end, out=inside)
         inside ^= sure  # lo <= score <= hi: score > hi implies score >= lo (lo <= hi, NaN in neither)
@@ -236,7 +269,8 @@ def _settle(
         if size < 2**31:
             idx = idx.to(torch.int32)  # half the memory per candidate
         below_end = score.numel() - int(torch.count_nonzero(sure)) - idx.numel()
-        return sure, idx, rank_keys(score[idx], wide=wide), torch.tensor(below_end)
+        keys = rank_keys(score[idx], wide=wide)
+        return _place(placer, name, sure), idx, keys, torch.tensor(below_end)
 
     kept, cand_idx, cand_keys, base = {}, [], [], []
     for name, size in zip(names, sizes, strict=True):
@@ -282,14 +316,17 @@ def _settle(
             b_ = _counts_at([ordered[i]], [base[i]], t, right=False)[0]
             a_ = _counts_at([ordered[i]], [base[i]], t, right=True)[0] - b_
         if not b_ <= c <= b_ + a_:  # a bound moved this layer's threshold: select it alone
-            kept[name] = _alone(name, sizes[i], produce, previous, c, wide)
+            kept[name] = _alone(name, sizes[i], produce, previous, c, wide, placer)
             continue
         keys, idx = cand_keys[i], cand_idx[i]
         take = keys > t
         tied = keys == t
         if c - b_ > 0:  # the first c - b ties (by index) are pruned
             tied &= torch.cumsum(tied, 0) > c - b_
-        kept[name][idx[take | tied]] = True
+        if placed[name]:
+            placer.mark(name, kept[name], idx[take | tied])  # type: ignore[union-attr]
+        else:
+            kept[name][idx[take | tied]] = True
     return kept
 
 
@@ -314,15 +351,18 @@ def _capped(
     return out
 
 
-def _alone(name: str, size: int, produce: Producer, previous: PreviousProducer, count: int, wide: bool) -> torch.Tensor:
+def _alone(
+    name: str, size: int, produce: Producer, previous: PreviousProducer, count: int, wide: bool,
+    placer: Placer | None = None,
+) -> torch.Tensor:
     """One layer's kept units with exactly ``count`` pruned (its own threshold)."""
     score = produce(name)  # produced once for both passes
     prev = previous(name)
-    got = _settle([name], [size], lambda _: score, lambda _: prev, count, [0], [size])
+    got = _settle([name], [size], lambda _: score, lambda _: prev, count, [0], [size], placer=placer)
     if got is not None:
         return got[name]
     keys = rank_keys(score.reshape(-1), pruned=None if prev is None else ~prev.reshape(-1), wide=wide)
-    return ~_lowest(keys, torch.tensor(count))
+    return _place(placer, name, ~_lowest(keys, torch.tensor(count)))
 
 
 def select_global(
@@ -335,27 +375,31 @@ def select_global(
     lo: float,
     hi: float,
     sampler: Sampler | None = None,
+    placer: Placer | None = None,
 ) -> dict[str, torch.Tensor] | None:
     """Kept flat masks (True = kept) of the layers ``names`` (in tie order), or None if the
     bracket missed; ``produce(name)`` gives a layer's unit scores, ``previous(name)`` its
     kept units or None (all kept), and ``sampler`` (optional) a strided sample of them. The
-    sample only places the bracket, which exact counts then verify, so any sample is safe."""
+    sample only places the bracket, which exact counts then verify, so any sample is safe.
+    The layers ``placer`` covers get weight-shaped masks instead (:class:`Placer`)."""
     sizes = list(sizes)
     cpu = torch.device("cpu")
     low = [int(_count(lo, n, cpu)) for n in sizes]
     high = [int(_count(hi, n, cpu)) for n in sizes]
     total = min(max(int(_count(sparsity, sum(sizes), cpu)), sum(low)), sum(high))
-    return _settle(names, sizes, produce, previous, total, low, high, sampler)
+    return _settle(names, sizes, produce, previous, total, low, high, sampler, placer)
 
 
 def select_local(
-    names: Sequence[str], sizes: Sequence[int], produce: Producer, previous: PreviousProducer, *, sparsity: float
+    names: Sequence[str], sizes: Sequence[int], produce: Producer, previous: PreviousProducer, *, sparsity: float,
+    placer: Placer | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Kept flat masks, ``floor(sparsity * n + 1e-9)`` units pruned in each layer."""
+    """Kept flat masks, ``floor(sparsity * n + 1e-9)`` units pruned in each layer (weight-shaped
+    for the layers ``placer`` covers)."""
     cpu = torch.device("cpu")
     out = {}
     for name, size in zip(names, sizes, strict=True):
         score = produce(name)  # once per layer: both of its passes use it
         wide = score.dtype == torch.float64
-        out[name] = _alone(name, size, lambda _, s=score: s, previous, int(_count(sparsity, size, cpu)), wide)
+        out[name] = _alone(name, size, lambda _, s=score: s, previous, int(_count(sparsity, size, cpu)), wide, placer)
     return out

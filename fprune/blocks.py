@@ -95,6 +95,34 @@ def expand_blocks(grid: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
     return grid[:, None, :, None].expand(rows, bn, cols, bm).reshape(rows * bn, cols * bm)
 
 
+class Placement:
+    """Where the units of a block grid lie in 2-D weights: the eager selection's placer
+    (:class:`fprune._fast.Placer`), so it can hand back weight-shaped masks directly.
+
+    It covers the 2-D weights whose block is larger than 1x1 (a 1x1 grid is the weight
+    itself; other layouts are expanded afterwards, as before).
+    """
+
+    def __init__(self, pattern: Pattern, shapes: Mapping[str, tuple[int, ...]]) -> None:
+        self.shapes = {n: (int(s[0]), int(s[1])) for n, s in shapes.items() if len(s) == 2}
+        self.blocks = {} if isinstance(pattern, NM) else {
+            n: block for n, s in self.shapes.items() if (block := pattern.block_shape(s)) != (1, 1)
+        }
+
+    def covers(self, name: str) -> bool:
+        return name in self.blocks
+
+    def full(self, name: str, units: torch.Tensor) -> torch.Tensor:
+        (rows, cols), (bn, bm) = self.shapes[name], self.blocks[name]
+        # fresh and contiguous (a grid of one row or column expands to a broadcast view)
+        return expand_blocks(units.reshape(rows // bn, cols // bm), (bn, bm)).contiguous()
+
+    def mark(self, name: str, mask: torch.Tensor, units: torch.Tensor) -> None:
+        (rows, cols), (bn, bm) = self.shapes[name], self.blocks[name]
+        across = cols // bm
+        mask.view(rows // bn, bn, across, bm)[units // across, :, units % across, :] = True
+
+
 def grid_shape(pattern: str | Pattern, shape: tuple[int, ...] | torch.Size) -> tuple[int, int]:
     """The grid shape of a weight of ``shape``: its block grid, or its 2-D view for N:M.
 

@@ -95,15 +95,18 @@ def fast_select(
     lo: float | torch.Tensor,
     hi: float | torch.Tensor,
     sampler: _fast.Sampler | None = None,
+    placer: _fast.Placer | None = None,
 ) -> dict[str, torch.Tensor] | None:
     """Kept flat masks by the eager sample-and-settle selection (:mod:`fprune._fast`), or
-    None where it defers to the general path. ``names`` in tie order (sorted)."""
+    None where it defers to the general path. ``names`` in tie order (sorted); the layers
+    ``placer`` covers get weight-shaped masks."""
     prev = (lambda _: None) if previous is None else previous
     counts = [sizes[n] for n in names]
     if scope == "local":
-        return _fast.select_local(names, counts, produce, prev, sparsity=float(sparsity))
+        return _fast.select_local(names, counts, produce, prev, sparsity=float(sparsity), placer=placer)
     return _fast.select_global(
-        names, counts, produce, prev, sparsity=float(sparsity), lo=float(lo), hi=float(hi), sampler=sampler
+        names, counts, produce, prev, sparsity=float(sparsity), lo=float(lo), hi=float(hi), sampler=sampler,
+        placer=placer,
     )
 
 

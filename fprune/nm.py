@@ -150,7 +150,7 @@ def nm_masks(
 ) -> dict[str, torch.Tensor]:
     """Kept masks on the 2-D views of already-validated N:M layers (see module docstring).
 
-    ``views`` is read once per layer, in order, and no view is used after the next one is
+    A layer missing from ``previous`` keeps everything. ``views`` is read once per layer, in order, and no view is used after the next one is
     read, so a lazy mapping may score one layer at a time into a shared buffer. With
     ``comm`` the views are this rank's rows of the layers, and only the group selection
     (below N/M) exchanges anything: groups never cross rows.
@@ -160,7 +160,8 @@ def nm_masks(
     low, group_scores, kept_groups, shapes = {}, {}, {}, {}
     for name, view in views.items():
         rows, cols = shapes[name] = tuple(view.shape)
-        pruned = None if previous is None or _all_kept(previous[name]) else ~previous[name]
+        prev = None if previous is None else previous.get(name)
+        pruned = None if prev is None or _all_kept(prev) else ~prev
         # every group converting: each keeps its M - N highest, computed as the kept mask
         low[name], score = within_groups(view, pattern, pruned=pruned, reduce=None if everything else reduce,
                                          complement=everything)

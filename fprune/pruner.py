@@ -29,6 +29,7 @@ from fprune._dtypes import widen
 from fprune._scratch import Scratch
 from fprune.blocks import (
     REDUCTIONS,
+    Placement,
     check_divisible,
     expand_masks,
     grid_shape,
@@ -359,30 +360,41 @@ def pruner(
         before the next is scored; block patterns select by sample and settle (None where it
         defers to the general path)."""
         r, low = _targets(step_t, initial, current, final)
-        if isinstance(pat, NM):
+        # the layers whose previous mask prunes something: one read of each mask, here only
+        partial = {n: m for n, m in previous.items() if not _fast.all_true(m)}
+        if isinstance(pat, NM):  # a layer left out of ``partial`` keeps everything
             chosen = _select(_Lazy(grid_of, tuple(previous)), pat, r, scope, low, hi,
-                             reduce_masks(previous, pattern=pat), reduce)
-            return {name: _and_previous(chosen.pop(name), name, previous) for name in previous}, r
+                             reduce_masks(partial, pattern=pat), reduce)
+            return {name: _and_previous(chosen.pop(name), name, partial, previous[name].shape) for name in previous}, r
         shapes = {n: grid_shape(pat, tuple(m.shape)) for n, m in previous.items()}
+        placement = Placement(pat, {n: tuple(m.shape) for n, m in previous.items()})  # 2-D block layers
         kept = fast_select(
             sorted(previous), grid_of,
-            lambda n: None if _fast.all_true(previous[n]) else reduce_masks({n: previous[n]}, pattern=pat)[n],
+            lambda n: reduce_masks({n: partial[n]}, pattern=pat)[n] if n in partial else None,
             {n: math.prod(shape) for n, shape in shapes.items()}, scope=scope, sparsity=r, lo=low, hi=hi,
-            sampler=sample_of,
+            sampler=sample_of, placer=placement,
         )
         if kept is None:
             return None
-        # expand one layer at a time, dropping its grid mask
-        return {name: _and_previous(kept.pop(name).reshape(shapes[name]), name, previous) for name in previous}, r
+        out = {}
+        for name in previous:  # one layer at a time, dropping its grid mask
+            mask = kept.pop(name)
+            if not placement.covers(name):
+                out[name] = _and_previous(mask.reshape(shapes[name]), name, partial, previous[name].shape)
+            else:  # already weight-shaped, and our own
+                out[name] = mask.__iand__(partial[name]) if name in partial else mask
+        return out, r
 
-    def _and_previous(grid_mask: torch.Tensor, name: str, previous: dict[str, torch.Tensor]) -> torch.Tensor:
-        """A layer's new grid mask expanded to its weight and ANDed with its previous mask: in
-        place when the expansion is our own fresh tensor (not a broadcast view), and not at all
-        when the previous mask keeps everything (one read of its bytes instead of a pass)."""
-        expanded = expand_masks({name: grid_mask}, pattern=pat, shapes={name: previous[name].shape})[name]
-        if not expanded.is_contiguous():
-            return expanded & previous[name]
-        return expanded if _fast.all_true(previous[name]) else expanded.__iand__(previous[name])
+    def _and_previous(
+        grid_mask: torch.Tensor, name: str, partial: dict[str, torch.Tensor], shape: torch.Size
+    ) -> torch.Tensor:
+        """A layer's new grid mask expanded to its weight's ``shape`` and ANDed with its
+        previous mask if that is in ``partial`` (it prunes something): in place when the
+        expansion is our own fresh tensor (not a broadcast view)."""
+        expanded = expand_masks({name: grid_mask}, pattern=pat, shapes={name: shape})[name]
+        if name not in partial:
+            return expanded
+        return expanded.__iand__(partial[name]) if expanded.is_contiguous() else expanded & partial[name]
 
     def _keep(*operands: Any) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """The other branch of ``torch.cond`` (same operands as the prune branch): unchanged
@@ -469,7 +481,7 @@ def pruner(
                 (rows, cols), (bn, bm) = w.shape, pat.block_shape(tuple(w.shape))
                 if bn * bm > _SAMPLED_BLOCK:
                     return None
-                g = None if agrads is None else agrads[name]
+                g = None if agrads is None or not crit.needs_grads else agrads[name]  # magnitude: w only
                 if (bn, bm) == (1, 1):
                     w_units = w.reshape(-1)[::stride]
                     g_units = None if g is None else g.reshape(-1)[::stride]
