@@ -125,66 +125,130 @@ def _kept(previous: PreviousProducer, name: str) -> torch.Tensor:
 
 def _counts_at(sorted_keys: list[torch.Tensor], base: list[int], t: int, *, right: bool) -> list[int]:
     """Per layer: ``base`` plus the number of keys ``<= t`` (``right``) or ``< t``."""
-    return [b + c for b, c in zip(base, _Counter(sorted_keys)(t, right=right), strict=True)]
+    probe = torch.tensor([t], dtype=sorted_keys[0].dtype) if sorted_keys else None
+    return [
+        b + (int(torch.searchsorted(k, probe, right=right)) if k.numel() else 0)
+        for b, k in zip(base, sorted_keys, strict=True)
+    ]
 
 
-class _Counter:
-    """Counts of sorted keys up to a probe, per layer. One small ``searchsorted`` per layer
-    with a reused probe: padding the layers into one tensor would cost memory of the order of
-    all candidates (0.1 byte per weight on the performance workload)."""
+_GROUP = 1 << 16  # int32 keys of small layers are sorted together, about this many at a time
 
-    def __init__(self, sorted_keys: list[torch.Tensor]) -> None:
-        self.keys = sorted_keys
-        self.probes = [torch.empty(1, dtype=k.dtype) for k in sorted_keys]
 
-    def __call__(self, t: int, *, right: bool) -> list[int]:
-        return [
-            int(torch.searchsorted(k, p.fill_(t), right=right)) if k.numel() else 0
-            for k, p in zip(self.keys, self.probes, strict=True)
-        ]
+def _sorted(keys: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each layer's keys, sorted.
+
+    Torch sorts an integer tensor of 32768 or more elements by radix, and smaller ones by
+    comparisons, several times slower per key. So int32 keys of consecutive small layers are
+    sorted together, ``_GROUP`` or more at a time, as int64 composites with the layer's place
+    in the group in the high half (layer-major order, each layer's keys ascending), and split
+    back; a layer of ``_GROUP`` keys or more is sorted alone. Memory is bounded by a group.
+    """
+    if not keys or keys[0].dtype != torch.int32:
+        return [torch.sort(k).values for k in keys]
+    out: list[torch.Tensor] = []
+    group: list[torch.Tensor] = []
+
+    def flush() -> None:
+        if len(group) == 1:
+            out.append(torch.sort(group[0]).values)
+        elif group:
+            composite = torch.cat([g.to(torch.int64) + ((i << 32) + (1 << 31)) for i, g in enumerate(group)])
+            ordered = torch.sort(composite).values.bitwise_and_(0xFFFFFFFF).sub_(1 << 31).to(torch.int32)
+            out.extend(ordered.split([g.numel() for g in group]))
+        group.clear()
+
+    for k in keys:
+        if k.numel() >= _GROUP:
+            flush()
+        group.append(k)
+        if sum(g.numel() for g in group) >= _GROUP:
+            flush()
+    flush()
+    return out
+
+
+_PROBES = 2048  # at most this many key values probed at once by the threshold search
+_EXACT = 1024  # the threshold search probes every distinct key once at most this many are left
 
 
 def _threshold(
     sorted_keys: list[torch.Tensor], base: list[int], k: int, low: list[int], high: list[int]
 ) -> int | None:
     """The smallest key ``t`` with ``sum_l clamp(base_l + #(keys_l <= t), low_l, high_l) >= k``
-    (keys sorted per layer), or None if no key reaches ``k``. A bisection on the integer
-    range (the total only changes at key values, so the answer is a key)."""
+    (keys sorted per layer), or None if no key reaches ``k``.
+
+    The total only changes at key values, so the answer is a key. A round counts every layer
+    at ``p`` key values at once (one batched ``searchsorted`` per layer) and keeps the keys
+    between the last value short of ``k`` and the first reaching it. The values are every
+    ``n / p``-th key of each layer, so about ``n / p`` keys are kept; with ``p`` near
+    ``sqrt(n)`` (at most ``_PROBES``) they are then few enough (``_EXACT``) for the next round
+    to probe every distinct one of them, which is exact. Usually two rounds; one layer needs
+    none (its answer is read off its sorted keys).
+    """
     present = [keys for keys in sorted_keys if keys.numel()]
     if not present:
         return None
-    count = _Counter(sorted_keys)
+    if len(sorted_keys) == 1:  # clamp(base + c, low, high) >= k  <=>  high >= k and c >= k - base
+        keys, need = sorted_keys[0], k - base[0]
+        if high[0] < k:
+            return None
+        if low[0] >= k or need <= 0:
+            return int(keys[0])
+        return int(keys[need - 1]) if need <= keys.numel() else None
+    none = torch.zeros(0, dtype=torch.int64)
 
-    def reaches(t: int) -> bool:
-        counts = count(t, right=True)
-        return sum(min(max(b + c, lo), hi) for b, c, lo, hi in zip(base, counts, low, high, strict=True)) >= k
+    def column(values: list[int]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.int64)[:, None]
 
-    first = min(int(keys[0]) for keys in present)
-    last = max(int(keys[-1]) for keys in present)
-    if not reaches(last):
-        return None
-    while first < last:
-        mid = (first + last) // 2  # floor, also for negative keys
-        if reaches(mid):
-            last = mid
-        else:
-            first = mid + 1
-    return first
+    b, lo_t, hi_t = column(base), column(low), column(high)
+    top = torch.stack([keys[-1] for keys in present]).max().reshape(1)  # the answer is at most the largest key
+    inside = list(sorted_keys)  # per layer, the keys in (lower, upper]: slices of sorted_keys
+    below = torch.zeros(len(sorted_keys), dtype=torch.int64)  # per layer, the keys <= lower
+    size = sum(keys.numel() for keys in present)
+    exact = False
+    while True:
+        probes = min(max(math.isqrt(size), 64), _PROBES)
+        exact = exact or size <= _EXACT
+        every = 1 if exact else max(1, size // probes)
+        values = torch.unique(torch.cat([*(keys[every - 1::every] for keys in inside), top]))  # sorted
+        before, found = below, None
+        for chunk in values.split(_PROBES * 4):  # bounded [layers, chunk] counts
+            counts = torch.stack([
+                torch.searchsorted(keys, chunk, right=True) if keys.numel() else none.new_zeros(chunk.shape)
+                for keys in sorted_keys
+            ])
+            hits = (torch.minimum(torch.maximum(b + counts, lo_t), hi_t).sum(0) >= k).nonzero()
+            if hits.numel():
+                j = int(hits[0, 0])
+                found = (chunk[j], counts[:, j], counts[:, j - 1] if j else before)
+                break
+            before = counts[:, -1]
+        if found is None:
+            return None  # not even the largest key reaches k (only possible in the first round)
+        value, upto, below = found
+        if exact:  # every key that can be the answer was probed
+            return int(value)
+        top = value.reshape(1)
+        inside = [keys[s:e] for keys, s, e in zip(sorted_keys, below.tolist(), upto.tolist(), strict=True)]
+        kept = sum(keys.numel() for keys in inside)
+        exact = kept >= size  # no progress (a run of ties): probe every distinct key left
+        size = kept
 
 
 def _bracket(
-    samples: list[torch.Tensor], fraction: float, low: list[int], high: list[int], sizes: list[int], wide: bool
+    keys: list[torch.Tensor], fraction: float, low: list[int], high: list[int], sizes: list[int], wide: bool
 ) -> tuple[float, float] | None:
-    """Scores ``a <= b`` that bracket the threshold at ``fraction`` of the units (from the sample,
-    with the per-layer bounds scaled to it); None if the threshold is among NaN scores."""
-    m = [s.numel() for s in samples]
+    """Scores ``a <= b`` that bracket the threshold at ``fraction`` of the units (from the
+    sample's rank keys, sorted per layer, with the per-layer bounds scaled to the sample);
+    None if the threshold is among NaN scores."""
+    m = [s.numel() for s in keys]
     total_m = sum(m)
     if total_m == 0:
         return None
     lo_s = [math.floor(lo * k / n) for lo, k, n in zip(low, m, sizes, strict=True)]
     hi_s = [min(math.ceil(hi * k / n), k) for hi, k, n in zip(high, m, sizes, strict=True)]
     spread = _Z * math.sqrt(total_m * fraction * (1 - fraction)) + _Z
-    keys = [torch.sort(rank_keys(s, wide=wide)).values for s in samples]
     ends: list[float | None] = []
     for k in (total_m * fraction - spread, total_m * fraction + spread):
         k = min(max(int(k), 1), sum(hi_s))
@@ -237,8 +301,9 @@ def _settle(
     unpruned = sum(sizes) - sum(pruned_before)
     if total <= sum(pruned_before) or unpruned == 0:  # the threshold is among the pruned units
         return None
+    sample_keys = _sorted([rank_keys(s, wide=wide) for s in samples])  # sorted once
     ends = _bracket(
-        samples, (total - sum(pruned_before)) / unpruned,
+        sample_keys, (total - sum(pruned_before)) / unpruned,
         [max(lo - p, 0) for lo, p in zip(low, pruned_before, strict=True)],
         [max(hi - p, 0) for hi, p in zip(high, pruned_before, strict=True)],
         [max(s - p, 1) for s, p in zip(sizes, pruned_before, strict=True)], wide,
@@ -246,8 +311,8 @@ def _settle(
     if ends is None:
         return None
     a, b = ends
-    capped = _capped(names, sizes, samples, pruned_before, high, a, wide)
-    del samples
+    capped = _capped(names, sizes, samples, sample_keys, pruned_before, high, a, wide)
+    del samples, sample_keys
 
     scratch = torch.empty(max(sizes), dtype=torch.bool, device=device)  # reused by every layer
     placed = {n: placer is not None and placer.covers(n) for n in names}
@@ -289,7 +354,7 @@ def _settle(
     def bounded(counts: list[int]) -> int:
         return sum(min(max(c, lo), hi) for c, lo, hi in zip(counts, low, high, strict=True))
 
-    ordered = [torch.sort(k).values for k in cand_keys]  # for the bisection; cand_keys keep index order
+    ordered = _sorted(cand_keys)  # for the threshold search; cand_keys keep index order
     # A capped layer's own threshold lies in its bracket, below the global one: verified here,
     # it prunes exactly its cap at any threshold in [a, b] and enters the search as a constant.
     glob_base, glob_keys, glob_ends = list(base), list(ordered), []
@@ -331,21 +396,22 @@ def _settle(
 
 
 def _capped(
-    names: Sequence[str], sizes: list[int], samples: list[torch.Tensor], pruned_before: list[int],
-    high: list[int], a: float, wide: bool,
+    names: Sequence[str], sizes: list[int], samples: list[torch.Tensor], sample_keys: list[torch.Tensor],
+    pruned_before: list[int], high: list[int], a: float, wide: bool,
 ) -> dict[str, tuple[float, float]]:
     """Layers the sample shows pruned to their cap well below the global bracket (``a``), each
     with a bracket around its own cap: one pass then settles them too."""
     out: dict[str, tuple[float, float]] = {}
     if len(names) == 1:
         return out
-    for name, size, sample, pruned, hi in zip(names, sizes, samples, pruned_before, high, strict=True):
+    for name, size, sample, keys, pruned, hi in zip(names, sizes, samples, sample_keys, pruned_before, high,
+                                                     strict=True):
         allowed, unpruned = hi - pruned, size - pruned
         if allowed >= unpruned or allowed <= 0 or sample.numel() == 0:
             continue
         if int(torch.count_nonzero(sample < a)) < sample.numel() * allowed / unpruned:
             continue  # the sample does not reach the cap below the bracket: not capped
-        own = _bracket([sample], allowed / unpruned, [0], [unpruned], [unpruned], wide)
+        own = _bracket([keys], allowed / unpruned, [0], [unpruned], [unpruned], wide)
         if own is not None and own[1] < a:
             out[name] = own
     return out

@@ -120,3 +120,46 @@ def test_all_true_reads_bytes_as_bools():
     assert all_true(torch.ones(5, 3, dtype=torch.bool)) and all_true(torch.ones(0, dtype=torch.bool))
     assert not all_true(torch.eye(3, dtype=torch.bool))
     assert all_true(torch.ones(4, 6, dtype=torch.bool).t())  # non-contiguous
+
+
+@given(
+    st.lists(st.lists(st.integers(-6, 6), max_size=40), min_size=1, max_size=5),
+    st.data(),
+    st.sampled_from([1, 2, 3, 1024]),
+)
+def test_threshold_search_equals_a_scan_of_every_key(layers, data, exact):
+    """The probing search (every round, ties, bounds, bases) returns the smallest key whose
+    bounded count reaches k, as a scan over all key values does, or None where none does."""
+    _fast._EXACT = exact  # small: several probing rounds on these few keys (restored below)
+    try:
+        keys = [torch.tensor(sorted(v), dtype=torch.int32) for v in layers]
+        base = [data.draw(st.integers(0, 3)) for _ in layers]
+        low = [data.draw(st.integers(0, 3 + len(v))) for v in layers]
+        high = [lo + data.draw(st.integers(0, 3 + len(v))) for lo, v in zip(low, layers, strict=True)]
+        k = data.draw(st.integers(0, sum(high) + 1))
+
+        def total(t: int) -> int:
+            return sum(min(max(b + sum(x <= t for x in v), lo), hi)
+                       for b, v, lo, hi in zip(base, layers, low, high, strict=True))
+
+        values = sorted({x for v in layers for x in v})
+        expected = next((t for t in values if total(t) >= k), None)
+        assert _fast._threshold(keys, base, k, low, high) == expected
+    finally:
+        _fast._EXACT = 1024
+
+
+@given(st.lists(st.lists(st.integers(-(2**31), 2**31 - 1), max_size=30), max_size=8), st.sampled_from([1, 4, 16]))
+def test_grouped_sort_equals_sorting_each_layer(layers, group):
+    """Layers sorted together as composites split back into each layer's own sorted keys,
+    down to the extreme int32 values (groups made small here, so every grouping is used)."""
+    _fast._GROUP = group
+    try:
+        keys = [torch.tensor(v, dtype=torch.int32) for v in layers]
+        got = _fast._sorted(keys)
+        assert len(got) == len(keys)
+        for g, k in zip(got, keys, strict=True):
+            assert g.dtype == torch.int32
+            assert torch.equal(g, torch.sort(k).values)
+    finally:
+        _fast._GROUP = 1 << 16
