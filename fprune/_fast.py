@@ -142,7 +142,9 @@ def _sorted(keys: list[torch.Tensor]) -> list[torch.Tensor]:
     comparisons, several times slower per key. So int32 keys of consecutive small layers are
     sorted together, ``_GROUP`` or more at a time, as int64 composites with the layer's place
     in the group in the high half (layer-major order, each layer's keys ascending), and split
-    back; a layer of ``_GROUP`` keys or more is sorted alone. Memory is bounded by a group.
+    back; a layer of ``_GROUP`` keys or more is sorted alone. Used for the sample; the
+    candidates are sorted one layer at a time, since their sorts run while the new masks are
+    held, where a group's buffers would raise the peak memory.
     """
     if not keys or keys[0].dtype != torch.int32:
         return [torch.sort(k).values for k in keys]
@@ -196,7 +198,6 @@ def _threshold(
         if low[0] >= k or need <= 0:
             return int(keys[0])
         return int(keys[need - 1]) if need <= keys.numel() else None
-    none = torch.zeros(0, dtype=torch.int64)
 
     def column(values: list[int]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.int64)[:, None]
@@ -214,11 +215,13 @@ def _threshold(
         values = torch.unique(torch.cat([*(keys[every - 1::every] for keys in inside), top]))  # sorted
         before, found = below, None
         for chunk in values.split(_PROBES * 4):  # bounded [layers, chunk] counts
-            counts = torch.stack([
-                torch.searchsorted(keys, chunk, right=True) if keys.numel() else none.new_zeros(chunk.shape)
-                for keys in sorted_keys
-            ])
-            hits = (torch.minimum(torch.maximum(b + counts, lo_t), hi_t).sum(0) >= k).nonzero()
+            counts = torch.zeros((len(sorted_keys), chunk.numel()), dtype=torch.int64)
+            for keys, row in zip(sorted_keys, counts, strict=True):
+                if keys.numel():
+                    torch.searchsorted(keys, chunk, right=True, out=row)
+            bounded = (counts + b).clamp_(min=lo_t, max=hi_t)  # one [layers, chunk] temporary
+            hits = (bounded.sum(0) >= k).nonzero()
+            del bounded
             if hits.numel():
                 j = int(hits[0, 0])
                 found = (chunk[j], counts[:, j], counts[:, j - 1] if j else before)
@@ -314,17 +317,20 @@ def _settle(
     capped = _capped(names, sizes, samples, sample_keys, pruned_before, high, a, wide)
     del samples, sample_keys
 
-    scratch = torch.empty(max(sizes), dtype=torch.bool, device=device)  # reused by every layer
     placed = {n: placer is not None and placer.covers(n) for n in names}
-    # the sure-kept units of a placed layer, reused: its weight-shaped mask is what is kept
-    sure_scratch = torch.empty(max(sizes) if any(placed.values()) else 0, dtype=torch.bool, device=device)
+    buffers = {  # reused by every layer's pass, released after the passes
+        "inside": torch.empty(max(sizes), dtype=torch.bool, device=device),
+        # the sure-kept units of a placed layer: its weight-shaped mask is what is kept
+        "sure": torch.empty(max(sizes) if any(placed.values()) else 0, dtype=torch.bool, device=device),
+    }
 
     def one_pass(name: str, size: int, lo_end: float, hi_end: float) -> tuple[torch.Tensor, ...]:
-        """The layer's sure-kept units (its mask), candidates' indices and keys, and count below."""
+        """The layer's sure-kept units (its mask), its candidates' keys and indices in pruning
+        order (key, then index), and its count below the bracket."""
         score = produce(name).reshape(-1)
         prev = None if all_kept[name] else _kept(previous, name)
-        sure = torch.gt(score, hi_end, out=sure_scratch[:size]) if placed[name] else score > hi_end
-        inside = scratch[:size]
+        sure = torch.gt(score, hi_end, out=buffers["sure"][:size]) if placed[name] else score > hi_end
+        inside = buffers["inside"][:size]
         torch.ge(score, lo_end, out=inside)
         inside ^= sure  # lo <= score <= hi: score > hi implies score >= lo (lo <= hi, NaN in neither)
         if prev is not None:
@@ -334,33 +340,34 @@ def _settle(
         if size < 2**31:
             idx = idx.to(torch.int32)  # half the memory per candidate
         below_end = score.numel() - int(torch.count_nonzero(sure)) - idx.numel()
-        keys = rank_keys(score[idx], wide=wide)
-        return _place(placer, name, sure), idx, keys, torch.tensor(below_end)
+        # a stable sort of keys taken in index order: the order in which units are pruned
+        keys, order = torch.sort(rank_keys(score[idx], wide=wide), stable=True)
+        return _place(placer, name, sure), keys, idx[order], torch.tensor(below_end)
 
-    kept, cand_idx, cand_keys, base = {}, [], [], []
+    kept, cand_keys, cand_idx, base = {}, [], [], []
     for name, size in zip(names, sizes, strict=True):
-        sure, idx, keys, below_end = one_pass(name, size, *capped.get(name, (a, b)))  # capped: its own bracket
+        sure, keys, idx, below_end = one_pass(name, size, *capped.get(name, (a, b)))  # capped: its own bracket
         kept[name] = sure
-        cand_idx.append(idx)
         cand_keys.append(keys)
+        cand_idx.append(idx)
         base.append(int(below_end))
     for i, name in enumerate(names):
         if name in capped and not base[i] < high[i] <= base[i] + cand_keys[i].numel():
             # the cap is not inside the layer's own bracket: pass it again with the global one
             del capped[name]
-            kept[name], cand_idx[i], cand_keys[i], below_end = one_pass(name, sizes[i], a, b)
+            kept[name], cand_keys[i], cand_idx[i], below_end = one_pass(name, sizes[i], a, b)
             base[i] = int(below_end)
+    buffers.clear()
 
     def bounded(counts: list[int]) -> int:
         return sum(min(max(c, lo), hi) for c, lo, hi in zip(counts, low, high, strict=True))
 
-    ordered = _sorted(cand_keys)  # for the threshold search; cand_keys keep index order
     # A capped layer's own threshold lies in its bracket, below the global one: verified here,
     # it prunes exactly its cap at any threshold in [a, b] and enters the search as a constant.
-    glob_base, glob_keys, glob_ends = list(base), list(ordered), []
+    glob_base, glob_keys, glob_ends = list(base), list(cand_keys), []
     for i, name in enumerate(names):
         if name in capped:  # checked above: base < high <= base + candidates
-            glob_base[i], glob_keys[i] = high[i], ordered[i][:0]
+            glob_base[i], glob_keys[i] = high[i], cand_keys[i][:0]
         glob_ends.append(glob_base[i] + glob_keys[i].numel())
     if not bounded(glob_base) < total <= bounded(glob_ends):  # the threshold is not a candidate
         return None
@@ -371,27 +378,20 @@ def _settle(
     at = [c - b_ for c, b_ in zip(_counts_at(glob_keys, glob_base, tau, right=True), below, strict=True)]
     as_tensors = [[torch.tensor(v) for v in vs] for vs in (below, at, low, high)]
     counts = [int(c) for c in _allocate(torch.tensor(total), *as_tensors)]
+    del cand_keys, glob_keys
     for i, name in enumerate(names):
-        c, b_, a_, t = counts[i], below[i], at[i], tau
-        if name in capped:  # its own threshold, among its own candidates
-            own = _threshold([ordered[i]], [base[i]], c, [0], [sizes[i]])
-            if own is None:
-                return None
-            t = own
-            b_ = _counts_at([ordered[i]], [base[i]], t, right=False)[0]
-            a_ = _counts_at([ordered[i]], [base[i]], t, right=True)[0] - b_
-        if not b_ <= c <= b_ + a_:  # a bound moved this layer's threshold: select it alone
-            kept[name] = _alone(name, sizes[i], produce, previous, c, wide, placer)
+        # The layer prunes its ``base`` units below the bracket, then its candidates in pruning
+        # order up to its count: the rest of them are kept. (A capped layer's count is its cap,
+        # reached among its own candidates; a bound may move any layer's count.)
+        first_kept = counts[i] - base[i]
+        if not 0 <= first_kept <= cand_idx[i].numel():  # its threshold is outside its candidates
+            kept[name] = _alone(name, sizes[i], produce, previous, counts[i], wide, placer)
             continue
-        keys, idx = cand_keys[i], cand_idx[i]
-        take = keys > t
-        tied = keys == t
-        if c - b_ > 0:  # the first c - b ties (by index) are pruned
-            tied &= torch.cumsum(tied, 0) > c - b_
+        chosen = cand_idx[i][first_kept:]
         if placed[name]:
-            placer.mark(name, kept[name], idx[take | tied])  # type: ignore[union-attr]
+            placer.mark(name, kept[name], chosen)  # type: ignore[union-attr]
         else:
-            kept[name][idx[take | tied]] = True
+            kept[name][chosen] = True
     return kept
 
 
