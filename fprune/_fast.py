@@ -125,9 +125,8 @@ def _kept(previous: PreviousProducer, name: str) -> torch.Tensor:
 
 def _counts_at(sorted_keys: list[torch.Tensor], base: list[int], t: int, *, right: bool) -> list[int]:
     """Per layer: ``base`` plus the number of keys ``<= t`` (``right``) or ``< t``."""
-    probe = torch.tensor([t], dtype=sorted_keys[0].dtype) if sorted_keys else None
     return [
-        b + (int(torch.searchsorted(k, probe, right=right)) if k.numel() else 0)
+        b + (int(torch.searchsorted(k, torch.tensor([t], dtype=k.dtype), right=right)) if k.numel() else 0)
         for b, k in zip(base, sorted_keys, strict=True)
     ]
 
