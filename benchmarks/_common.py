@@ -49,6 +49,22 @@ def median_seconds(fn: Callable[[], object], *, repeats: int, warmup: int = 1) -
     return statistics.median(times), times
 
 
+def round_robin(fns: dict[str, Callable[[], object]], *, repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Wall times of ``repeats`` calls of each function, taken in rounds that call every
+    function once (after ``warmup`` untimed calls each): a slow spell of a shared machine then
+    lands on every row alike, instead of on whichever rows it happens to overlap."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
 def machine() -> dict[str, object]:
     return {
         "torch": torch.__version__,

@@ -8,7 +8,9 @@ Workload: 12 blocks of Linear(768, 768) x 4 + Linear(768, 3072) + Linear(3072, 7
 init after ``torch.manual_seed(0)``: 72 weights, 84,934,656 values; gradients
 ``torch.randn_like`` after ``torch.manual_seed(1)``; CPU, 2 threads.
 
-Rows, each the median of ``--repeats`` (at least 5) calls in this one run:
+Rows, each the median of ``--repeats`` (at least 5) calls in this one run, timed round-robin
+(each round calls every row once, after one warm-up call each), so that the shared
+machine's slow spells fall on all rows alike:
 
 * fprune: eager ``prune.step`` calls that update the masks (a one-shot pruner at step 0, the
   same state each call, after one warm-up call), magnitude criterion, global and local, at
@@ -30,13 +32,14 @@ import argparse
 import json
 import pathlib
 import resource
+import statistics
 import subprocess
 import sys
 
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from _common import gradients, machine, median_seconds, workload, write_json
+from _common import gradients, machine, median_seconds, round_robin, workload, write_json
 
 import fprune
 
@@ -181,21 +184,21 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     params = workload(args.layers)
     grads = gradients(params)
     weights = sum(p.numel() for p in params.values())
-    rows: list[dict[str, object]] = []
-
-    def record(name: str, fn) -> None:
-        median, times = median_seconds(fn, repeats=args.repeats)
-        rows.append(dict(name=name, median_s=median, times_s=times))
-        print(f"  {name}: {median:.3f} s", flush=True)
-
     print(f"workload: {weights:,} weights in {len(params)} layers", flush=True)
-    for scope, pattern, sparsity in FPRUNE_ROWS:
-        record(f"fprune {scope} {pattern} {sparsity:.0%}", _fprune_update(params, grads, scope, pattern, sparsity))
-    record("fprune snip_momentum 4x1 non-prune step", _non_prune_snip_momentum(params, grads))
+    calls = {
+        f"fprune {scope} {pattern} {sparsity:.0%}": _fprune_update(params, grads, scope, pattern, sparsity)
+        for scope, pattern, sparsity in FPRUNE_ROWS
+    }
+    calls["fprune snip_momentum 4x1 non-prune step"] = _non_prune_snip_momentum(params, grads)
     skip = [s for s in args.skip_peers.split(",") if s]
-    for name, make in PEERS.items():
-        if not any(name.startswith(s) for s in skip):
-            record(name, make(params, grads))
+    calls.update({name: make(params, grads) for name, make in PEERS.items()
+                  if not any(name.startswith(s) for s in skip)})
+    times = round_robin(calls, repeats=args.repeats)  # every row once per round
+    rows: list[dict[str, object]] = [
+        dict(name=name, median_s=statistics.median(t), times_s=t) for name, t in times.items()
+    ]
+    for r in rows:
+        print(f"  {r['name']}: {r['median_s']:.3f} s", flush=True)
 
     by_name = {r["name"]: r["median_s"] for r in rows}
     adamw, mul = by_name.get("AdamW(foreach) step"), by_name.get("one torch.mul(w, g) pass")

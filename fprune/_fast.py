@@ -13,16 +13,19 @@ which allows a cheaper exact method, with the same result bit for bit:
    dtype: ``score > b`` is kept for sure; scores inside the bracket are the candidates
    (their values and flat indices, a small fraction); everything else (previously pruned
    units, NaN, scores below ``a``) ranks below the bracket and is counted.
-3. **Settle.** The exact threshold is found among the candidates (sorted per layer, then a
-   bisection on the water-filling count), with each layer's count below the bracket as its base; the
-   per-layer counts (under the bounds, ties by name then index) are the general path's. The candidates
-   above the threshold, and the ties past each layer's count, are set in the masks.
+3. **Settle.** Each layer's candidates are put in pruning order (key, then index). The exact
+   threshold is found among them (:func:`_threshold`: a few rounds of probing the
+   water-filling count), with each layer's count below the bracket as its base; the
+   per-layer counts (under the bounds, ties by name then index) are the general path's. A
+   layer prunes its first ``count - base`` candidates in that order and keeps the rest.
 
 The bracket is verified with exact counts: if the threshold is not inside it (a sample far
-off, or a threshold among NaNs), :func:`select` returns None and the caller takes the
-general path. A layer whose count is clamped by a bound has its own threshold; it is
-selected alone, by the same method with its own count. Scores are produced layer by layer on demand (``produce(name)``),
-so a stateless criterion needs memory of the order of the largest layer, not of the model.
+off, or a threshold among NaNs), :func:`select_global` returns None and the caller takes the
+general path. A layer whose count a bound moves outside its candidates is selected alone,
+by the same method with its own count. Scores are produced layer by layer on demand
+(``produce(name)``), so a stateless criterion needs memory of the order of the largest
+layer, not of the model. With a :class:`Placer`, block layers get weight-shaped masks
+directly.
 
 Float comparisons rank scores exactly as the rank keys do: NaN fails every comparison
 (so it ranks lowest), ``-0.0 == +0.0``, infinities order as values. The bracket ends are

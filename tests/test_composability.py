@@ -113,7 +113,7 @@ def test_step_compiled_with_inductor_equals_eager(criterion, pattern, scope):
 
 
 # Ops that only selection runs: the radix select's histograms and cumulative sums (traced
-# path) and the eager selection's candidate extraction and bisection.
+# path) and the eager selection's candidate extraction and threshold search.
 SELECTION_OPS = {"aten::index_add", "aten::cumsum", "aten::nonzero", "aten::searchsorted"}
 
 

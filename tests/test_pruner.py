@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import hypothesis.strategies as st
@@ -10,6 +11,7 @@ import torch
 from hypothesis import given
 
 import fprune
+from fprune.blocks import grid_shape
 from fprune.layout import to_2d
 from tests.models import MLP, ConvNet, train
 
@@ -94,6 +96,34 @@ def test_pruner_matches_the_masks_primitive(criterion):
     else:
         want = fprune.masks(scores, pattern="4x1", sparsity=0.6)
     assert all(torch.equal(got[n], want[n]) for n in params)
+
+
+@given(
+    pattern=st.sampled_from(["2x1", "1x2", "4x1", "channelx1", "1xchannel"]),
+    scope=st.sampled_from(["global", "local"]),
+    sparsity=st.floats(0.05, 0.95),
+    kept=st.floats(0.3, 1.0),
+    seed=st.integers(0, 2**16),
+)
+def test_block_steps_from_earlier_masks_match_the_masks_primitive(pattern, scope, sparsity, kept, seed):
+    """An eager block-pattern step from partly pruned masks equals ``masks(|w|, previous=...)``
+    within the earlier masks, ties included: the 2-D layers get their weight-shaped masks during the pass (kept
+    candidates set in them afterwards), the conv layer is expanded afterwards."""
+    g = torch.Generator().manual_seed(seed)
+    params = {
+        "a": torch.randint(0, 4, (8, 16), generator=g).float(),  # heavy ties and zeros
+        "b": torch.randn(16, 8, generator=g),
+        "c": torch.randn(8, 4, 2, 2, generator=g),
+    }
+    pat = fprune.parse_pattern(pattern)
+    grids = {n: torch.rand(grid_shape(pat, p.shape), generator=g) < kept for n, p in params.items()}
+    previous = fprune.expand_masks(grids, pattern=pat, shapes={n: p.shape for n, p in params.items()})
+    prune = fprune.pruner(sparsity, pattern=pattern, criterion="magnitude", scope=scope)
+    state = dataclasses.replace(prune.init(params), masks=previous)
+    _, got = prune.step(state, params)
+    want = fprune.masks({n: p.abs() for n, p in params.items()}, pattern=pattern, sparsity=sparsity, scope=scope,
+                        previous=previous)
+    assert all(torch.equal(got[n], want[n] & previous[n]) for n in params)  # nothing revives
 
 
 def test_step_folds_grads_before_pruning():
