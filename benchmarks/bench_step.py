@@ -8,9 +8,10 @@ Workload: 12 blocks of Linear(768, 768) x 4 + Linear(768, 3072) + Linear(3072, 7
 init after ``torch.manual_seed(0)``: 72 weights, 84,934,656 values; gradients
 ``torch.randn_like`` after ``torch.manual_seed(1)``; CPU, 2 threads.
 
-Rows, each the median of ``--repeats`` (at least 5) calls in this one run, timed round-robin
+Rows, each the median (and minimum) of ``--repeats`` (at least 5) calls in this one run, timed round-robin
 (each round calls every row once, after one warm-up call each), so that the shared
-machine's slow spells fall on all rows alike:
+machine's slow spells fall on all rows alike. Ratios are printed two ways: of the medians, and
+paired (the median over rounds of the ratio within one round, steadier under drifting load):
 
 * fprune: eager ``prune.step`` calls that update the masks (a one-shot pruner at step 0, the
   same state each call, after one warm-up call), magnitude criterion, global and local, at
@@ -194,23 +195,36 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     calls.update({name: make(params, grads) for name, make in PEERS.items()
                   if not any(name.startswith(s) for s in skip)})
     times = round_robin(calls, repeats=args.repeats)  # every row once per round
-    rows: list[dict[str, object]] = [
-        dict(name=name, median_s=statistics.median(t), times_s=t) for name, t in times.items()
-    ]
-    for r in rows:
-        print(f"  {r['name']}: {r['median_s']:.3f} s", flush=True)
+    adamw_t, mul_t = times.get("AdamW(foreach) step"), times.get("one torch.mul(w, g) pass")
 
+    def paired(t: list[float], ref: list[float] | None) -> float | None:
+        """The median over rounds of this row's time over the reference's in the same round."""
+        return None if ref is None else statistics.median(a / b for a, b in zip(t, ref, strict=True))
+
+    rows: list[dict[str, object]] = [
+        dict(name=name, median_s=statistics.median(t), min_s=min(t), times_s=t,
+             paired_x_adamw=paired(t, adamw_t), paired_x_mul=paired(t, mul_t))
+        for name, t in times.items()
+    ]
     by_name = {r["name"]: r["median_s"] for r in rows}
     adamw, mul = by_name.get("AdamW(foreach) step"), by_name.get("one torch.mul(w, g) pass")
-    print(f"\n{weights:,} weights, CPU, 2 threads, medians of {args.repeats}")
-    print(f"{'':58} {'median s':>9} {'x AdamW':>8} {'x mul':>7}")
+
+    def ratio(value: object, width: int) -> str:
+        return f"{value:{width}.2f}" if isinstance(value, float) else f"{'-':>{width}}"
+
+    print(f"\n{weights:,} weights, CPU, 2 threads, {args.repeats} rounds (each row once per round)")
+    print("x AdamW, x mul: ratios of the medians; paired: the median over rounds of the ratio within a round")
+    print(f"{'':58} {'median s':>9} {'min s':>7} {'x AdamW':>8} {'paired':>7} {'x mul':>7} {'paired':>7}")
     for r in rows:
-        ratio_a = f"{r['median_s'] / adamw:8.2f}" if adamw else f"{'-':>8}"
-        ratio_m = f"{r['median_s'] / mul:7.2f}" if mul else f"{'-':>7}"
-        print(f"{r['name']:58} {r['median_s']:9.3f} {ratio_a} {ratio_m}")
-    kth = by_name.get("cat + kthvalue, global 1x1 80%")
+        median = float(r["median_s"])  # type: ignore[arg-type]
+        print(f"{r['name']:58} {median:9.3f} {float(r['min_s']):7.3f} "  # type: ignore[arg-type]
+              f"{ratio(median / adamw if adamw else None, 8)} {ratio(r['paired_x_adamw'], 7)} "
+              f"{ratio(median / mul if mul else None, 7)} {ratio(r['paired_x_mul'], 7)}")
+    kth = times.get("cat + kthvalue, global 1x1 80%")
     if kth:
-        print(f"cat + kthvalue / fprune global 1x1: {kth / by_name['fprune global 1x1 80%']:.1f}x")
+        one = times["fprune global 1x1 80%"]
+        print(f"cat + kthvalue / fprune global 1x1: {statistics.median(kth) / statistics.median(one):.1f}x "
+              f"(paired: {paired(kth, one):.1f}x)")
 
     print("\npeak extra memory of a global magnitude update beyond init (ru_maxrss, fresh process):")
     for m in memory:
