@@ -106,6 +106,7 @@ def _indices(mask: torch.Tensor) -> torch.Tensor:
 
 
 _SAMPLE = 1 << 18  # sample size over all layers
+_ALONE_SAMPLE = 1 << 14  # sample size of a layer settled (or bracketed) on its own
 _Z = 6.0  # the bracket's half-width in standard deviations of the sample quantile
 
 
@@ -280,26 +281,32 @@ def _settle(
     """Kept flat masks pruning exactly ``total`` units of ``names`` (tie order) under per-layer
     count bounds ``[low, high]`` (``sum(low) <= total <= sum(high)``), or None if the bracket
     missed; weight-shaped for the layers ``placer`` covers."""
-    stride = max(1, sum(sizes) // (_SAMPLE if len(names) > 1 else _SAMPLE >> 4))  # one layer: 2^14
+    stride = max(1, sum(sizes) // (_SAMPLE if len(names) > 1 else _ALONE_SAMPLE))
     samples, dtypes, all_kept, pruned_before = [], set(), {}, []
     device = torch.device("cpu")
-    for name, size in zip(names, sizes, strict=True):
+
+    def take_sample(name: str, stride: int, kept_units: torch.Tensor | None = None) -> torch.Tensor:
+        """The layer's unit scores at every ``stride``-th position, less its pruned units
+        (``kept_units``: its flat kept units, if already at hand)."""
         sample = None if sampler is None else sampler(name, stride)
         if sample is None:
             score = produce(name).reshape(-1)
             sample = score[::stride].clone()  # a copy: a view would keep the whole layer alive
             del score
-        dtypes.add(sample.dtype)
-        device = sample.device
+        if not all_kept[name]:
+            kept_units = _kept(previous, name) if kept_units is None else kept_units
+            sample = sample[kept_units[::stride]]  # pruned units rank below any bracket
+        return sample.float() if sample.dtype in (torch.float16, torch.bfloat16) else sample
+
+    for name, size in zip(names, sizes, strict=True):
         prev = previous(name)
         all_kept[name] = prev is None or all_true(prev)
-        if not all_kept[name]:
-            kept_units = _kept(previous, name)
-            sample = sample[kept_units[::stride]]  # pruned units rank below any bracket
-            pruned_before.append(size - int(torch.count_nonzero(kept_units)))
-        else:
-            pruned_before.append(0)
-        samples.append(sample.float() if sample.dtype in (torch.float16, torch.bfloat16) else sample)
+        kept_units = None if prev is None or all_kept[name] else prev.reshape(-1)
+        pruned_before.append(0 if kept_units is None else size - int(torch.count_nonzero(kept_units)))
+        samples.append(take_sample(name, stride, kept_units))
+        del kept_units
+        dtypes.add(samples[-1].dtype)
+        device = samples[-1].device
     wide = torch.float64 in dtypes
     if total == 0:  # nothing to prune (as the general path: earlier pruned units are not kept pruned)
         return {n: _place(placer, n, torch.ones(s, dtype=torch.bool, device=device)) for n, s in zip(names, sizes, strict=True)}
@@ -316,7 +323,11 @@ def _settle(
     if ends is None:
         return None
     a, b = ends
-    capped = _capped(names, sizes, samples, sample_keys, pruned_before, high, a, wide)
+
+    def finer(name: str, size: int) -> torch.Tensor:  # a layer's own sample, as if settled alone
+        return rank_keys(take_sample(name, max(1, size // _ALONE_SAMPLE)), wide=wide).sort().values
+
+    capped = _capped(names, sizes, samples, sample_keys, pruned_before, high, a, wide, finer)
     del samples, sample_keys
 
     placed = {n: placer is not None and placer.covers(n) for n in names}
@@ -400,9 +411,13 @@ def _settle(
 def _capped(
     names: Sequence[str], sizes: list[int], samples: list[torch.Tensor], sample_keys: list[torch.Tensor],
     pruned_before: list[int], high: list[int], a: float, wide: bool,
+    finer: Callable[[str, int], torch.Tensor],
 ) -> dict[str, tuple[float, float]]:
     """Layers the sample shows pruned to their cap well below the global bracket (``a``), each
-    with a bracket around its own cap: one pass then settles them too."""
+    with a bracket around its own cap: one pass then settles them too. A layer whose share of
+    the sample is too small to bracket its cap (many layers) is sampled again on its own
+    (``finer(name, size)``: sorted keys of about ``_ALONE_SAMPLE`` of its units), which costs
+    far less than settling it alone later."""
     out: dict[str, tuple[float, float]] = {}
     if len(names) == 1:
         return out
@@ -414,6 +429,8 @@ def _capped(
         if int(torch.count_nonzero(sample < a)) < sample.numel() * allowed / unpruned:
             continue  # the sample does not reach the cap below the bracket: not capped
         own = _bracket([keys], allowed / unpruned, [0], [unpruned], [unpruned], wide)
+        if (own is None or own[1] >= a) and keys.numel() < _ALONE_SAMPLE // 2:
+            own = _bracket([finer(name, size)], allowed / unpruned, [0], [unpruned], [unpruned], wide)
         if own is not None and own[1] < a:
             out[name] = own
     return out

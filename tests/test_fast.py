@@ -163,3 +163,21 @@ def test_grouped_sort_equals_sorting_each_layer(layers, group):
             assert torch.equal(g, torch.sort(k).values)
     finally:
         _fast._GROUP = 1 << 16
+
+
+def test_capped_layers_with_a_small_share_of_the_sample_are_resampled_not_settled_alone(monkeypatch):
+    """Many layers: each holds a small share of the sample, too small to bracket its own cap.
+    A capped layer is then sampled again on its own, and nothing is settled alone (two more
+    passes over the layer); the masks are the sort reference's."""
+    monkeypatch.setattr(_fast, "_SAMPLE", 4096)  # about 100 sample units per layer here
+    monkeypatch.setattr(_fast, "_ALONE_SAMPLE", 4096)  # a layer on its own: all of its 4096 units
+    calls = []
+    alone = _fast._alone
+    monkeypatch.setattr(_fast, "_alone", lambda *a, **k: calls.append(a[0]) or alone(*a, **k))
+    gen = torch.Generator().manual_seed(0)
+    # every fourth layer is scaled down: at 80% globally it sits at its 0.98 cap
+    scores = {f"l{i:02d}": torch.rand(64, 64, generator=gen) * (0.01 if i % 4 == 0 else 1.0) for i in range(40)}
+    got = _run(scores, None, sparsity=0.8, lo=0.0, hi=0.98)
+    assert got is not None
+    assert calls == []
+    assert same_bits(got, reference.global_masks(scores, 0.8, 0.0, 0.98))
