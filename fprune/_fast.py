@@ -41,7 +41,9 @@ from typing import Protocol
 import torch
 
 from fprune import _trace
-from fprune.selection import _allocate, _count, _lowest, all_true, rank_keys
+from fprune.selection import _allocate, _budget, _count, _lowest, all_true, rank_keys
+
+__all__ = ["Placer", "all_true", "applies", "select_global", "select_local"]
 
 Producer = Callable[[str], torch.Tensor]
 PreviousProducer = Callable[[str], "torch.Tensor | None"]
@@ -76,8 +78,6 @@ class Placer(Protocol):
 def _place(placer: Placer | None, name: str, units: torch.Tensor) -> torch.Tensor:
     """A layer's result: its weight-shaped mask where the placer covers it, else ``units``."""
     return placer.full(name, units) if placer is not None and placer.covers(name) else units
-
-__all__ = ["Placer", "all_true", "applies", "select_global", "select_local"]
 
 
 def applies(scores: Iterable[torch.Tensor], fractions: Iterable[object]) -> bool:
@@ -468,11 +468,9 @@ def select_global(
     sample only places the bracket, which exact counts then verify, so any sample is safe.
     The layers ``placer`` covers get weight-shaped masks instead (:class:`Placer`)."""
     sizes = list(sizes)
-    cpu = torch.device("cpu")
-    low = [int(_count(lo, n, cpu)) for n in sizes]
-    high = [int(_count(hi, n, cpu)) for n in sizes]
-    total = min(max(int(_count(sparsity, sum(sizes), cpu)), sum(low)), sum(high))
-    return _settle(names, sizes, produce, previous, total, low, high, sampler, placer)
+    low_t, high_t, total_t, _ = _budget(sizes, sparsity, lo, hi, torch.device("cpu"))
+    low, high = [int(c) for c in low_t], [int(c) for c in high_t]
+    return _settle(names, sizes, produce, previous, int(total_t), low, high, sampler, placer)
 
 
 def select_local(

@@ -150,8 +150,9 @@ def nm_masks(
 ) -> dict[str, torch.Tensor]:
     """Kept masks on the 2-D views of already-validated N:M layers (see module docstring).
 
-    A layer missing from ``previous`` keeps everything. ``views`` is read once per layer, in order, and no view is used after the next one is
-    read, so a lazy mapping may score one layer at a time into a shared buffer. With
+    A layer missing from ``previous`` keeps everything. ``views`` is read once per layer, in
+    order, and no view is used after the next one is read, so a lazy mapping may score one
+    layer at a time into a shared buffer. With
     ``comm`` the views are this rank's rows of the layers, and only the group selection
     (below N/M) exchanges anything: groups never cross rows.
     """

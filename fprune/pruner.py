@@ -365,7 +365,8 @@ def pruner(
         if isinstance(pat, NM):  # a layer left out of ``partial`` keeps everything
             chosen = _select(_Lazy(grid_of, tuple(previous)), pat, r, scope, low, hi,
                              reduce_masks(partial, pattern=pat), reduce)
-            return {name: _and_previous(chosen.pop(name), name, partial, previous[name].shape) for name in previous}, r
+            return {name: _and_previous(_expanded(chosen.pop(name), name, previous), name, partial)
+                    for name in previous}, r
         shapes = {n: grid_shape(pat, tuple(m.shape)) for n, m in previous.items()}
         placement = Placement(pat, {n: tuple(m.shape) for n, m in previous.items()})  # 2-D block layers
         kept = fast_select(
@@ -378,23 +379,22 @@ def pruner(
             return None
         out = {}
         for name in previous:  # one layer at a time, dropping its grid mask
-            mask = kept.pop(name)
-            if not placement.covers(name):
-                out[name] = _and_previous(mask.reshape(shapes[name]), name, partial, previous[name].shape)
-            else:  # already weight-shaped, and our own
-                out[name] = mask.__iand__(partial[name]) if name in partial else mask
+            mask = kept.pop(name)  # weight-shaped already where the placement covers the layer
+            mask = mask if placement.covers(name) else _expanded(mask.reshape(shapes[name]), name, previous)
+            out[name] = _and_previous(mask, name, partial)
         return out, r
 
-    def _and_previous(
-        grid_mask: torch.Tensor, name: str, partial: dict[str, torch.Tensor], shape: torch.Size
-    ) -> torch.Tensor:
-        """A layer's new grid mask expanded to its weight's ``shape`` and ANDed with its
-        previous mask if that is in ``partial`` (it prunes something): in place when the
-        expansion is our own fresh tensor (not a broadcast view)."""
-        expanded = expand_masks({name: grid_mask}, pattern=pat, shapes={name: shape})[name]
+    def _expanded(grid_mask: torch.Tensor, name: str, previous: dict[str, torch.Tensor]) -> torch.Tensor:
+        """A layer's grid mask expanded to its weight's shape."""
+        return expand_masks({name: grid_mask}, pattern=pat, shapes={name: previous[name].shape})[name]
+
+    def _and_previous(mask: torch.Tensor, name: str, partial: dict[str, torch.Tensor]) -> torch.Tensor:
+        """A layer's new weight-shaped mask ANDed with its previous mask if that is in
+        ``partial`` (it prunes something): in place when the mask is our own fresh tensor
+        (not a broadcast view)."""
         if name not in partial:
-            return expanded
-        return expanded.__iand__(partial[name]) if expanded.is_contiguous() else expanded & partial[name]
+            return mask
+        return mask.__iand__(partial[name]) if mask.is_contiguous() else mask & partial[name]
 
     def _keep(*operands: Any) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """The other branch of ``torch.cond`` (same operands as the prune branch): unchanged
