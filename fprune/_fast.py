@@ -135,6 +135,26 @@ def _counts_at(sorted_keys: list[torch.Tensor], base: list[int], t: int, *, righ
     ]
 
 
+_RADIX = 1 << 15  # torch sorts an integer tensor of this many elements or more by radix
+_PAD_FROM = 5 << 10  # from this many integer keys, sorting them padded to ``_RADIX`` is faster
+
+
+def _sort(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.sort(keys, stable=True)`` of a 1-D tensor, as ``(values, indices)``.
+
+    Torch sorts fewer than 32768 integers by comparisons, at 40 to 60 ns a key on the CPU,
+    and 32768 or more by radix, at about 7 ns. So from ``_PAD_FROM`` integer keys on, they
+    are padded to ``_RADIX`` with the dtype's largest value: stable, the padding sorts after
+    every key (after equal ones by its indices), and the first ``n`` entries are the answer.
+    """
+    n = keys.numel()
+    if keys.is_floating_point() or not _PAD_FROM <= n < _RADIX:
+        return torch.sort(keys, stable=True)
+    pad = torch.full((_RADIX - n,), torch.iinfo(keys.dtype).max, dtype=keys.dtype, device=keys.device)
+    values, order = torch.sort(torch.cat([keys, pad]), stable=True)
+    return values[:n], order[:n]
+
+
 _GROUP = 1 << 16  # int32 keys of small layers are sorted together, about this many at a time
 
 
@@ -150,13 +170,13 @@ def _sorted(keys: list[torch.Tensor]) -> list[torch.Tensor]:
     held, where a group's buffers would raise the peak memory.
     """
     if not keys or keys[0].dtype != torch.int32:
-        return [torch.sort(k).values for k in keys]
+        return [_sort(k)[0] for k in keys]
     out: list[torch.Tensor] = []
     group: list[torch.Tensor] = []
 
     def flush() -> None:
         if len(group) == 1:
-            out.append(torch.sort(group[0]).values)
+            out.append(_sort(group[0])[0])
         elif group:
             composite = torch.cat([g.to(torch.int64) + ((i << 32) + (1 << 31)) for i, g in enumerate(group)])
             ordered = torch.sort(composite).values.bitwise_and_(0xFFFFFFFF).sub_(1 << 31).to(torch.int32)
@@ -267,6 +287,100 @@ def _bracket(
     return (a, b) if a <= b else None
 
 
+class _Survey:
+    """Each layer's sample and what it shows of the layer's previous mask (its first read)."""
+
+    def __init__(self, produce: Producer, previous: PreviousProducer, sampler: Sampler | None) -> None:
+        self.produce, self.previous, self.sampler = produce, previous, sampler
+        self.all_kept: dict[str, bool] = {}
+        self.pruned_before: dict[str, int] = {}
+        self.device = torch.device("cpu")
+
+    def first(self, name: str, size: int, stride: int) -> torch.Tensor:
+        """The layer's sample (see :meth:`take`), noting whether its previous mask keeps every
+        unit and how many it prunes."""
+        prev = self.previous(name)
+        self.all_kept[name] = prev is None or all_true(prev)
+        kept_units = None if prev is None or self.all_kept[name] else prev.reshape(-1)
+        self.pruned_before[name] = 0 if kept_units is None else size - int(torch.count_nonzero(kept_units))
+        sample = self.take(name, stride, kept_units)
+        self.device = sample.device
+        return sample
+
+    def take(self, name: str, stride: int, kept_units: torch.Tensor | None = None) -> torch.Tensor:
+        """The layer's unit scores at every ``stride``-th position, less its pruned units
+        (``kept_units``: its flat kept units, if already at hand)."""
+        sample = None if self.sampler is None else self.sampler(name, stride)
+        if sample is None:
+            score = self.produce(name).reshape(-1)
+            sample = score[::stride].clone()  # a copy: a view would keep the whole layer alive
+            del score
+        if not self.all_kept[name]:
+            kept_units = _kept(self.previous, name) if kept_units is None else kept_units
+            sample = sample[kept_units[::stride]]  # pruned units rank below any bracket
+        return sample.float() if sample.dtype in (torch.float16, torch.bfloat16) else sample
+
+
+Pass = Callable[[str, int, float, float], "tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]"]
+
+
+def _passer(
+    names: Sequence[str], sizes: list[int], survey: _Survey, wide: Callable[[str], bool], placer: Placer | None,
+) -> tuple[Pass, dict[str, bool], dict[str, torch.Tensor]]:
+    """``one_pass(name, size, a, b)`` over one layer's scores with the bracket ``[a, b]``; which
+    layers the placer covers; and the buffers every pass reuses (clear them after the passes).
+    ``wide(name)``: whether the layer's keys are int64."""
+    placed = {n: placer is not None and placer.covers(n) for n in names}
+    buffers = {
+        "inside": torch.empty(max(sizes), dtype=torch.bool, device=survey.device),
+        # the sure-kept units of a placed layer: its weight-shaped mask is what is kept
+        "sure": torch.empty(max(sizes) if any(placed.values()) else 0, dtype=torch.bool, device=survey.device),
+    }
+
+    def one_pass(name: str, size: int, lo_end: float, hi_end: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """The layer's sure-kept units (its mask), its candidates' keys and indices in pruning
+        order (key, then index), and its count below the bracket."""
+        score = survey.produce(name).reshape(-1)
+        prev = None if survey.all_kept[name] else _kept(survey.previous, name)
+        sure = torch.gt(score, hi_end, out=buffers["sure"][:size]) if placed[name] else score > hi_end
+        inside = buffers["inside"][:size]
+        torch.ge(score, lo_end, out=inside)
+        inside ^= sure  # lo <= score <= hi: score > hi implies score >= lo (lo <= hi, NaN in neither)
+        if prev is not None:
+            sure &= prev
+            inside &= prev
+        idx = _indices(inside)
+        if size < 2**31:
+            idx = idx.to(torch.int32)  # half the memory per candidate
+        below_end = score.numel() - int(torch.count_nonzero(sure)) - idx.numel()
+        # a stable sort of keys taken in index order: the order in which units are pruned
+        keys, order = _sort(rank_keys(score[idx], wide=wide(name)))
+        return _place(placer, name, sure), keys, idx[order], below_end
+
+    return one_pass, placed, buffers
+
+
+def _finish(
+    names: Sequence[str], sizes: list[int], kept: dict[str, torch.Tensor], cand_idx: list[torch.Tensor],
+    base: list[int], counts: list[int], survey: _Survey, wide: Callable[[str], bool], placed: dict[str, bool],
+    placer: Placer | None,
+) -> dict[str, torch.Tensor]:
+    """Each layer prunes its ``base`` units below its bracket, then its candidates in pruning
+    order up to its count; the rest of them are kept (``kept`` holds its sure-kept units). A
+    layer whose count is outside its candidates is settled alone."""
+    for i, name in enumerate(names):
+        first_kept = counts[i] - base[i]
+        if not 0 <= first_kept <= cand_idx[i].numel():  # its threshold is outside its candidates
+            kept[name] = _alone(name, sizes[i], survey.produce, survey.previous, counts[i], wide(name), placer)
+            continue
+        chosen = cand_idx[i][first_kept:]
+        if placed[name]:
+            placer.mark(name, kept[name], chosen)  # type: ignore[union-attr]
+        else:
+            kept[name][chosen] = True
+    return kept
+
+
 def _settle(
     names: Sequence[str],
     sizes: list[int],
@@ -282,94 +396,50 @@ def _settle(
     count bounds ``[low, high]`` (``sum(low) <= total <= sum(high)``), or None if the bracket
     missed; weight-shaped for the layers ``placer`` covers."""
     stride = max(1, sum(sizes) // (_SAMPLE if len(names) > 1 else _ALONE_SAMPLE))
-    samples, dtypes, all_kept, pruned_before = [], set(), {}, []
-    device = torch.device("cpu")
+    survey = _Survey(produce, previous, sampler)
+    samples = [survey.first(name, size, stride) for name, size in zip(names, sizes, strict=True)]
+    pruned_before = [survey.pruned_before[name] for name in names]
+    is_wide = any(s.dtype == torch.float64 for s in samples)
 
-    def take_sample(name: str, stride: int, kept_units: torch.Tensor | None = None) -> torch.Tensor:
-        """The layer's unit scores at every ``stride``-th position, less its pruned units
-        (``kept_units``: its flat kept units, if already at hand)."""
-        sample = None if sampler is None else sampler(name, stride)
-        if sample is None:
-            score = produce(name).reshape(-1)
-            sample = score[::stride].clone()  # a copy: a view would keep the whole layer alive
-            del score
-        if not all_kept[name]:
-            kept_units = _kept(previous, name) if kept_units is None else kept_units
-            sample = sample[kept_units[::stride]]  # pruned units rank below any bracket
-        return sample.float() if sample.dtype in (torch.float16, torch.bfloat16) else sample
+    def wide(_: str) -> bool:  # one key width for all layers: their keys are compared
+        return is_wide
 
-    for name, size in zip(names, sizes, strict=True):
-        prev = previous(name)
-        all_kept[name] = prev is None or all_true(prev)
-        kept_units = None if prev is None or all_kept[name] else prev.reshape(-1)
-        pruned_before.append(0 if kept_units is None else size - int(torch.count_nonzero(kept_units)))
-        samples.append(take_sample(name, stride, kept_units))
-        del kept_units
-        dtypes.add(samples[-1].dtype)
-        device = samples[-1].device
-    wide = torch.float64 in dtypes
     if total == 0:  # nothing to prune (as the general path: earlier pruned units are not kept pruned)
-        return {n: _place(placer, n, torch.ones(s, dtype=torch.bool, device=device)) for n, s in zip(names, sizes, strict=True)}
+        return {n: _place(placer, n, torch.ones(s, dtype=torch.bool, device=survey.device))
+                for n, s in zip(names, sizes, strict=True)}
     unpruned = sum(sizes) - sum(pruned_before)
     if total <= sum(pruned_before) or unpruned == 0:  # the threshold is among the pruned units
         return None
-    sample_keys = _sorted([rank_keys(s, wide=wide) for s in samples])  # sorted once
+    sample_keys = _sorted([rank_keys(s, wide=is_wide) for s in samples])  # sorted once
     ends = _bracket(
         sample_keys, (total - sum(pruned_before)) / unpruned,
         [max(lo - p, 0) for lo, p in zip(low, pruned_before, strict=True)],
         [max(hi - p, 0) for hi, p in zip(high, pruned_before, strict=True)],
-        [max(s - p, 1) for s, p in zip(sizes, pruned_before, strict=True)], wide,
+        [max(s - p, 1) for s, p in zip(sizes, pruned_before, strict=True)], is_wide,
     )
     if ends is None:
         return None
     a, b = ends
 
     def finer(name: str, size: int) -> torch.Tensor:  # a layer's own sample, as if settled alone
-        return rank_keys(take_sample(name, max(1, size // _ALONE_SAMPLE)), wide=wide).sort().values
+        return _sort(rank_keys(survey.take(name, max(1, size // _ALONE_SAMPLE)), wide=is_wide))[0]
 
-    capped = _capped(names, sizes, samples, sample_keys, pruned_before, high, a, wide, finer)
+    capped = _capped(names, sizes, samples, sample_keys, pruned_before, high, a, is_wide, finer)
     del samples, sample_keys
 
-    placed = {n: placer is not None and placer.covers(n) for n in names}
-    buffers = {  # reused by every layer's pass, released after the passes
-        "inside": torch.empty(max(sizes), dtype=torch.bool, device=device),
-        # the sure-kept units of a placed layer: its weight-shaped mask is what is kept
-        "sure": torch.empty(max(sizes) if any(placed.values()) else 0, dtype=torch.bool, device=device),
-    }
-
-    def one_pass(name: str, size: int, lo_end: float, hi_end: float) -> tuple[torch.Tensor, ...]:
-        """The layer's sure-kept units (its mask), its candidates' keys and indices in pruning
-        order (key, then index), and its count below the bracket."""
-        score = produce(name).reshape(-1)
-        prev = None if all_kept[name] else _kept(previous, name)
-        sure = torch.gt(score, hi_end, out=buffers["sure"][:size]) if placed[name] else score > hi_end
-        inside = buffers["inside"][:size]
-        torch.ge(score, lo_end, out=inside)
-        inside ^= sure  # lo <= score <= hi: score > hi implies score >= lo (lo <= hi, NaN in neither)
-        if prev is not None:
-            sure &= prev
-            inside &= prev
-        idx = _indices(inside)
-        if size < 2**31:
-            idx = idx.to(torch.int32)  # half the memory per candidate
-        below_end = score.numel() - int(torch.count_nonzero(sure)) - idx.numel()
-        # a stable sort of keys taken in index order: the order in which units are pruned
-        keys, order = torch.sort(rank_keys(score[idx], wide=wide), stable=True)
-        return _place(placer, name, sure), keys, idx[order], torch.tensor(below_end)
-
+    one_pass, placed, buffers = _passer(names, sizes, survey, wide, placer)
     kept, cand_keys, cand_idx, base = {}, [], [], []
     for name, size in zip(names, sizes, strict=True):
         sure, keys, idx, below_end = one_pass(name, size, *capped.get(name, (a, b)))  # capped: its own bracket
         kept[name] = sure
         cand_keys.append(keys)
         cand_idx.append(idx)
-        base.append(int(below_end))
+        base.append(below_end)
     for i, name in enumerate(names):
         if name in capped and not base[i] < high[i] <= base[i] + cand_keys[i].numel():
             # the cap is not inside the layer's own bracket: pass it again with the global one
             del capped[name]
-            kept[name], cand_keys[i], cand_idx[i], below_end = one_pass(name, sizes[i], a, b)
-            base[i] = int(below_end)
+            kept[name], cand_keys[i], cand_idx[i], base[i] = one_pass(name, sizes[i], a, b)
     buffers.clear()
 
     def bounded(counts: list[int]) -> int:
@@ -392,20 +462,9 @@ def _settle(
     as_tensors = [[torch.tensor(v) for v in vs] for vs in (below, at, low, high)]
     counts = [int(c) for c in _allocate(torch.tensor(total), *as_tensors)]
     del cand_keys, glob_keys
-    for i, name in enumerate(names):
-        # The layer prunes its ``base`` units below the bracket, then its candidates in pruning
-        # order up to its count: the rest of them are kept. (A capped layer's count is its cap,
-        # reached among its own candidates; a bound may move any layer's count.)
-        first_kept = counts[i] - base[i]
-        if not 0 <= first_kept <= cand_idx[i].numel():  # its threshold is outside its candidates
-            kept[name] = _alone(name, sizes[i], produce, previous, counts[i], wide, placer)
-            continue
-        chosen = cand_idx[i][first_kept:]
-        if placed[name]:
-            placer.mark(name, kept[name], chosen)  # type: ignore[union-attr]
-        else:
-            kept[name][chosen] = True
-    return kept
+    # (a capped layer's count is its cap, reached among its own candidates; a bound may move
+    # any layer's count)
+    return _finish(names, sizes, kept, cand_idx, base, counts, survey, wide, placed, placer)
 
 
 def _capped(
@@ -473,16 +532,63 @@ def select_global(
     return _settle(names, sizes, produce, previous, int(total_t), low, high, sampler, placer)
 
 
+def _local_sample(size: int) -> int:
+    """Sample size for a layer selected on its own in local scope: about ``size ** (2/3)``
+    (``_LOCAL_SAMPLE`` at 2^21 units, at least ``_ALONE_SAMPLE``), which balances the sample's
+    cost (linear in it) against the candidates' (the bracket narrows as its square root)."""
+    return max(_ALONE_SAMPLE, round(_LOCAL_SAMPLE * (size / 2**21) ** (2 / 3)))
+
+
+_LOCAL_SAMPLE = 1 << 16
+
+
 def select_local(
     names: Sequence[str], sizes: Sequence[int], produce: Producer, previous: PreviousProducer, *, sparsity: float,
-    placer: Placer | None = None,
+    sampler: Sampler | None = None, placer: Placer | None = None,
 ) -> dict[str, torch.Tensor]:
     """Kept flat masks, ``floor(sparsity * n + 1e-9)`` units pruned in each layer (weight-shaped
-    for the layers ``placer`` covers)."""
+    for the layers ``placer`` covers).
+
+    Each layer's own sample brackets its own threshold, and one pass over each layer settles
+    it (no search: its count is known); the passes share their buffers. A layer whose bracket
+    misses, or whose threshold is among its previously pruned units, is settled alone.
+    """
+    sizes = list(sizes)
     cpu = torch.device("cpu")
-    out = {}
-    for name, size in zip(names, sizes, strict=True):
-        score = produce(name)  # once per layer: both of its passes use it
-        wide = score.dtype == torch.float64
-        out[name] = _alone(name, size, lambda _, s=score: s, previous, int(_count(sparsity, size, cpu)), wide, placer)
-    return out
+    counts = [int(_count(sparsity, size, cpu)) for size in sizes]
+    survey = _Survey(produce, previous, sampler)
+    dtypes, brackets, out = {}, {}, {}
+    for name, size, count in zip(names, sizes, counts, strict=True):  # one sample at a time
+        if count == 0:  # nothing to prune (as when settled alone)
+            out[name] = _place(placer, name, torch.ones(size, dtype=torch.bool, device=survey.device))
+            continue
+        sample = survey.first(name, size, max(1, size // _local_sample(size)))
+        dtypes[name] = sample.dtype
+        pruned = survey.pruned_before[name]
+        if count <= pruned or sample.numel() == 0:
+            continue  # among the pruned units: settled alone below
+        keys = _sort(rank_keys(sample, wide=sample.dtype == torch.float64))[0]
+        own = _bracket([keys], (count - pruned) / (size - pruned), [0], [size - pruned], [size - pruned],
+                       sample.dtype == torch.float64)
+        if own is not None:
+            brackets[name] = own
+
+    def wide(name: str) -> bool:  # per layer: no layer's keys meet another's
+        return dtypes[name] == torch.float64
+
+    sub = [n for n in names if n in brackets]
+    if sub:
+        sub_sizes = [size for n, size in zip(names, sizes, strict=True) if n in brackets]
+        one_pass, placed, buffers = _passer(sub, sub_sizes, survey, wide, placer)
+        kept, cand_idx, base = {}, [], []
+        for name, size in zip(sub, sub_sizes, strict=True):
+            kept[name], _, idx, below_end = one_pass(name, size, *brackets[name])
+            cand_idx.append(idx)
+            base.append(below_end)
+        buffers.clear()
+        sub_counts = [count for n, count in zip(names, counts, strict=True) if n in brackets]
+        out.update(_finish(sub, sub_sizes, kept, cand_idx, base, sub_counts, survey, wide, placed, placer))
+    for name, size, count in zip(names, sizes, counts, strict=True):
+        if name not in out:
+            out[name] = _alone(name, size, produce, previous, count, wide(name), placer)
+    return {name: out[name] for name in names}

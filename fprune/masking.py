@@ -103,7 +103,8 @@ def fast_select(
     prev = (lambda _: None) if previous is None else previous
     counts = [sizes[n] for n in names]
     if scope == "local":
-        return _fast.select_local(names, counts, produce, prev, sparsity=float(sparsity), placer=placer)
+        return _fast.select_local(names, counts, produce, prev, sparsity=float(sparsity), sampler=sampler,
+                                  placer=placer)
     return _fast.select_global(
         names, counts, produce, prev, sparsity=float(sparsity), lo=float(lo), hi=float(hi), sampler=sampler,
         placer=placer,

@@ -25,6 +25,8 @@ bound_pairs = st.tuples(strategies.sparsities, st.floats(0, 1), st.floats(0, 1))
 @pytest.fixture(autouse=True)
 def small_sample(monkeypatch):
     monkeypatch.setattr(_fast, "_SAMPLE", 16)
+    monkeypatch.setattr(_fast, "_ALONE_SAMPLE", 8)  # a layer on its own, and the least in local scope
+    monkeypatch.setattr(_fast, "_LOCAL_SAMPLE", 8)
 
 
 def _run(scores, previous, **kw):
@@ -181,3 +183,40 @@ def test_capped_layers_with_a_small_share_of_the_sample_are_resampled_not_settle
     assert got is not None
     assert calls == []
     assert same_bits(got, reference.global_masks(scores, 0.8, 0.0, 0.98))
+
+
+@given(st.sampled_from([torch.int32, torch.int64]), st.integers(0, 64), st.data())
+def test_padded_sort_equals_a_stable_sort(dtype, n, data):
+    """Keys padded to the radix size sort to the same values and indices as a stable sort,
+    ties and keys equal to the padding value (the dtype's largest) included."""
+    top = torch.iinfo(dtype).max
+    values = data.draw(st.lists(st.sampled_from([-3, 0, 1, 2, top - 1, top]), min_size=n, max_size=n))
+    keys = torch.tensor(values, dtype=dtype)
+    _fast._PAD_FROM = 0  # pad every size
+    try:
+        got_values, got_order = _fast._sort(keys)
+    finally:
+        _fast._PAD_FROM = 5 << 10
+    want = torch.sort(keys, stable=True)
+    assert got_values.dtype == dtype
+    assert torch.equal(got_values, want.values)
+    assert torch.equal(got_order, want.indices)
+
+
+def test_local_selection_settles_every_layer_in_one_pass(monkeypatch):
+    """Local scope on continuous scores: each layer's own strided sample brackets its count,
+    one pass settles every layer (none is settled alone), and the masks are the sort
+    reference's, with and without previous masks."""
+    monkeypatch.setattr(_fast, "_LOCAL_SAMPLE", 1024)
+    monkeypatch.setattr(_fast, "_ALONE_SAMPLE", 256)  # strides of 4 to 16 on these layers
+    calls = []
+    alone = _fast._alone
+    monkeypatch.setattr(_fast, "_alone", lambda *a, **k: calls.append(a[0]) or alone(*a, **k))
+    gen = torch.Generator().manual_seed(0)
+    scores = {f"l{i}": torch.rand(64, 16 * (i + 1), generator=gen) * (i + 1) for i in range(4)}
+    previous = {n: torch.rand(s.shape, generator=gen) < 0.7 for n, s in scores.items()}
+    for prev in (None, previous):
+        got = _run(scores, prev, sparsity=0.6)
+        assert got is not None
+        assert same_bits(got, reference.local_masks(scores, 0.6, prev))
+    assert calls == []

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+from unittest import mock
 
 import hypothesis.strategies as st
 import pytest
@@ -11,6 +13,7 @@ import torch
 from hypothesis import given
 
 import fprune
+from fprune import _fast
 from fprune.blocks import grid_shape
 from fprune.layout import to_2d
 from tests.models import MLP, ConvNet, train
@@ -104,11 +107,13 @@ def test_pruner_matches_the_masks_primitive(criterion):
     sparsity=st.floats(0.05, 0.95),
     kept=st.floats(0.3, 1.0),
     seed=st.integers(0, 2**16),
+    strided=st.booleans(),
 )
-def test_block_steps_from_earlier_masks_match_the_masks_primitive(pattern, scope, sparsity, kept, seed):
+def test_block_steps_from_earlier_masks_match_the_masks_primitive(pattern, scope, sparsity, kept, seed, strided):
     """An eager block-pattern step from partly pruned masks equals ``masks(|w|, previous=...)``
     within the earlier masks, ties included: the 2-D layers get their weight-shaped masks during the pass (kept
-    candidates set in them afterwards), the conv layer is expanded afterwards."""
+    candidates set in them afterwards), the conv layer is expanded afterwards. ``strided``: samples small enough
+    that the step samples every few units from the weights, as on a large model."""
     g = torch.Generator().manual_seed(seed)
     params = {
         "a": torch.randint(0, 4, (8, 16), generator=g).float(),  # heavy ties and zeros
@@ -120,7 +125,9 @@ def test_block_steps_from_earlier_masks_match_the_masks_primitive(pattern, scope
     previous = fprune.expand_masks(grids, pattern=pat, shapes={n: p.shape for n, p in params.items()})
     prune = fprune.pruner(sparsity, pattern=pattern, criterion="magnitude", scope=scope)
     state = dataclasses.replace(prune.init(params), masks=previous)
-    _, got = prune.step(state, params)
+    sizes = {"_SAMPLE": 8, "_ALONE_SAMPLE": 4, "_LOCAL_SAMPLE": 4} if strided else {}
+    with mock.patch.multiple(_fast, **sizes) if strided else contextlib.nullcontext():
+        _, got = prune.step(state, params)
     want = fprune.masks({n: p.abs() for n, p in params.items()}, pattern=pattern, sparsity=sparsity, scope=scope,
                         previous=previous)
     assert all(torch.equal(got[n], want[n] & previous[n]) for n in params)  # nothing revives
