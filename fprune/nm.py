@@ -45,38 +45,60 @@ def _ranks(keys: torch.Tensor, inplace: bool) -> list[torch.Tensor]:
 
     ``rank_i = #{j < i: k_j <= k_i} + #{j > i: k_j < k_i}``, from the ``m(m-1)/2`` comparisons
     ``first_ij = k_i <= k_j`` (``i`` before ``j``, ties to the lower index):
-    ``rank_i = (m - 1 - i) + sum_{j < i} first_ji - sum_{j > i} first_ij``.
+    ``rank_i = (m - 1 - i) + sum_{j < i} first_ji - sum_{j > i} first_ij``. A rank's first
+    term creates it (no separate fill); in uint8 the running sums are exact (they stay in
+    ``[0, m)``).
     """
     m = keys.shape[-1]
     cols = keys.unbind(-1)
-    shape = keys.shape[:-1]
-    ranks = [torch.full(shape, m - 1 - i, dtype=torch.uint8, device=keys.device) for i in range(m)]
+    ranks: list[torch.Tensor | None] = [None] * m
+
+    def update(i: int, first: torch.Tensor, sign: int) -> None:
+        rank = ranks[i]
+        if rank is None:  # the first term: m - 1 - i, plus or minus it
+            ranks[i] = torch.add(first, m - 1 - i) if sign > 0 else torch.rsub(first, m - 1 - i)
+        elif not inplace:  # traced (vmap cannot update an unbatched tensor in place)
+            ranks[i] = rank + first if sign > 0 else rank - first
+        elif sign > 0:  # contiguous columns: cheap in-place updates
+            rank.add_(first)
+        else:
+            rank.sub_(first)
+
     for i in range(m):
         for j in range(i + 1, m):
             first = (cols[i] <= cols[j]).view(torch.uint8)
-            if inplace:  # contiguous columns: cheap in-place updates
-                ranks[i].sub_(first)
-                ranks[j].add_(first)
-            else:  # traced (vmap cannot update an unbatched tensor in place)
-                ranks[i] = ranks[i] - first
-                ranks[j] = ranks[j] + first
-    return ranks
+            update(i, first, -1)
+            update(j, first, +1)
+    return [r for r in ranks if r is not None]  # every one was created (m >= 2)
 
 
-def _below(rank: torch.Tensor, n: int) -> torch.Tensor:
-    """``rank < n`` for uint8 ranks below 128, by arithmetic: ``rank - n`` wraps to 128 or more
-    exactly when it is negative, so its top bit is the answer (several times cheaper than a
-    comparison kernel on the CPU)."""
+def _halves(n: int, m: int) -> int | None:
+    """``log2(n)`` when ranks below ``m`` are at least ``n`` exactly when that bit is set, so
+    one shift answers: ``n`` a power of two and ``m <= 2n`` (1:2, 2:4, 4:8 ...); else None."""
+    return n.bit_length() - 1 if n & (n - 1) == 0 and m <= 2 * n else None
+
+
+def _below(rank: torch.Tensor, n: int, m: int = 128) -> torch.Tensor:
+    """``rank < n`` for uint8 ranks below ``m <= 128``, by arithmetic: ``rank - n`` wraps to
+    128 or more exactly when it is negative, so its top bit is the answer (several times
+    cheaper than a comparison kernel on the CPU); one shift where :func:`_halves` allows."""
     if tracing(rank):
         return rank < n
+    shift = _halves(n, m)
+    if shift is not None:
+        return ((rank >> shift) ^ 1).view(torch.bool)
     return ((rank - n) >> 7).view(torch.bool)
 
 
-def _at_least(rank: torch.Tensor, n: int) -> torch.Tensor:
-    """``rank >= n`` for uint8 ranks below 128, by arithmetic: ``n - 1 - rank`` wraps to 128 or
-    more exactly when ``rank >= n`` (the complement of :func:`_below`, in one pass)."""
+def _at_least(rank: torch.Tensor, n: int, m: int = 128) -> torch.Tensor:
+    """``rank >= n`` for uint8 ranks below ``m <= 128``, by arithmetic: ``n - 1 - rank`` wraps
+    to 128 or more exactly when ``rank >= n`` (the complement of :func:`_below`, in one pass);
+    one shift where :func:`_halves` allows."""
     if tracing(rank):
         return rank >= n
+    shift = _halves(n, m)
+    if shift is not None:
+        return (rank >> shift).view(torch.bool)
     return (((n - 1) - rank) >> 7).view(torch.bool)
 
 
@@ -111,7 +133,12 @@ def within_groups(
         return ~low if complement else low, score
     ranks = _ranks(keys, inplace=not tracing(view))
     del keys
-    low = torch.stack([(_at_least if complement else _below)(r, n) for r in ranks], dim=-1)
+    shift = None if tracing(view) else _halves(n, m)
+    if shift is not None:  # interleave the ranks, then one in-place shift (and flip) over them all
+        low = torch.stack(ranks, dim=-1).bitwise_right_shift_(shift)
+        low = (low if complement else low.bitwise_xor_(1)).view(torch.bool)
+    else:
+        low = torch.stack([(_at_least if complement else _below)(r, n, m) for r in ranks], dim=-1)
     if reduce is None:
         return low, None
     cols_v = values.unbind(-1)

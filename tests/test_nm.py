@@ -153,9 +153,12 @@ def test_nm_masks_at_full_conversion_skip_selection_exactly(case, scope, data):
     assert same_bits(got, reference.nm_masks(views, pattern.n, pattern.m, pattern.max_sparsity, scope, previous=previous))
 
 
-def test_below_is_less_than_for_every_rank():
-    from fprune.nm import _below
+def test_below_and_at_least_compare_every_rank():
+    """By arithmetic on uint8 ranks below m (one shift for 1:2, 2:4, 4:8 ..., else a wrap)."""
+    from fprune.nm import _at_least, _below
 
-    ranks = torch.arange(128, dtype=torch.uint8)
-    for n in range(1, 128):
-        assert torch.equal(_below(ranks, n), ranks < n)
+    for m in (2, 3, 4, 5, 8, 16, 128):
+        ranks = torch.arange(m, dtype=torch.uint8)
+        for n in range(1, m):
+            assert torch.equal(_below(ranks, n, m), ranks < n)
+            assert torch.equal(_at_least(ranks, n, m), ranks >= n)
