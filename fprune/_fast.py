@@ -152,7 +152,7 @@ def _sort(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.sort(keys, stable=True)
     pad = torch.full((_RADIX - n,), torch.iinfo(keys.dtype).max, dtype=keys.dtype, device=keys.device)
     values, order = torch.sort(torch.cat([keys, pad]), stable=True)
-    return values[:n], order[:n]
+    return values[:n].clone(), order[:n]  # a copy: callers hold the values (the indices are spent at once)
 
 
 _GROUP = 1 << 16  # int32 keys of small layers are sorted together, about this many at a time
