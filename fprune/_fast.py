@@ -22,7 +22,9 @@ which allows a cheaper exact method, with the same result bit for bit:
 The bracket is verified with exact counts: if the threshold is not inside it (a sample far
 off, or a threshold among NaNs), :func:`select_global` returns None and the caller takes the
 general path. A layer whose count a bound moves outside its candidates is selected alone,
-by the same method with its own count. Scores are produced layer by layer on demand
+by the same method with its own count. Local scope (:func:`select_local`) brackets each
+layer's own count from its own sample and settles every layer in the same kind of pass, with
+no search (each count is known). Scores are produced layer by layer on demand
 (``produce(name)``), so a stateless criterion needs memory of the order of the largest
 layer, not of the model. With a :class:`Placer`, block layers get weight-shaped masks
 directly.
