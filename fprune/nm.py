@@ -78,27 +78,20 @@ def _halves(n: int, m: int) -> int | None:
     return n.bit_length() - 1 if n & (n - 1) == 0 and m <= 2 * n else None
 
 
-def _below(rank: torch.Tensor, n: int, m: int = 128) -> torch.Tensor:
-    """``rank < n`` for uint8 ranks below ``m <= 128``, by arithmetic: ``rank - n`` wraps to
-    128 or more exactly when it is negative, so its top bit is the answer (several times
-    cheaper than a comparison kernel on the CPU); one shift where :func:`_halves` allows."""
+def _below(rank: torch.Tensor, n: int) -> torch.Tensor:
+    """``rank < n`` for uint8 ranks below 128, by arithmetic: ``rank - n`` wraps to 128 or more
+    exactly when it is negative, so its top bit is the answer (several times cheaper than a
+    comparison kernel on the CPU)."""
     if tracing(rank):
         return rank < n
-    shift = _halves(n, m)
-    if shift is not None:
-        return ((rank >> shift) ^ 1).view(torch.bool)
     return ((rank - n) >> 7).view(torch.bool)
 
 
-def _at_least(rank: torch.Tensor, n: int, m: int = 128) -> torch.Tensor:
-    """``rank >= n`` for uint8 ranks below ``m <= 128``, by arithmetic: ``n - 1 - rank`` wraps
-    to 128 or more exactly when ``rank >= n`` (the complement of :func:`_below`, in one pass);
-    one shift where :func:`_halves` allows."""
+def _at_least(rank: torch.Tensor, n: int) -> torch.Tensor:
+    """``rank >= n`` for uint8 ranks below 128, by arithmetic: ``n - 1 - rank`` wraps to 128 or
+    more exactly when ``rank >= n`` (the complement of :func:`_below`, in one pass)."""
     if tracing(rank):
         return rank >= n
-    shift = _halves(n, m)
-    if shift is not None:
-        return (rank >> shift).view(torch.bool)
     return (((n - 1) - rank) >> 7).view(torch.bool)
 
 
@@ -138,7 +131,7 @@ def within_groups(
         low = torch.stack(ranks, dim=-1).bitwise_right_shift_(shift)
         low = (low if complement else low.bitwise_xor_(1)).view(torch.bool)
     else:
-        low = torch.stack([(_at_least if complement else _below)(r, n, m) for r in ranks], dim=-1)
+        low = torch.stack([(_at_least if complement else _below)(r, n) for r in ranks], dim=-1)
     if reduce is None:
         return low, None
     cols_v = values.unbind(-1)

@@ -154,11 +154,18 @@ def test_nm_masks_at_full_conversion_skip_selection_exactly(case, scope, data):
 
 
 def test_below_and_at_least_compare_every_rank():
-    """By arithmetic on uint8 ranks below m (one shift for 1:2, 2:4, 4:8 ..., else a wrap)."""
-    from fprune.nm import _at_least, _below
+    """By arithmetic on uint8 ranks below 128; and where one bit of the rank answers (n a power
+    of two, m <= 2n: 1:2, 2:4, 4:8 ...), the shift the eager ranking uses."""
+    from fprune.nm import _at_least, _below, _halves
 
-    for m in (2, 3, 4, 5, 8, 16, 128):
-        ranks = torch.arange(m, dtype=torch.uint8)
+    ranks = torch.arange(128, dtype=torch.uint8)
+    for n in range(1, 128):
+        assert torch.equal(_below(ranks, n), ranks < n)
+        assert torch.equal(_at_least(ranks, n), ranks >= n)
+    for m in range(2, 129):
         for n in range(1, m):
-            assert torch.equal(_below(ranks, n, m), ranks < n)
-            assert torch.equal(_at_least(ranks, n, m), ranks >= n)
+            shift = _halves(n, m)
+            assert (shift is not None) == (n & (n - 1) == 0 and m <= 2 * n)
+            if shift is not None:
+                below_m = ranks[:m]
+                assert torch.equal((below_m >> shift).view(torch.bool), below_m >= n)
