@@ -534,14 +534,14 @@ def select_global(
     return _settle(names, sizes, produce, previous, int(total_t), low, high, sampler, placer)
 
 
+_LOCAL_SAMPLE = 1 << 16
+
+
 def _local_sample(size: int) -> int:
     """Sample size for a layer selected on its own in local scope: about ``size ** (2/3)``
     (``_LOCAL_SAMPLE`` at 2^21 units, at least ``_ALONE_SAMPLE``), which balances the sample's
     cost (linear in it) against the candidates' (the bracket narrows as its square root)."""
     return max(_ALONE_SAMPLE, round(_LOCAL_SAMPLE * (size / 2**21) ** (2 / 3)))
-
-
-_LOCAL_SAMPLE = 1 << 16
 
 
 def select_local(
@@ -578,9 +578,9 @@ def select_local(
     def wide(name: str) -> bool:  # per layer: no layer's keys meet another's
         return dtypes[name] == torch.float64
 
-    sub = [n for n in names if n in brackets]
-    if sub:
-        sub_sizes = [size for n, size in zip(names, sizes, strict=True) if n in brackets]
+    bracketed = [(n, size, count) for n, size, count in zip(names, sizes, counts, strict=True) if n in brackets]
+    if bracketed:
+        sub, sub_sizes, sub_counts = (list(column) for column in zip(*bracketed, strict=True))
         one_pass, placed, buffers = _passer(sub, sub_sizes, survey, wide, placer)
         kept, cand_idx, base = {}, [], []
         for name, size in zip(sub, sub_sizes, strict=True):
@@ -588,7 +588,6 @@ def select_local(
             cand_idx.append(idx)
             base.append(below_end)
         buffers.clear()
-        sub_counts = [count for n, count in zip(names, counts, strict=True) if n in brackets]
         out.update(_finish(sub, sub_sizes, kept, cand_idx, base, sub_counts, survey, wide, placed, placer))
     for name, size, count in zip(names, sizes, counts, strict=True):
         if name not in out:
