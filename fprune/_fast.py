@@ -6,8 +6,7 @@ and the keys of all layers in memory at once. Eager calls may read values back t
 which allows a cheaper exact method, with the same result bit for bit:
 
 1. **Sample.** A strided sample of about 2^18 scores (2^14 for a layer settled alone; the same
-   stride in every layer) gives
-   two sample keys that bracket the threshold with a wide margin (6 standard deviations
+   stride in every layer, a power of two) gives two sample keys that bracket the threshold with a wide margin (6 standard deviations
    of the sample quantile), with the per-layer bounds scaled to the sample.
 2. **One pass.** Each layer's scores are compared with the bracket ``[a, b]`` in their own
    dtype: ``score > b`` is kept for sure; scores inside the bracket are the candidates
@@ -110,6 +109,15 @@ def _indices(mask: torch.Tensor) -> torch.Tensor:
 _SAMPLE = 1 << 18  # sample size over all layers
 _ALONE_SAMPLE = 1 << 14  # sample size of a layer settled (or bracketed) on its own
 _Z = 6.0  # the bracket's half-width in standard deviations of the sample quantile
+
+
+def _stride(units: int, sample: int) -> int:
+    """The sampling stride for about ``sample`` of ``units`` units: ``units / sample`` rounded
+    to the nearest power of two (in log scale), so that it divides the widths of most weights:
+    a block layer's sampled units are then every ``stride``-th column of every block row, which
+    a sampler reads as one strided view instead of gathering them."""
+    ratio = units / sample
+    return 1 if ratio <= 1 else 1 << round(math.log2(ratio))
 
 
 def _bits_to_score(key: int, wide: bool) -> float | None:
@@ -397,7 +405,7 @@ def _settle(
     """Kept flat masks pruning exactly ``total`` units of ``names`` (tie order) under per-layer
     count bounds ``[low, high]`` (``sum(low) <= total <= sum(high)``), or None if the bracket
     missed; weight-shaped for the layers ``placer`` covers."""
-    stride = max(1, sum(sizes) // (_SAMPLE if len(names) > 1 else _ALONE_SAMPLE))
+    stride = _stride(sum(sizes), _SAMPLE if len(names) > 1 else _ALONE_SAMPLE)
     survey = _Survey(produce, previous, sampler)
     samples = [survey.first(name, size, stride) for name, size in zip(names, sizes, strict=True)]
     pruned_before = [survey.pruned_before[name] for name in names]
@@ -424,7 +432,7 @@ def _settle(
     a, b = ends
 
     def finer(name: str, size: int) -> torch.Tensor:  # a layer's own sample, as if settled alone
-        return _sort(rank_keys(survey.take(name, max(1, size // _ALONE_SAMPLE)), wide=is_wide))[0]
+        return _sort(rank_keys(survey.take(name, _stride(size, _ALONE_SAMPLE)), wide=is_wide))[0]
 
     capped = _capped(names, sizes, samples, sample_keys, pruned_before, high, a, is_wide, finer)
     del samples, sample_keys
@@ -564,7 +572,7 @@ def select_local(
         if count == 0:  # nothing to prune (as when settled alone)
             out[name] = _place(placer, name, torch.ones(size, dtype=torch.bool, device=survey.device))
             continue
-        sample = survey.first(name, size, max(1, size // _local_sample(size)))
+        sample = survey.first(name, size, _stride(size, _local_sample(size)))
         dtypes[name] = sample.dtype
         pruned = survey.pruned_before[name]
         if count <= pruned or sample.numel() == 0:

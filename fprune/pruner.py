@@ -486,8 +486,14 @@ def pruner(
                     w_units = w.reshape(-1)[::stride]
                     g_units = None if g is None else g.reshape(-1)[::stride]
                     return layer_score(w_units, g_units, torch.empty_like(w_units))
-                at = torch.arange(0, (rows // bn) * (cols // bm), stride, device=w.device)
-                first = (at // (cols // bm)) * (bn * cols) + (at % (cols // bm)) * bm  # a unit's first weight
+                across = cols // bm
+                if across % stride == 0:  # every stride-th column of every block row: one strided view
+                    w_units = w.view(rows // bn, bn, across, bm)[:, :, ::stride]
+                    g_units = None if g is None else g.view(rows // bn, bn, across, bm)[:, :, ::stride]
+                    score = layer_score(w_units, g_units, torch.empty(w_units.shape, dtype=w.dtype, device=w.device))
+                    return reduce_blocks(score.view(rows, -1), (bn, bm), reduce=reduce).reshape(-1)
+                at = torch.arange(0, (rows // bn) * across, stride, device=w.device)
+                first = (at // across) * (bn * cols) + (at % across) * bm  # a unit's first weight
                 within = (torch.arange(bn, device=w.device)[:, None] * cols + torch.arange(bm, device=w.device)).reshape(-1)
                 flat = (first[:, None] + within).reshape(-1, bn, bm)  # [units, bn, bm] flat indices
                 w_units = torch.take(w, flat)

@@ -220,3 +220,15 @@ def test_local_selection_settles_every_layer_in_one_pass(monkeypatch):
         assert got is not None
         assert same_bits(got, reference.local_masks(scores, 0.6, prev))
     assert calls == []
+
+
+@given(st.integers(0, 2**40), st.integers(1, 2**20))
+def test_sampling_stride_is_the_nearest_power_of_two(units, sample):
+    """``units / sample`` rounded to a power of two in log scale (1 where the sample covers every unit)."""
+    stride = _fast._stride(units, sample)
+    assert stride >= 1 and stride & (stride - 1) == 0
+    ratio = units / sample
+    if ratio <= 1:
+        assert stride == 1
+    else:
+        assert ratio / 2**0.5 <= stride * (1 + 1e-12) and stride <= ratio * 2**0.5 * (1 + 1e-12)

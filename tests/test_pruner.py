@@ -133,6 +133,44 @@ def test_block_steps_from_earlier_masks_match_the_masks_primitive(pattern, scope
     assert all(torch.equal(got[n], want[n] & previous[n]) for n in params)  # nothing revives
 
 
+@given(
+    pattern=st.sampled_from(["1x1", "2x1", "4x1", "1x2", "2x2"]),
+    criterion=st.sampled_from(["magnitude", "gradient", "snip"]),
+    rows=st.integers(1, 6),
+    cols=st.integers(1, 40),
+    strides=st.lists(st.sampled_from([1, 2, 3, 4, 5, 8, 16, 32, 64]), min_size=1, max_size=4),
+    seed=st.integers(0, 2**16),
+)
+def test_the_weight_sampler_reads_every_stride_th_unit_score(pattern, criterion, rows, cols, strides, seed):
+    """The sampler an eager step hands the selection gives the layer's unit scores at flat grid
+    positions 0, stride, 2 * stride, ..., both where the stride divides a block row (one strided
+    view) and where it does not (gathered): bit for bit for blocks along one axis; a block along
+    both may sum its weights in another order (the sample only places the bracket)."""
+    pat = fprune.parse_pattern(pattern)
+    bn, bm = pat.block_shape((4, 4))
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(rows * bn, cols * bm, generator=g)
+    grads = {"w": torch.randn(w.shape, generator=g)}
+    prune = fprune.pruner(0.5, pattern=pattern, criterion=criterion)
+    seen = {}
+
+    def spy(*args, **kwargs):
+        seen["sampler"] = kwargs["sampler"]
+        return fast_select(*args, **kwargs)
+
+    fast_select = fprune.pruner.__globals__["fast_select"]
+    with mock.patch.dict(fprune.pruner.__globals__, fast_select=spy):
+        prune.step(prune.init({"w": w}), {"w": w}, grads)
+    scores = {"magnitude": w.abs(), "gradient": grads["w"].abs(), "snip": (w * grads["w"]).abs()}[criterion]
+    grid = fprune.block_scores({"w": scores}, pattern=pattern)["w"].reshape(-1)
+    for stride in strides:
+        sample = seen["sampler"]("w", stride)
+        if bn == 1 or bm == 1:
+            assert torch.equal(sample, grid[::stride])
+        else:
+            torch.testing.assert_close(sample, grid[::stride], rtol=1e-6, atol=0)
+
+
 def test_step_folds_grads_before_pruning():
     """snip prunes at step 0 with the gradients it is given (INC cannot)."""
     params = {"w": torch.ones(4, 4)}
