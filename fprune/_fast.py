@@ -6,8 +6,9 @@ and the keys of all layers in memory at once. Eager calls may read values back t
 which allows a cheaper exact method, with the same result bit for bit:
 
 1. **Sample.** A strided sample of about 2^18 scores (2^14 for a layer settled alone; the same
-   stride in every layer, a power of two) gives two sample keys that bracket the threshold with a wide margin (6 standard deviations
-   of the sample quantile), with the per-layer bounds scaled to the sample.
+   stride in every layer, a power of two) gives two sample keys that bracket the threshold
+   with a wide margin (6 standard deviations of the sample quantile), with the per-layer
+   bounds scaled to the sample.
 2. **One pass.** Each layer's scores are compared with the bracket ``[a, b]`` in their own
    dtype: ``score > b`` is kept for sure; scores inside the bracket are the candidates
    (their values and flat indices, a small fraction); everything else (previously pruned
