@@ -13,7 +13,8 @@ which allows a cheaper exact method, with the same result bit for bit:
    dtype: ``score > b`` is kept for sure; scores inside the bracket are the candidates
    (their values and flat indices, a small fraction); everything else (previously pruned
    units, NaN, scores below ``a``) ranks below the bracket and is counted.
-3. **Settle.** Each layer's candidates are put in pruning order (key, then index). The exact
+3. **Settle.** Each layer's candidates are put in pruning order (key, then index; those of
+   small layers sorted together, :func:`_order`). The exact
    threshold is found among them (:func:`_threshold`: a few rounds of probing the
    water-filling count), with each layer's count below the bracket as its base; the
    per-layer counts (under the bounds, ties by name then index) are the general path's. A
@@ -204,6 +205,58 @@ def _sorted(keys: list[torch.Tensor]) -> list[torch.Tensor]:
     return out
 
 
+_ORDER_GROUP = 1 << 15  # candidates of small layers are put in order together, about this many at a time
+
+
+def _grouped(keys: torch.Tensor) -> bool:
+    """Whether :func:`_order` sorts these candidate keys in a group (else alone)."""
+    return keys.dtype == torch.int32 and 0 < keys.numel() < _RADIX
+
+
+def _order(keys: list[torch.Tensor], idx: list[torch.Tensor]) -> None:
+    """Put each layer's candidates (``keys[i]``, ``idx[i]``, in index order) in pruning order,
+    key then index, in place in both lists.
+
+    A layer's candidates lie inside its bracket, so their int32 keys span a narrow range. The
+    keys of consecutive layers with fewer than ``_RADIX`` candidates are sorted together as
+    one int32 tensor, each less its layer's smallest key plus the layer's place in the group
+    above every key's span (``place << bits``), with a stable sort: one radix sort for the group
+    instead of a sort per layer, which costs far more at a few thousand keys (see :func:`_sort`).
+    Spans too wide to share 31 bits are sorted alone; int64 keys and layers of ``_RADIX``
+    candidates or more are left as they are (their pass sorted them, see :func:`_grouped`).
+    """
+    group: list[tuple[int, int, int]] = []  # (layer, its smallest key, its span's bit length)
+
+    def flush() -> None:
+        if len(group) == 1:
+            (i, _, _), = group
+            keys[i], order = _sort(keys[i])
+            idx[i] = idx[i][order]
+        elif group:
+            bits = max(b for _, _, b in group)
+            composite = torch.cat([keys[i].sub(low).add_(place << bits) for place, (i, low, _) in enumerate(group)])
+            values, order = _sort(composite)
+            del composite
+            moved = torch.cat([idx[i] for i, _, _ in group])[order]
+            sizes = [keys[i].numel() for i, _, _ in group]
+            for place, ((i, low, _), v, m) in enumerate(zip(group, values.split(sizes), moved.split(sizes),
+                                                            strict=True)):
+                keys[i], idx[i] = v.sub_(place << bits).add_(low), m  # each scalar within int32
+        group.clear()
+
+    for i, k in enumerate(keys):
+        if not _grouped(k):  # in order already (see one_pass)
+            continue
+        low, high = (int(v) for v in torch.aminmax(k))
+        bits = (high - low).bit_length()
+        widest = max([bits, *(b for _, _, b in group)])
+        if group and ((len(group) + 1) << widest > 2**31 or
+                      sum(keys[j].numel() for j, _, _ in group) + k.numel() > _ORDER_GROUP):
+            flush()
+        group.append((i, low, bits))
+    flush()
+
+
 _PROBES = 2048  # at most this many key values probed at once by the threshold search
 _EXACT = 1024  # the threshold search probes every distinct key once at most this many are left
 
@@ -337,10 +390,13 @@ Pass = Callable[[str, int, float, float], "tuple[torch.Tensor, torch.Tensor, tor
 
 def _passer(
     names: Sequence[str], sizes: list[int], survey: _Survey, wide: Callable[[str], bool], placer: Placer | None,
+    *, ordered: bool = True,
 ) -> tuple[Pass, dict[str, bool], dict[str, torch.Tensor]]:
     """``one_pass(name, size, a, b)`` over one layer's scores with the bracket ``[a, b]``; which
     layers the placer covers; and the buffers every pass reuses (clear them after the passes).
-    ``wide(name)``: whether the layer's keys are int64."""
+    ``wide(name)``: whether the layer's keys are int64; ``ordered``: whether every pass puts its
+    candidates in pruning order (else those of a layer whose keys are :func:`_grouped` stay in
+    index order, for :func:`_order`)."""
     placed = {n: placer is not None and placer.covers(n) for n in names}
     buffers = {
         "inside": torch.empty(max(sizes), dtype=torch.bool, device=survey.device),
@@ -350,7 +406,7 @@ def _passer(
 
     def one_pass(name: str, size: int, lo_end: float, hi_end: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
         """The layer's sure-kept units (its mask), its candidates' keys and indices in pruning
-        order (key, then index), and its count below the bracket."""
+        order (key, then index; see ``ordered``), and its count below the bracket."""
         score = survey.produce(name).reshape(-1)
         prev = None if survey.all_kept[name] else _kept(survey.previous, name)
         sure = torch.gt(score, hi_end, out=buffers["sure"][:size]) if placed[name] else score > hi_end
@@ -364,9 +420,11 @@ def _passer(
         if size < 2**31:
             idx = idx.to(torch.int32)  # half the memory per candidate
         below_end = score.numel() - int(torch.count_nonzero(sure)) - idx.numel()
-        # a stable sort of keys taken in index order: the order in which units are pruned
-        keys, order = _sort(rank_keys(score[idx], wide=wide(name)))
-        return _place(placer, name, sure), keys, idx[order], below_end
+        keys = rank_keys(score[idx], wide=wide(name))
+        if ordered or not _grouped(keys):  # a stable sort of keys in index order: the pruning order
+            keys, order = _sort(keys)
+            idx = idx[order]
+        return _place(placer, name, sure), keys, idx, below_end
 
     return one_pass, placed, buffers
 
@@ -438,7 +496,7 @@ def _settle(
     capped = _capped(names, sizes, samples, sample_keys, pruned_before, high, a, is_wide, finer)
     del samples, sample_keys
 
-    one_pass, placed, buffers = _passer(names, sizes, survey, wide, placer)
+    one_pass, placed, buffers = _passer(names, sizes, survey, wide, placer, ordered=False)
     kept, cand_keys, cand_idx, base = {}, [], [], []
     for name, size in zip(names, sizes, strict=True):
         sure, keys, idx, below_end = one_pass(name, size, *capped.get(name, (a, b)))  # capped: its own bracket
@@ -452,6 +510,7 @@ def _settle(
             del capped[name]
             kept[name], cand_keys[i], cand_idx[i], base[i] = one_pass(name, sizes[i], a, b)
     buffers.clear()
+    _order(cand_keys, cand_idx)
 
     def bounded(counts: list[int]) -> int:
         return sum(min(max(c, lo), hi) for c, lo, hi in zip(counts, low, high, strict=True))

@@ -7,6 +7,8 @@ and the bracket, its verification and the bounded water-filling all run.
 
 from __future__ import annotations
 
+from unittest import mock
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -165,6 +167,43 @@ def test_grouped_sort_equals_sorting_each_layer(layers, group):
             assert torch.equal(g, torch.sort(k).values)
     finally:
         _fast._GROUP = 1 << 16
+
+
+@settings(deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.lists(st.integers(-3, 3), max_size=40),  # heavy ties
+            st.lists(st.integers(-(2**31), 2**31 - 1), max_size=40),  # spans too wide to share
+            st.integers(-(2**31), 2**31 - 2**12).flatmap(
+                lambda low: st.lists(st.integers(low, low + 2**12), max_size=40)),  # narrow, anywhere
+        ),
+        max_size=10,
+    ),
+    st.sampled_from([1, 8, 32, 1 << 15]),
+    st.sampled_from([torch.int32, torch.int64]),
+    st.data(),
+)
+def test_candidates_put_in_order_together_equal_sorting_each_layer(layers, group, idx_dtype, data):
+    """Candidates of several layers ordered as grouped composites equal a stable sort of each
+    layer (key, then index), down to extreme int32 keys and spans too wide to share 31 bits;
+    layers of ``_RADIX`` candidates or more (made small here) are left as their pass gave them."""
+    keys = [torch.tensor(v, dtype=torch.int32) for v in layers]
+    idx = [torch.tensor(sorted(data.draw(st.sets(st.integers(0, 10**6), min_size=len(v), max_size=len(v)))),
+                        dtype=idx_dtype) for v in layers]
+    radix = data.draw(st.sampled_from([8, 1 << 15]))
+    with mock.patch.multiple(_fast, _ORDER_GROUP=group, _RADIX=radix):
+        big = [not _fast._grouped(k) for k in keys]
+        got_keys, got_idx = list(keys), list(idx)
+        _fast._order(got_keys, got_idx)
+    for k, i, gk, gi, alone in zip(keys, idx, got_keys, got_idx, big, strict=True):
+        if alone:  # sorted by its pass: left as it is
+            assert gk is k and gi is i
+            continue
+        want = torch.sort(k, stable=True)
+        assert gk.dtype == torch.int32 and gi.dtype == idx_dtype
+        assert torch.equal(gk, want.values)
+        assert torch.equal(gi, i[want.indices])
 
 
 def test_capped_layers_with_a_small_share_of_the_sample_are_resampled_not_settled_alone(monkeypatch):
