@@ -23,7 +23,9 @@ paired (the median over rounds of the ratio within one round, steadier under dri
 
 Also: the peak extra memory of a global magnitude update beyond what ``init`` holds, in
 bytes per weight (``ru_maxrss`` in a fresh subprocess), and a scaling run (global 1x1 and
-4x1) at about 1/10, 1x and 4x the workload. Prints tables; writes
+4x1) at about 1/10, 1x and 4x the workload, each size timed round-robin with a
+``torch.mul(w, g, out=...)`` pass over the same weights (outputs allocated once), so that a
+slow spell does not pass for growth. Prints tables; writes
 ``benchmarks/results/bench_step.json``.
 """
 
@@ -40,7 +42,7 @@ import sys
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from _common import gradients, machine, median_seconds, round_robin, workload, write_json
+from _common import gradients, machine, round_robin, workload, write_json
 
 import fprune
 
@@ -114,6 +116,13 @@ def _adamw(params, grads):
 
 def _mul(params, grads):
     return lambda: [torch.mul(params[n], grads[n]) for n in params]
+
+
+def _mul_into(params, grads):
+    """``torch.mul(w, g, out=...)`` into outputs allocated once: a memory-bound pass whose time
+    is linear in the weights (a fresh output per call adds page faults that grow faster)."""
+    outs = {n: torch.empty_like(p) for n, p in params.items()}
+    return lambda: [torch.mul(params[n], grads[n], out=outs[n]) for n in params]
 
 
 def _clone(params, grads):
@@ -233,18 +242,29 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
 
     scaling = []
     if not args.no_scaling:
-        print("\nscaling (median of 3):")
+        repeats = max(5, min(args.repeats, 9))
+        print(f"\nscaling ({repeats} rounds at each size, round-robin with torch.mul(w, g, out=...) over the same"
+              " weights into outputs allocated once; x mul paired):")
         for layers in (7, 72, 288):
             p = workload(layers)
             g = gradients(p)
             n = sum(t.numel() for t in p.values())
+            fns = {pattern: _fprune_update(p, g, "global", pattern, 0.8) for pattern in ("1x1", "4x1")}
+            fns["mul"] = _mul_into(p, g)
+            at = round_robin(fns, repeats=repeats)
             for pattern in ("1x1", "4x1"):
-                median, _ = median_seconds(_fprune_update(p, g, "global", pattern, 0.8), repeats=3)
+                median = statistics.median(at[pattern])
+                x_mul = paired(at[pattern], at["mul"])
                 scaling.append(dict(layers=layers, weights=n, pattern=pattern, median_s=median,
-                                    ns_per_weight=median / n * 1e9))
-                print(f"  {n:>11,} weights, global {pattern} 80%: {median:.3f} s, {median / n * 1e9:.2f} ns/weight",
-                      flush=True)
-            del p, g
+                                    ns_per_weight=median / n * 1e9, paired_x_mul=x_mul, times_s=at[pattern],
+                                    mul_times_s=at["mul"]))
+                print(f"  {n:>11,} weights, global {pattern} 80%: {median:.3f} s, {median / n * 1e9:.2f} ns/weight, "
+                      f"{x_mul:.2f}x mul", flush=True)
+            del p, g, fns
+        for pattern in ("1x1", "4x1"):
+            one, four = (next(r for r in scaling if r["layers"] == k and r["pattern"] == pattern) for k in (72, 288))
+            print(f"  {pattern}, 1x -> 4x the weights: time {four['median_s'] / one['median_s']:.2f}x "
+                  f"(linear: 4x), x mul {one['paired_x_mul']:.2f} -> {four['paired_x_mul']:.2f}")
 
     payload = dict(machine=machine(), weights=weights, rows=rows, memory=memory, scaling=scaling,
                    command="python benchmarks/bench_step.py " + " ".join(argv or sys.argv[1:]))
