@@ -23,7 +23,7 @@ paired (the median over rounds of the ratio within one round, steadier under dri
 
 Also: the peak extra memory of a global magnitude update beyond what ``init`` holds, in
 bytes per weight (``ru_maxrss`` in a fresh subprocess), and a scaling run (global 1x1 and
-4x1) at about 1/10, 1x and 4x the workload, each size timed round-robin with a
+4x1) at about 1/10, 1x and 4x the workload (of ``--layers``), each size timed round-robin with a
 ``torch.mul(w, g, out=...)`` pass over the same weights (outputs allocated once), so that a
 slow spell does not pass for growth. Prints tables; writes
 ``benchmarks/results/bench_step.json``.
@@ -245,7 +245,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         repeats = max(5, min(args.repeats, 9))
         print(f"\nscaling ({repeats} rounds at each size, round-robin with torch.mul(w, g, out=...) over the same"
               " weights into outputs allocated once; x mul paired):")
-        for layers in (7, 72, 288):
+        sizes = (max(1, args.layers // 10), args.layers, 4 * args.layers)  # 7, 72, 288 for the workload
+        for layers in sizes:
             p = workload(layers)
             g = gradients(p)
             n = sum(t.numel() for t in p.values())
@@ -262,7 +263,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
                       f"{x_mul:.2f}x mul", flush=True)
             del p, g, fns
         for pattern in ("1x1", "4x1"):
-            one, four = (next(r for r in scaling if r["layers"] == k and r["pattern"] == pattern) for k in (72, 288))
+            one, four = (next(r for r in scaling if r["layers"] == k and r["pattern"] == pattern) for k in sizes[1:])
             print(f"  {pattern}, 1x -> 4x the weights: time {four['median_s'] / one['median_s']:.2f}x "
                   f"(linear: 4x), x mul {one['paired_x_mul']:.2f} -> {four['paired_x_mul']:.2f}")
 

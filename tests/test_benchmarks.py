@@ -1,0 +1,37 @@
+"""The step benchmark runs end to end on a tiny workload and writes what it prints."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import pathlib
+import sys
+
+BENCHMARKS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def test_bench_step_runs_and_writes_its_rows(tmp_path, capsys):
+    if str(BENCHMARKS) not in sys.path:  # the benchmark imports its helpers as a script does
+        sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location("bench_step", BENCHMARKS / "bench_step.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "step.json"
+    payload = bench.main(["--layers", "2", "--repeats", "5", "--skip-peers", "torch.nn,torch.ao", "--json", str(out)])
+    written = json.loads(out.read_text())
+    assert written["weights"] == payload["weights"] == 768 * 768 * 2
+    names = [r["name"] for r in written["rows"]]
+    assert "fprune global 4x1 80%" in names and "AdamW(foreach) step" in names
+    assert not any(n.startswith(("torch.nn", "torch.ao")) for n in names)  # skipped
+    for row in written["rows"]:
+        assert len(row["times_s"]) == 5 and min(row["times_s"]) > 0
+        assert row["paired_x_adamw"] > 0 and row["paired_x_mul"] > 0
+    assert [m["pattern"] for m in written["memory"]] == ["1x1", "4x1", "2:4"]
+    assert all(m["masks_bytes_per_weight"] == 1.0 and m["extra_bytes_per_weight"] > 0 for m in written["memory"])
+    scaling = {(r["layers"], r["pattern"]): r for r in written["scaling"]}
+    assert set(scaling) == {(k, p) for k in (1, 2, 8) for p in ("1x1", "4x1")}  # 1/10 (at least 1), 1x, 4x
+    assert [scaling[(k, "1x1")]["weights"] for k in (1, 2, 8)] == [768 * 768, 2 * 768 * 768, 14 * 768 * 768]  # 6 square, 2 of 4 squares
+    assert all(r["paired_x_mul"] > 0 and r["ns_per_weight"] > 0 for r in scaling.values())
+    printed = capsys.readouterr().out
+    assert "x AdamW" in printed and "1x -> 4x the weights" in printed
