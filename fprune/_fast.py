@@ -226,6 +226,7 @@ def _order(keys: list[torch.Tensor], idx: list[torch.Tensor]) -> None:
     candidates or more are left as they are (their pass sorted them, see :func:`_grouped`).
     """
     group: list[tuple[int, int, int]] = []  # (layer, its smallest key, its span's bit length)
+    held = 0  # the group's candidates
 
     def flush() -> None:
         if len(group) == 1:
@@ -250,10 +251,11 @@ def _order(keys: list[torch.Tensor], idx: list[torch.Tensor]) -> None:
         low, high = (int(v) for v in torch.aminmax(k))
         bits = (high - low).bit_length()
         widest = max([bits, *(b for _, _, b in group)])
-        if group and ((len(group) + 1) << widest > 2**31 or
-                      sum(keys[j].numel() for j, _, _ in group) + k.numel() > _ORDER_GROUP):
+        if group and ((len(group) + 1) << widest > 2**31 or held + k.numel() > _ORDER_GROUP):
             flush()
+            held = 0
         group.append((i, low, bits))
+        held += k.numel()
     flush()
 
 

@@ -140,17 +140,21 @@ def test_block_steps_from_earlier_masks_match_the_masks_primitive(pattern, scope
     cols=st.integers(1, 40),
     strides=st.lists(st.sampled_from([1, 2, 3, 4, 5, 8, 16, 32, 64]), min_size=1, max_size=4),
     seed=st.integers(0, 2**16),
+    transposed=st.booleans(),
 )
-def test_the_weight_sampler_reads_every_stride_th_unit_score(pattern, criterion, rows, cols, strides, seed):
+def test_the_weight_sampler_reads_every_stride_th_unit_score(pattern, criterion, rows, cols, strides, seed,
+                                                             transposed):
     """The sampler an eager step hands the selection gives the layer's unit scores at flat grid
     positions 0, stride, 2 * stride, ..., both where the stride divides a block row (one strided
     view) and where it does not (gathered): bit for bit for blocks along one axis; a block along
-    both may sum its weights in another order (the sample only places the bracket)."""
+    both may sum its weights in another order (the sample only places the bracket). ``transposed``:
+    non-contiguous gradients."""
     pat = fprune.parse_pattern(pattern)
     bn, bm = pat.block_shape((4, 4))
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(rows * bn, cols * bm, generator=g)
-    grads = {"w": torch.randn(w.shape, generator=g)}
+    grad = torch.randn(w.shape[::-1], generator=g).t() if transposed else torch.randn(w.shape, generator=g)
+    grads = {"w": grad}
     prune = fprune.pruner(0.5, pattern=pattern, criterion=criterion)
     seen = {}
 
