@@ -177,9 +177,10 @@ def _sorted(keys: list[torch.Tensor]) -> list[torch.Tensor]:
     comparisons, several times slower per key. So int32 keys of consecutive small layers are
     sorted together, ``_GROUP`` or more at a time, as int64 composites with the layer's place
     in the group in the high half (layer-major order, each layer's keys ascending), and split
-    back; a layer of ``_GROUP`` keys or more is sorted alone. Used for the sample; the
-    candidates are sorted one layer at a time, since their sorts run while the new masks are
-    held, where a group's buffers would raise the peak memory.
+    back; a layer of ``_GROUP`` keys or more is sorted alone. Used for the sample, whose keys
+    span the whole score range; the candidates' keys span their bracket only, and
+    :func:`_order` sorts them in smaller int32 groups (their sorts run while the new masks are
+    held, where int64 groups of this size raised the peak memory).
     """
     if not keys or keys[0].dtype != torch.int32:
         return [_sort(k)[0] for k in keys]
