@@ -23,9 +23,13 @@ paired (the median over rounds of the ratio within one round, steadier under dri
 
 Also: the peak extra memory of a global magnitude update beyond what ``init`` holds, in
 bytes per weight (``ru_maxrss`` in a fresh subprocess), and a scaling run (global 1x1 and
-4x1) at about 1/10, 1x and 4x the workload (of ``--layers``), each size timed round-robin with a
-``torch.mul(w, g, out=...)`` pass over the same weights (outputs allocated once), so that a
-slow spell does not pass for growth. Prints tables; writes
+4x1) at about 1/10, 1x and 4x the workload (of ``--layers``). Each size runs in a fresh
+process, timed round-robin with a ``torch.mul(w, g, out=...)`` pass over the same weights
+(outputs allocated once), so that a slow spell does not pass for growth, and counting the
+minor page faults of each call; once with the C allocator as the environment sets it, and
+once with glibc told to keep freed memory (``GLIBC_TUNABLES``, see ``KEEP_FREED``), so that
+growth from the work is told apart from pages faulted in when the allocator returned the
+previous step's masks to the system. Prints tables; writes
 ``benchmarks/results/bench_step.json``.
 """
 
@@ -33,11 +37,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import resource
 import statistics
 import subprocess
 import sys
+from typing import Any
 
 import torch
 
@@ -125,6 +131,16 @@ def _mul_into(params, grads):
     return lambda: [torch.mul(params[n], grads[n], out=outs[n]) for n in params]
 
 
+def _faults(fn, sink: list[int]):
+    """``fn``, appending the minor page faults of each call to ``sink`` (the warm-up call too)."""
+    def run():
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        out = fn()
+        sink.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+        return out
+    return run
+
+
 def _clone(params, grads):
     return lambda: [p.clone() for p in params.values()]
 
@@ -176,6 +192,35 @@ def _memory(layers: int, pattern: str, scope: str) -> dict[str, object]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+# glibc keeps freed memory (no trimming, no mmap below 32 MiB): no call faults in fresh pages
+KEEP_FREED = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=4294967296"
+ALLOCATORS = {"as set": None, "glibc keeping freed memory": KEEP_FREED}
+SCALING_PATTERNS = ("1x1", "4x1")
+
+
+def scaling_child(layers: int, repeats: int) -> None:
+    """In a fresh process: global 1x1 and 4x1 updates at 80% on ``workload(layers)``, round-robin
+    with a ``torch.mul(w, g, out=...)`` pass; each call's time and minor page faults."""
+    torch.set_num_threads(2)
+    params = workload(layers)
+    grads = gradients(params)
+    fns = {pattern: _fprune_update(params, grads, "global", pattern, 0.8) for pattern in SCALING_PATTERNS}
+    fns["mul"] = _mul_into(params, grads)
+    faults: dict[str, list[int]] = {name: [] for name in fns}
+    times = round_robin({name: _faults(fn, faults[name]) for name, fn in fns.items()}, repeats=repeats)
+    weights = sum(p.numel() for p in params.values())
+    print(json.dumps(dict(weights=weights, times_s=times, minor_faults={k: v[1:] for k, v in faults.items()})))
+
+
+def _scaling(layers: int, repeats: int, tunables: str | None) -> dict[str, Any]:
+    env = dict(os.environ)
+    if tunables is not None:
+        env["GLIBC_TUNABLES"] = tunables
+    out = subprocess.run([sys.executable, __file__, "--scaling-child", str(layers), str(repeats)],
+                         check=True, capture_output=True, text=True, env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main(argv: list[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -184,9 +229,13 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--no-scaling", action="store_true")
     parser.add_argument("--json", default=None)
     parser.add_argument("--memory-child", nargs=3, metavar=("LAYERS", "PATTERN", "SCOPE"), help=argparse.SUPPRESS)
+    parser.add_argument("--scaling-child", nargs=2, type=int, metavar=("LAYERS", "REPEATS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.memory_child:
         memory_child(int(args.memory_child[0]), args.memory_child[1], args.memory_child[2])
+        return {}
+    if args.scaling_child:
+        scaling_child(*args.scaling_child)
         return {}
     torch.set_num_threads(2)
     # first, while this process is small (see memory_child)
@@ -240,32 +289,35 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         print(f"  {m['pattern']}: {m['extra_bytes_per_weight']:.3f} bytes/weight "
               f"(of which the new masks: {m['masks_bytes_per_weight']:.3f})")
 
-    scaling = []
+    del calls  # the rows' states (AdamW's moments, the peers' modules) are freed before the children run
+    scaling: list[dict[str, Any]] = []
     if not args.no_scaling:
         repeats = max(5, min(args.repeats, 9))
-        print(f"\nscaling ({repeats} rounds at each size, round-robin with torch.mul(w, g, out=...) over the same"
-              " weights into outputs allocated once; x mul paired):")
         sizes = (max(1, args.layers // 10), args.layers, 4 * args.layers)  # 7, 72, 288 for the workload
-        for layers in sizes:
-            p = workload(layers)
-            g = gradients(p)
-            n = sum(t.numel() for t in p.values())
-            fns = {pattern: _fprune_update(p, g, "global", pattern, 0.8) for pattern in ("1x1", "4x1")}
-            fns["mul"] = _mul_into(p, g)
-            at = round_robin(fns, repeats=repeats)
-            for pattern in ("1x1", "4x1"):
-                median = statistics.median(at[pattern])
-                x_mul = paired(at[pattern], at["mul"])
-                scaling.append(dict(layers=layers, weights=n, pattern=pattern, median_s=median,
-                                    ns_per_weight=median / n * 1e9, paired_x_mul=x_mul, times_s=at[pattern],
-                                    mul_times_s=at["mul"]))
-                print(f"  {n:>11,} weights, global {pattern} 80%: {median:.3f} s, {median / n * 1e9:.2f} ns/weight, "
-                      f"{x_mul:.2f}x mul", flush=True)
-            del p, g, fns
-        for pattern in ("1x1", "4x1"):
-            one, four = (next(r for r in scaling if r["layers"] == k and r["pattern"] == pattern) for k in sizes[1:])
-            print(f"  {pattern}, 1x -> 4x the weights: time {four['median_s'] / one['median_s']:.2f}x "
-                  f"(linear: 4x), x mul {one['paired_x_mul']:.2f} -> {four['paired_x_mul']:.2f}")
+        print(f"\nscaling (each size in a fresh process, {repeats} rounds round-robin with torch.mul(w, g, out=...)"
+              " over the same weights into outputs allocated once; x mul paired; medians):")
+        for allocator, tunables in ALLOCATORS.items():
+            print(f"  C allocator {allocator}" + (f" (GLIBC_TUNABLES={tunables})" if tunables else "") + ":")
+            for layers in sizes:
+                child = _scaling(layers, repeats, tunables)
+                n, at, faults = child["weights"], child["times_s"], child["minor_faults"]
+                for pattern in SCALING_PATTERNS:
+                    median = statistics.median(at[pattern])
+                    x_mul = paired(at[pattern], at["mul"])
+                    minflt = statistics.median(faults[pattern])
+                    scaling.append(dict(allocator=allocator, layers=layers, weights=n, pattern=pattern,
+                                        median_s=median, ns_per_weight=median / n * 1e9, paired_x_mul=x_mul,
+                                        times_s=at[pattern], mul_times_s=at["mul"], minor_faults=faults[pattern]))
+                    print(f"    {n:>11,} weights, global {pattern} 80%: {median:.3f} s, {median / n * 1e9:.2f} ns/weight,"
+                          f" {x_mul:.2f}x mul, {minflt:,.0f} page faults a call", flush=True)
+                print(f"    {n:>11,} weights, the mul pass: {statistics.median(at['mul']):.3f} s", flush=True)
+            for pattern in SCALING_PATTERNS:
+                one, four = (next(r for r in scaling if r["allocator"] == allocator and r["layers"] == k
+                                  and r["pattern"] == pattern) for k in sizes[1:])
+                growth = four["median_s"] / one["median_s"]
+                mul_growth = statistics.median(four["mul_times_s"]) / statistics.median(one["mul_times_s"])
+                print(f"    {pattern}, 1x -> 4x the weights: time {growth:.2f}x (linear: 4x; the mul pass "
+                      f"{mul_growth:.2f}x), x mul {one['paired_x_mul']:.2f} -> {four['paired_x_mul']:.2f}")
 
     payload = dict(machine=machine(), weights=weights, rows=rows, memory=memory, scaling=scaling,
                    command="python benchmarks/bench_step.py " + " ".join(argv or sys.argv[1:]))

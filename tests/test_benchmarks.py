@@ -29,9 +29,16 @@ def test_bench_step_runs_and_writes_its_rows(tmp_path, capsys):
         assert row["paired_x_adamw"] > 0 and row["paired_x_mul"] > 0
     assert [m["pattern"] for m in written["memory"]] == ["1x1", "4x1", "2:4"]
     assert all(m["masks_bytes_per_weight"] == 1.0 and m["extra_bytes_per_weight"] > 0 for m in written["memory"])
-    scaling = {(r["layers"], r["pattern"]): r for r in written["scaling"]}
-    assert set(scaling) == {(k, p) for k in (1, 2, 8) for p in ("1x1", "4x1")}  # 1/10 (at least 1), 1x, 4x
-    assert [scaling[(k, "1x1")]["weights"] for k in (1, 2, 8)] == [768 * 768, 2 * 768 * 768, 14 * 768 * 768]  # 6 square, 2 of 4 squares
-    assert all(r["paired_x_mul"] > 0 and r["ns_per_weight"] > 0 for r in scaling.values())
+    scaling = {(r["allocator"], r["layers"], r["pattern"]): r for r in written["scaling"]}
+    allocators = ("as set", "glibc keeping freed memory")
+    # each allocator setting at 1/10 (at least 1), 1x and 4x the layers
+    assert set(scaling) == {(a, k, p) for a in allocators for k in (1, 2, 8) for p in ("1x1", "4x1")}
+    for a in allocators:  # 6 square, 2 of 4 squares
+        assert [scaling[(a, k, "1x1")]["weights"] for k in (1, 2, 8)] == [768 * 768, 2 * 768 * 768, 14 * 768 * 768]
+    for r in scaling.values():
+        assert r["paired_x_mul"] > 0 and r["ns_per_weight"] > 0
+        assert len(r["times_s"]) == len(r["mul_times_s"]) == len(r["minor_faults"]) == 5  # less the warm-up
+        assert all(f >= 0 for f in r["minor_faults"])
     printed = capsys.readouterr().out
-    assert "x AdamW" in printed and "1x -> 4x the weights" in printed
+    assert "x AdamW" in printed and printed.count("1x -> 4x the weights") == 4  # 2 patterns, 2 allocators
+    assert "GLIBC_TUNABLES=" in printed and "page faults a call" in printed
