@@ -29,6 +29,7 @@ def small_sample(monkeypatch):
     monkeypatch.setattr(_fast, "_SAMPLE", 16)
     monkeypatch.setattr(_fast, "_ALONE_SAMPLE", 8)  # a layer on its own, and the least in local scope
     monkeypatch.setattr(_fast, "_LOCAL_SAMPLE", 8)
+    monkeypatch.setattr(_fast, "_COMPARE_CHUNK", 7)  # the passes compare across chunk boundaries
 
 
 def _run(scores, previous, **kw):
@@ -116,6 +117,28 @@ def test_indices_equal_nonzero(size, density, offset, seed):
     mask = torch.rand(size + offset, generator=torch.Generator().manual_seed(seed)) < density
     view = mask[offset:]
     assert torch.equal(_indices(view), view.nonzero().squeeze(1))
+
+
+@given(st.integers(0, 40), st.data())
+def test_comparing_through_a_buffer_equals_comparing_into_bool(size, data):
+    """Chunk by chunk through a float buffer of the scores' dtype: ``score > hi`` and
+    ``lo <= score <= hi`` as bool comparisons give them, with NaN, infinities, signed zeros and
+    subnormals, brackets from the scores themselves (ties at both ends) or open below."""
+    from fprune._fast import _compare_into
+
+    score = data.draw(strategies.tensors((size,)))
+    pool = [*score.tolist(), -0.0, 0.0, 1e-40]
+    lo = data.draw(st.sampled_from([*pool, -float("inf")]))
+    hi = data.draw(st.sampled_from([v for v in pool if v == v]).filter(lambda v: v >= lo)) if lo == lo else lo
+    if not lo <= hi:
+        hi = lo = -float("inf")
+    chunk = data.draw(st.integers(1, max(size, 1) + 3))
+    buf = torch.full((chunk,), 7.0, dtype=score.dtype)  # stale values must not leak through
+    sure = torch.zeros(size, dtype=torch.bool)
+    inside = torch.ones(size, dtype=torch.bool)
+    _compare_into(sure, inside, score, lo, hi, buf)
+    assert torch.equal(sure, score > hi)
+    assert torch.equal(inside, (score >= lo) & (score <= hi))
 
 
 def test_all_true_reads_bytes_as_bools():
