@@ -184,19 +184,30 @@ def snip_momentum(
         grads = _grads(func, params, grads)
         term = _term(params, grads)
         _errors.same_shapes(func, "aux", aux, "scores", term)
-        new = {n: _fold(momentum * aux[n].to(t.dtype), t).to(aux[n].dtype) for n, t in term.items()}
+        new = {n: _fold(momentum, aux[n], t) for n, t in term.items()}
         return new, new
 
     return Criterion(init, update, needs_grads=True)
 
 
-def _fold(decayed: torch.Tensor, term: torch.Tensor) -> torch.Tensor:
-    """``decayed + term``. In eager calls it is added into ``term`` (a fresh tensor) in place:
-    the same rounding, one allocation fewer. Under vmap the accumulator may be batched while
-    the term is not (a sweep over targets on shared weights), so there it is out of place."""
-    if _trace.tracing(decayed) or _trace.tracing(term):
-        return decayed + term
-    return term.add_(decayed)
+def _fold(momentum: float, acc: torch.Tensor, term: torch.Tensor) -> torch.Tensor:
+    """``momentum * acc + term`` in the term's dtype, each operation rounded as written (INC's
+    two), returned in the accumulator's dtype.
+
+    Eager, with both in float32 or float64, it is folded into ``term`` (a fresh tensor) in
+    place, as ``term + momentum * acc * 1`` (``addcmul_`` with a broadcast one): the product
+    by one is exact, so the rounding is the same (a fused multiply-add would round once and
+    differ); one pass and no fresh tensor for the decayed accumulator. Under vmap the
+    accumulator may be batched while the term is not (a sweep over targets on shared
+    weights), so there it is out of place.
+    """
+    if _trace.tracing(acc) or _trace.tracing(term):
+        decayed = momentum * acc.to(term.dtype)
+        return (decayed + term).to(acc.dtype)
+    if acc.dtype == term.dtype and term.dtype in (torch.float32, torch.float64):
+        return term.addcmul_(acc, torch.ones((), dtype=term.dtype, device=term.device), value=momentum)
+    # an accumulator of another dtype (bfloat16 with low_memory_usage): widened, then back
+    return term.add_(momentum * acc.to(term.dtype)).to(acc.dtype)
 
 
 def _reducing(pattern: Pattern, param: torch.Tensor) -> bool:

@@ -47,6 +47,38 @@ def test_snip_momentum_accumulates_elementwise(pg, steps):
         torch.testing.assert_close(scores[n], expected[n], rtol=1e-12, atol=0)
 
 
+def _sprinkled(shape, dtype, seed, specials):
+    """Normal values at random scales (every mantissa bit in play), with specials in place."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=gen, dtype=torch.float64) * 10.0 ** torch.randint(-3, 4, shape, generator=gen)
+    flat = x.reshape(-1)
+    for i, v in specials:
+        flat[i % flat.numel()] = v
+    return x.to(dtype)
+
+
+@given(st.sampled_from([None, "4x1", "1x2"]), st.sampled_from([torch.float32, torch.float64, torch.bfloat16]),
+       st.sampled_from([0.9, 0.0, 1.0, 0.37]), st.integers(0, 2**16),
+       st.lists(st.tuples(st.integers(0, 10**4), st.sampled_from(strategies.SPECIALS)), max_size=6))
+def test_snip_momentum_rounds_the_decay_and_the_sum_apart(pattern, acc_dtype, momentum, seed, specials):
+    """``S <- momentum * S + R(|w * g|)`` bit for bit with the two operations rounded apart
+    (as INC's ``0.9 * S + score``), not fused into one rounding, in each accumulator dtype,
+    with infinities, NaN and signed zeros placed anywhere in the weights and accumulators."""
+    shape = (64, 48)  # past the vectorized loops' widths, so their arithmetic is what is checked
+    params = {"w": _sprinkled(shape, torch.float32, seed, specials)}
+    grads = {"w": _sprinkled(shape, torch.float32, seed + 1, specials[::2])}
+    crit = fprune.snip_momentum(pattern=pattern, momentum=momentum, dtype=acc_dtype)
+    acc_shape = tuple(crit.init(params)["w"].shape)
+    aux = {"w": _sprinkled(acc_shape, acc_dtype, seed + 2, specials[1::2])}
+    before = aux["w"].clone()
+    scores, new = crit.update(aux, params, grads)
+    prod = (params["w"] * grads["w"]).abs()
+    term = prod if pattern is None else block_scores({"w": prod}, pattern=pattern)["w"]
+    decayed = momentum * before.to(torch.float32)  # rounded on its own
+    assert same_bits(new, {"w": (decayed + term).to(acc_dtype)}) and same_bits(scores, new)
+    assert same_bits(aux, {"w": before})  # pure: the old accumulator is untouched
+
+
 @given(st.sampled_from(["4x1", "2x2", "channelx1", "1xchannel"]).flatmap(
     lambda p: st.tuples(st.just(p), params_and_grads(p))), st.sampled_from(["mean", "sum"]))
 def test_block_snip_momentum_equals_reducing_the_elementwise_accumulator(case, reduce):
