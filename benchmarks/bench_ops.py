@@ -12,7 +12,7 @@ import argparse
 import torch
 from _common import median_seconds
 
-from fprune._fast import _indices, all_true
+from fprune._fast import _COMPARE_CHUNK, _compare_into, _indices, all_true
 
 
 def _ns_per_element(fn, n: int, repeats: int) -> float:
@@ -31,12 +31,23 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ranks = torch.randint(0, 4, (n,), dtype=torch.uint8, generator=gen)
     mask = torch.ones(n, dtype=torch.bool)
     sparse = torch.rand(n, generator=gen) < 0.01
+    sure, inside = torch.empty(n, dtype=torch.bool), torch.empty(n, dtype=torch.bool)
+    buf, fout = torch.empty(_COMPARE_CHUNK), torch.empty(n)
+
+    def bracket_into_bool() -> None:  # the pass's two comparisons as bool comparisons
+        torch.gt(x, 0.5, out=sure)
+        torch.ge(x, 0.49, out=inside)
+        inside.__ixor__(sure)
     rows = {
         "uint8 subtraction (ranks - 2)": lambda: ranks - 2,
         "uint8 rank < 2 as (ranks - 2) >> 7": lambda: ((ranks - 2) >> 7).view(torch.bool),
         "uint8 rank < 2 by comparison": lambda: ranks < 2,
         "int32 keys compared (a <= b)": lambda: kx <= ky,
         "float32 compared with a scalar (x > 0.5)": lambda: x > 0.5,
+        "the same, written as float32 (0 or 1)": lambda: torch.gt(x, 0.5, out=fout),
+        "float32 (0 or 1) copied to bool": lambda: sure.copy_(fout),
+        "bracket (x > b, a <= x <= b) into bool": bracket_into_bool,
+        "the same through a float buffer (_compare_into)": lambda: _compare_into(sure, inside, x, 0.49, 0.5, buf),
         "float32 abs": lambda: torch.abs(x),
         "int32 aminmax (read only)": lambda: torch.aminmax(kx),
         "bool Tensor.all()": lambda: bool(mask.all()),
