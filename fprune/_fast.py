@@ -112,21 +112,27 @@ _COMPARE_CHUNK = 1 << 19  # scores compared at a time through a buffer of their 
 
 
 def _compare_into(
-    sure: torch.Tensor, inside: torch.Tensor, score: torch.Tensor, lo_end: float, hi_end: float, buf: torch.Tensor
+    sure: torch.Tensor, inside: torch.Tensor, score: torch.Tensor, lo_end: float, hi_end: float,
+    buf: torch.Tensor | None,
 ) -> None:
     """``sure = score > hi_end`` and ``inside = lo_end <= score <= hi_end`` (bool, flat).
 
     A comparison writing bool runs a scalar loop on the CPU; written in the scores' own
-    floating dtype (0 or 1) it is vectorized, and the copy to bool is cheap. So each chunk of
-    ``buf.numel()`` scores is compared into ``buf`` (which stays in cache) and copied: about
-    2.5 times as fast as comparing into bool. NaN fails both comparisons, as before.
+    floating dtype (0 or 1) it is vectorized, and the copy to bool is cheap. So with ``buf``
+    (of the scores' dtype; for contiguous scores: on strided ones the bool kernels are
+    faster) each chunk of ``buf.numel()`` scores is compared into it (it stays in cache) and
+    copied: about 2.5 times as fast as comparing into bool. NaN fails both comparisons.
     """
-    step = buf.numel()
-    for start in range(0, score.numel(), step):
-        end = min(start + step, score.numel())
-        part, out = score[start:end], buf[: end - start]
-        sure[start:end].copy_(torch.gt(part, hi_end, out=out))
-        inside[start:end].copy_(torch.ge(part, lo_end, out=out))
+    if buf is None:
+        torch.gt(score, hi_end, out=sure)
+        torch.ge(score, lo_end, out=inside)
+    else:
+        step = buf.numel()
+        for start in range(0, score.numel(), step):
+            end = min(start + step, score.numel())
+            part, out = score[start:end], buf[: end - start]
+            sure[start:end].copy_(torch.gt(part, hi_end, out=out))
+            inside[start:end].copy_(torch.ge(part, lo_end, out=out))
     inside ^= sure  # lo <= score <= hi: score > hi implies score >= lo (lo <= hi, NaN in neither)
 
 
@@ -429,7 +435,9 @@ def _passer(
         "sure": torch.empty(max(sizes) if any(placed.values()) else 0, dtype=torch.bool, device=survey.device),
     }
 
-    def compare_buffer(score: torch.Tensor) -> torch.Tensor:  # one per score dtype, made on first use
+    def compare_buffer(score: torch.Tensor) -> torch.Tensor | None:  # see _compare_into; one per dtype
+        if not (score.is_floating_point() and score.is_contiguous()):
+            return None
         key = f"compare {score.dtype}"
         if key not in buffers:
             buffers[key] = torch.empty(min(max(sizes), _COMPARE_CHUNK), dtype=score.dtype, device=score.device)
@@ -442,12 +450,7 @@ def _passer(
         prev = None if survey.all_kept[name] else _kept(survey.previous, name)
         sure = buffers["sure"][:size] if placed[name] else torch.empty(size, dtype=torch.bool, device=score.device)
         inside = buffers["inside"][:size]
-        if score.is_floating_point() and score.is_contiguous():  # (strided, the bool kernels are faster)
-            _compare_into(sure, inside, score, lo_end, hi_end, compare_buffer(score))
-        else:
-            torch.gt(score, hi_end, out=sure)
-            torch.ge(score, lo_end, out=inside)
-            inside ^= sure
+        _compare_into(sure, inside, score, lo_end, hi_end, compare_buffer(score))
         if prev is not None:
             sure &= prev
             inside &= prev

@@ -132,8 +132,8 @@ def test_comparing_through_a_buffer_equals_comparing_into_bool(size, data):
     hi = data.draw(st.sampled_from([v for v in pool if v == v]).filter(lambda v: v >= lo)) if lo == lo else lo
     if not lo <= hi:
         hi = lo = -float("inf")
-    chunk = data.draw(st.integers(1, max(size, 1) + 3))
-    buf = torch.full((chunk,), 7.0, dtype=score.dtype)  # stale values must not leak through
+    chunk = data.draw(st.integers(0, max(size, 1) + 3))  # 0: no buffer, bool comparisons
+    buf = torch.full((chunk,), 7.0, dtype=score.dtype) if chunk else None  # stale values must not leak
     sure = torch.zeros(size, dtype=torch.bool)
     inside = torch.ones(size, dtype=torch.bool)
     _compare_into(sure, inside, score, lo, hi, buf)
