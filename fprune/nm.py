@@ -11,6 +11,7 @@ converted) and keeps them pruned.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 
 import torch
@@ -72,6 +73,61 @@ def _ranks(keys: torch.Tensor, inplace: bool) -> list[torch.Tensor]:
     return [r for r in ranks if r is not None]  # every one was created (m >= 2)
 
 
+_WORDS = {4: torch.int32}  # m byte-sized ranks packed in one integer (m = 2 and 8 measured slower)
+_OFFSET = 64  # a packed byte holds rank + 64 - n, so bit 6 is set exactly when rank >= n
+_CHUNK = 1 << 18  # groups packed at a time: their columns stay in cache between comparisons
+
+
+def _packs(keys: torch.Tensor, m: int) -> bool:
+    """Whether an eager group of ``m`` is ranked into packed words (:func:`_packed_ranks`):
+    ``m`` has a word (4) and bytes sit in a word in little-endian order."""
+    return m in _WORDS and sys.byteorder == "little" and not tracing(keys)
+
+
+def _packed_ranks(keys: torch.Tensor, n: int) -> torch.Tensor:
+    """Each group's ranks (as :func:`_ranks`) packed in one integer per group: byte ``i`` of
+    the word is ``rank_i + 64 - n``, so the word's memory is the ``[groups, m]`` rank bytes.
+
+    The word is linear in the comparisons: ``sum_i (m - 1 - i + 64 - n) 256^i`` plus
+    ``first_ij (256^j - 256^i)`` for each pair ``i < j``. While the sum is built, byte ``i``
+    is ``m - 1 - i`` less some of its ``m - 1 - i`` later pairs plus some of its ``i``
+    earlier ones, so it stays in ``[64 - n, 63 - n + m]``: no carry or borrow crosses a
+    byte and the top byte's sign bit stays clear. Each comparison and add is one vectorized
+    pass over contiguous columns, written as integers (a comparison writing bool runs a
+    scalar loop on the CPU), and no rank is interleaved afterwards. ``keys`` is
+    ``[groups, m]``, eager.
+    """
+    groups, m = keys.shape
+    word = torch.empty(groups, dtype=_WORDS[m], device=keys.device)
+    base = sum((m - 1 - i + _OFFSET - n) << 8 * i for i in range(m))
+    chunk = min(_CHUNK, groups)
+    cols = torch.empty(m, chunk, dtype=keys.dtype, device=keys.device)
+    first = torch.empty(chunk, dtype=word.dtype, device=keys.device)
+    for start in range(0, groups, chunk):
+        size = min(chunk, groups - start)
+        part, w, f = cols[:, :size], word[start:start + size], first[:size]
+        for i in range(m):  # one strided copy per column, then contiguous work
+            part[i].copy_(keys[start:start + size, i])
+        w.fill_(base)
+        for i in range(m):
+            for j in range(i + 1, m):
+                torch.le(part[i], part[j], out=f)  # i before j: ties rank the lower index first
+                w.add_(f, alpha=(1 << 8 * j) - (1 << 8 * i))
+    return word
+
+
+def _packed_at_least(word: torch.Tensor, n_bytes: int, *, flip: bool, inplace: bool) -> torch.Tensor:
+    """``rank >= n`` per byte of packed ranks, as a bool ``[groups, m]`` (or ``rank < n``
+    with ``flip``): bit 6 of each byte, moved to bit 0 by one shift (in ``word`` itself
+    with ``inplace``)."""
+    ones = sum(1 << 8 * i for i in range(n_bytes))
+    shift = _OFFSET.bit_length() - 1
+    bits = (word.bitwise_right_shift_(shift) if inplace else word >> shift).bitwise_and_(ones)
+    if flip:
+        bits.bitwise_xor_(ones)
+    return bits.view(torch.uint8).view(-1, n_bytes).view(torch.bool)
+
+
 def _halves(n: int, m: int) -> int | None:
     """``log2(n)`` when ranks below ``m`` are at least ``n`` exactly when that bit is set, so
     one shift answers: ``n`` a power of two and ``m <= 2n`` (1:2, 2:4, 4:8 ...); else None."""
@@ -124,22 +180,36 @@ def within_groups(
         low = torch.zeros_like(keys, dtype=torch.bool).scatter(-1, order, True)
         score = None if reduce is None else _group_score(values.gather(-1, order), reduce)
         return ~low if complement else low, score
-    ranks = _ranks(keys, inplace=not tracing(view))
-    del keys
-    shift = None if tracing(view) else _halves(n, m)
-    if shift is not None:  # interleave the ranks, then one in-place shift (and flip) over them all
-        low = torch.stack(ranks, dim=-1).bitwise_right_shift_(shift)
-        low = (low if complement else low.bitwise_xor_(1)).view(torch.bool)
+    if _packs(keys, m):
+        word = _packed_ranks(keys.reshape(-1, m), n)
+        del keys
+        low = _packed_at_least(word, m, flip=not complement, inplace=reduce is None).view(rows, cols // m, m)
+        if reduce is None:
+            return low, None
+        packed = word.view(torch.uint8).view(rows, cols // m, m)
+
+        def is_rank(i: int, k: int) -> torch.Tensor:
+            return packed[..., i] == k + _OFFSET - n
     else:
-        low = torch.stack([(_at_least if complement else _below)(r, n) for r in ranks], dim=-1)
-    if reduce is None:
-        return low, None
+        ranks = _ranks(keys, inplace=not tracing(view))
+        del keys
+        shift = None if tracing(view) else _halves(n, m)
+        if shift is not None:  # interleave the ranks, then one in-place shift (and flip) over them all
+            low = torch.stack(ranks, dim=-1).bitwise_right_shift_(shift)
+            low = (low if complement else low.bitwise_xor_(1)).view(torch.bool)
+        else:
+            low = torch.stack([(_at_least if complement else _below)(r, n) for r in ranks], dim=-1)
+        if reduce is None:
+            return low, None
+
+        def is_rank(i: int, k: int) -> torch.Tensor:
+            return ranks[i] == k
     cols_v = values.unbind(-1)
     lowest = []
     for k in range(n):  # the value at rank k, picked (not summed), so it is bit for bit the same
         picked = cols_v[m - 1]
         for i in range(m - 2, -1, -1):
-            picked = torch.where(ranks[i] == k, cols_v[i], picked)
+            picked = torch.where(is_rank(i, k), cols_v[i], picked)
         lowest.append(picked)
     return low, _group_score(torch.stack(lowest, dim=-1), reduce)
 

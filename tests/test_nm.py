@@ -12,6 +12,14 @@ from tests import reference, strategies
 from tests.strategies import same_bits
 
 
+@pytest.fixture(autouse=True)
+def small_chunks(monkeypatch):
+    """Packed ranking takes 3 groups at a time, so every test crosses chunk boundaries."""
+    from fprune import nm
+
+    monkeypatch.setattr(nm, "_CHUNK", 3)
+
+
 def group_pruned(mask: torch.Tensor, m: int) -> torch.Tensor:
     view = to_2d(mask)
     return (~view).reshape(view.shape[0], -1, m).sum(dim=-1)
@@ -151,6 +159,57 @@ def test_nm_masks_at_full_conversion_skip_selection_exactly(case, scope, data):
         nm._every_group = saved
     assert same_bits(got, want)
     assert same_bits(got, reference.nm_masks(views, pattern.n, pattern.m, pattern.max_sparsity, scope, previous=previous))
+
+
+int32_keys = st.one_of(
+    st.integers(-3, 3),  # heavy ties
+    st.sampled_from([-(2**31), -(2**31) + 1, 2**31 - 1, 0x7F800000, 0]),  # the ends and +inf's bits
+    st.integers(-(2**31), 2**31 - 1),
+)
+
+
+@given(st.integers(1, 7), st.data())
+def test_packed_ranks_equal_the_pairwise_ranks(n_groups, data):
+    """The packed word's byte i is rank_i + 64 - n, for every N below M = 4, any chunking
+    and any int32 keys (ties, both ends); its bit 6 per byte answers rank >= n."""
+    from fprune import nm
+
+    keys = torch.tensor(data.draw(st.lists(int32_keys, min_size=4 * n_groups, max_size=4 * n_groups)),
+                        dtype=torch.int32).reshape(n_groups, 4)
+    ranks = torch.stack(nm._ranks(keys[None], inplace=True), dim=-1)[0]
+    assert torch.equal(ranks.sort(dim=-1).values, torch.arange(4, dtype=torch.uint8).expand(n_groups, 4))
+    for n in range(1, 4):
+        word = nm._packed_ranks(keys, n)
+        assert word.dtype == torch.int32 and word.shape == (n_groups,)
+        assert torch.equal(word.view(torch.uint8).view(n_groups, 4).int() - (64 - n), ranks.int())
+        for flip in (False, True):
+            got = nm._packed_at_least(word, 4, flip=flip, inplace=False)
+            assert torch.equal(got, ranks < n if flip else ranks >= n)
+
+
+@given(nm_case(), st.sampled_from([None, "mean", "max"]), st.booleans(), st.data())
+def test_packed_and_interleaved_rankings_agree(case, reduce, complement, data):
+    """Eager groups of 4 are ranked into packed words; other eager groups (and traced ones)
+    interleave per-position ranks. Forced onto one path, a 4-group layer gives the same
+    masks and bit-identical group scores on the other."""
+    from fprune import nm
+
+    pattern, scores, _ = case
+    for view in (to_2d(s) for s in scores.values()):
+        seed = data.draw(st.one_of(st.none(), st.integers(0, 2**16)))
+        pruned = None if seed is None else torch.rand(view.shape, generator=torch.Generator().manual_seed(seed)) < 0.3
+        kwargs = dict(pruned=pruned, reduce=reduce, complement=complement)
+        low, score = nm.within_groups(view, pattern, **kwargs)
+        saved = nm._packs
+        nm._packs = lambda keys, m: False
+        try:
+            want_low, want_score = nm.within_groups(view, pattern, **kwargs)
+        finally:
+            nm._packs = saved
+        assert torch.equal(low, want_low)
+        assert (score is None) == (want_score is None) == (reduce is None)
+        if score is not None:
+            assert same_bits({"s": score}, {"s": want_score})
 
 
 def test_below_and_at_least_compare_every_rank():
