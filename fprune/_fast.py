@@ -100,9 +100,10 @@ def _indices(mask: torch.Tensor) -> torch.Tensor:
     head = n - n % 8
     if head == 0 or mask.storage_offset() % 8:
         return mask.nonzero().squeeze(1)
-    words = torch.nonzero(mask[:head].view(torch.int64)).squeeze(1)
-    where = mask[:head].view(-1, 8)[words].nonzero()
-    idx = words[where[:, 0]] * 8 + where[:, 1]
+    packed = mask[:head].view(torch.int64)
+    words = torch.nonzero(packed).squeeze(1)
+    word, byte = packed.index_select(0, words).view(torch.uint8).view(-1, 8).nonzero().unbind(1)
+    idx = words.index_select(0, word).mul_(8).add_(byte)
     if head < n:
         idx = torch.cat([idx, mask[head:].nonzero().squeeze(1) + head])
     return idx
@@ -261,13 +262,13 @@ def _order(keys: list[torch.Tensor], idx: list[torch.Tensor]) -> None:
         if len(group) == 1:
             (i, _, _), = group
             keys[i], order = _sort(keys[i])
-            idx[i] = idx[i][order]
+            idx[i] = idx[i].index_select(0, order)
         elif group:
             bits = max(b for _, _, b in group)
             composite = torch.cat([keys[i].sub(low).add_(place << bits) for place, (i, low, _) in enumerate(group)])
             values, order = _sort(composite)
             del composite
-            moved = torch.cat([idx[i] for i, _, _ in group])[order]
+            moved = torch.cat([idx[i] for i, _, _ in group]).index_select(0, order)
             sizes = [keys[i].numel() for i, _, _ in group]
             for place, ((i, low, _), v, m) in enumerate(zip(group, values.split(sizes), moved.split(sizes),
                                                             strict=True)):
@@ -458,10 +459,10 @@ def _passer(
         if size < 2**31:
             idx = idx.to(torch.int32)  # half the memory per candidate
         below_end = score.numel() - int(torch.count_nonzero(sure)) - idx.numel()
-        keys = rank_keys(score[idx], wide=wide(name))
+        keys = rank_keys(score.index_select(0, idx), wide=wide(name))
         if ordered or not _grouped(keys):  # a stable sort of keys in index order: the pruning order
             keys, order = _sort(keys)
-            idx = idx[order]
+            idx = idx.index_select(0, order)
         return _place(placer, name, sure), keys, idx, below_end
 
     return one_pass, placed, buffers
