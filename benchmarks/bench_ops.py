@@ -12,7 +12,9 @@ import argparse
 import torch
 from _common import median_seconds
 
+from fprune import nm
 from fprune._fast import _COMPARE_CHUNK, _compare_into, _indices, all_true
+from fprune.patterns import NM
 
 
 def _ns_per_element(fn, n: int, repeats: int) -> float:
@@ -32,17 +34,32 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     mask = torch.ones(n, dtype=torch.bool)
     sparse = torch.rand(n, generator=gen) < 0.01
     sure, inside = torch.empty(n, dtype=torch.bool), torch.empty(n, dtype=torch.bool)
-    buf, fout = torch.empty(_COMPARE_CHUNK), torch.empty(n)
+    buf, fout, iout = torch.empty(_COMPARE_CHUNK), torch.empty(n), torch.empty(n, dtype=torch.int32)
+    scores_2d = x.view(3072, 768)
 
     def bracket_into_bool() -> None:  # the pass's two comparisons as bool comparisons
         torch.gt(x, 0.5, out=sure)
         torch.ge(x, 0.49, out=inside)
         inside.__ixor__(sure)
+    def kept_2_4(packed: bool):  # a 2:4 layer's kept mask: packed int32 ranks, or interleaved uint8 ones
+        def run() -> None:
+            saved = nm._packs
+            nm._packs = saved if packed else (lambda keys, m: False)
+            try:
+                nm.within_groups(scores_2d, NM(2, 4), pruned=None, reduce=None, complement=True)
+            finally:
+                nm._packs = saved
+        return run
+
     rows = {
         "uint8 subtraction (ranks - 2)": lambda: ranks - 2,
         "uint8 rank < 2 as (ranks - 2) >> 7": lambda: ((ranks - 2) >> 7).view(torch.bool),
         "uint8 rank < 2 by comparison": lambda: ranks < 2,
         "int32 keys compared (a <= b)": lambda: kx <= ky,
+        "the same, written as int32 (0 or 1)": lambda: torch.le(kx, ky, out=iout),
+        "a strided int32 column copied (every 4th)": lambda: iout[: n // 4].copy_(kx.view(-1, 4)[:, 0]),
+        "2:4 kept mask, uint8 ranks interleaved (per weight)": kept_2_4(False),
+        "2:4 kept mask, packed int32 ranks (per weight)": kept_2_4(True),
         "float32 compared with a scalar (x > 0.5)": lambda: x > 0.5,
         "the same, written as float32 (0 or 1)": lambda: torch.gt(x, 0.5, out=fout),
         "float32 (0 or 1) copied to bool": lambda: sure.copy_(fout),
