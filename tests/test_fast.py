@@ -136,9 +136,22 @@ def test_comparing_through_a_buffer_equals_comparing_into_bool(size, data):
     buf = torch.full((chunk,), 7.0, dtype=score.dtype) if chunk else None  # stale values must not leak
     sure = torch.zeros(size, dtype=torch.bool)
     inside = torch.ones(size, dtype=torch.bool)
-    _compare_into(sure, inside, score, lo, hi, buf)
+    count = _compare_into(sure, inside, score, lo, hi, buf)
     assert torch.equal(sure, score > hi)
+    assert count == (None if buf is None else int((score > hi).sum()))
     assert torch.equal(inside, (score >= lo) & (score <= hi))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_the_count_through_a_buffer_is_exact_beyond_16_bit_integers(dtype):
+    """5001 sure-kept scores in one chunk: a sum in float16 or bfloat16 would round it."""
+    from fprune._fast import _compare_into
+
+    score = torch.ones(5003, dtype=dtype)
+    score[:2] = 0.0
+    sure, inside = torch.empty(5003, dtype=torch.bool), torch.empty(5003, dtype=torch.bool)
+    assert _compare_into(sure, inside, score, 0.0, 0.5, torch.empty(8192, dtype=dtype)) == 5001
+    assert int(inside.sum()) == 2
 
 
 def test_all_true_reads_bytes_as_bools():
