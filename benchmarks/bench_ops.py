@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         torch.gt(x, 0.5, out=sure)
         torch.ge(x, 0.49, out=inside)
         inside.__ixor__(sure)
+
     def kept_2_4(packed: bool):  # a 2:4 layer's kept mask: packed int32 ranks, or interleaved uint8 ones
         def run() -> None:
             saved = nm._packs

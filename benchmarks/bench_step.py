@@ -11,7 +11,9 @@ init after ``torch.manual_seed(0)``: 72 weights, 84,934,656 values; gradients
 Rows, each the median (and minimum) of ``--repeats`` (at least 5) calls in this one run, timed round-robin
 (each round calls every row once, after one warm-up call each), so that the shared
 machine's slow spells fall on all rows alike. Ratios are printed two ways: of the medians, and
-paired (the median over rounds of the ratio within one round, steadier under drifting load):
+paired (the median over rounds of the ratio within one round, steadier under drifting load);
+with each row's minor page faults a call (fresh pages the allocator had returned to the
+system, which move several rows' times by tens of ms):
 
 * fprune: eager ``prune.step`` calls that update the masks (a one-shot pruner at step 0, the
   same state each call, after one warm-up call), magnitude criterion, global and local, at
@@ -252,7 +254,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     skip = [s for s in args.skip_peers.split(",") if s]
     calls.update({name: make(params, grads) for name, make in PEERS.items()
                   if not any(name.startswith(s) for s in skip)})
-    times = round_robin(calls, repeats=args.repeats)  # every row once per round
+    faults: dict[str, list[int]] = {name: [] for name in calls}  # the warm-up call's first
+    times = round_robin({name: _faults(fn, faults[name]) for name, fn in calls.items()},
+                        repeats=args.repeats)  # every row once per round
     adamw_t, mul_t = times.get("AdamW(foreach) step"), times.get("one torch.mul(w, g) pass")
 
     def paired(t: list[float], ref: list[float] | None) -> float | None:
@@ -261,7 +265,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
 
     rows: list[dict[str, object]] = [
         dict(name=name, median_s=statistics.median(t), min_s=min(t), times_s=t,
-             paired_x_adamw=paired(t, adamw_t), paired_x_mul=paired(t, mul_t))
+             paired_x_adamw=paired(t, adamw_t), paired_x_mul=paired(t, mul_t), minor_faults=faults[name][1:])
         for name, t in times.items()
     ]
     by_name = {r["name"]: r["median_s"] for r in rows}
@@ -271,13 +275,15 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         return f"{value:{width}.2f}" if isinstance(value, float) else f"{'-':>{width}}"
 
     print(f"\n{weights:,} weights, CPU, 2 threads, {args.repeats} rounds (each row once per round)")
-    print("x AdamW, x mul: ratios of the medians; paired: the median over rounds of the ratio within a round")
-    print(f"{'':58} {'median s':>9} {'min s':>7} {'x AdamW':>8} {'paired':>7} {'x mul':>7} {'paired':>7}")
+    print("x AdamW, x mul: ratios of the medians; paired: the median over rounds of the ratio within a round;"
+          " faults: minor page faults a call (median)")
+    print(f"{'':58} {'median s':>9} {'min s':>7} {'x AdamW':>8} {'paired':>7} {'x mul':>7} {'paired':>7} {'faults':>7}")
     for r in rows:
         median = float(r["median_s"])  # type: ignore[arg-type]
         print(f"{r['name']:58} {median:9.3f} {float(r['min_s']):7.3f} "  # type: ignore[arg-type]
               f"{ratio(median / adamw if adamw else None, 8)} {ratio(r['paired_x_adamw'], 7)} "
-              f"{ratio(median / mul if mul else None, 7)} {ratio(r['paired_x_mul'], 7)}")
+              f"{ratio(median / mul if mul else None, 7)} {ratio(r['paired_x_mul'], 7)} "
+              f"{statistics.median(r['minor_faults']):7,.0f}")  # type: ignore[arg-type]
     kth = times.get("cat + kthvalue, global 1x1 80%")
     if kth:
         one = times["fprune global 1x1 80%"]

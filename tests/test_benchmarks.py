@@ -27,6 +27,7 @@ def test_bench_step_runs_and_writes_its_rows(tmp_path, capsys):
     for row in written["rows"]:
         assert len(row["times_s"]) == 5 and min(row["times_s"]) > 0
         assert row["paired_x_adamw"] > 0 and row["paired_x_mul"] > 0
+        assert len(row["minor_faults"]) == 5 and all(f >= 0 for f in row["minor_faults"])  # less the warm-up
     assert [m["pattern"] for m in written["memory"]] == ["1x1", "4x1", "2:4"]
     assert all(m["masks_bytes_per_weight"] == 1.0 and m["extra_bytes_per_weight"] > 0 for m in written["memory"])
     scaling = {(r["allocator"], r["layers"], r["pattern"]): r for r in written["scaling"]}
