@@ -121,6 +121,18 @@ class Pruner:
 _SAMPLED_BLOCK = 64  # blocks up to this many weights are sampled from their weights alone
 
 
+def _diagonal_blocks(t: torch.Tensor, block: tuple[int, int], stride: int) -> torch.Tensor:
+    """The blocks ``_fast.grid_sample`` takes from the block grid of a 2-D tensor (any strides),
+    as a view shaped ``[groups, stride, bn, units per row, bm]``: stacked, their rows are the
+    sampled blocks' weight rows in grid order (block row ``r`` takes the block columns
+    ``c = r (mod stride)``)."""
+    (bn, bm), (sr, sc) = block, t.stride()
+    rows, cols = t.shape
+    size = (rows // (bn * stride), stride, bn, cols // (bm * stride), bm)
+    strides = (stride * bn * sr, bn * sr + bm * sc, sr, stride * bm * sc, sc)
+    return t.as_strided(size, strides, t.storage_offset())
+
+
 class _Lazy(Mapping[str, torch.Tensor]):
     """A read-only mapping that computes each value on access (a layer's scores, on demand)."""
 
@@ -472,8 +484,8 @@ def pruner(
                 return reduce_into(view, block, reduce, into)
 
             def sample_of(name: str, stride: int) -> torch.Tensor | None:
-                """Every ``stride``-th unit score of the flat grid, for the bracket, from only
-                the weights of those units (an element-wise criterion on a 2-D weight with
+                """The unit scores ``_fast.grid_sample(grid, stride)`` takes, for the bracket, from
+                only the weights of those units (an element-wise criterion on a 2-D weight with
                 small blocks); None otherwise."""
                 w = active[name]
                 if layer_score is None or w.ndim != 2 or not w.is_contiguous() or isinstance(pat, NM):
@@ -482,6 +494,13 @@ def pruner(
                 if bn * bm > _SAMPLED_BLOCK:
                     return None
                 g = None if agrads is None or not crit.needs_grads else agrads[name]  # magnitude: w only
+                if _fast.diagonal(rows // bn, cols // bm, stride):  # one strided view of the sampled blocks
+                    w_units = _diagonal_blocks(w, (bn, bm), stride)
+                    g_units = None if g is None else _diagonal_blocks(g, (bn, bm), stride)
+                    score = layer_score(w_units, g_units, torch.empty(w_units.shape, dtype=w.dtype, device=w.device))
+                    if (bn, bm) == (1, 1):
+                        return score.reshape(-1)
+                    return reduce_blocks(score.view(rows, -1), (bn, bm), reduce=reduce).reshape(-1)
                 if (bn, bm) == (1, 1):
                     w_units = w.reshape(-1)[::stride]
                     g_units = None if g is None else g.reshape(-1)[::stride]

@@ -119,6 +119,40 @@ def test_indices_equal_nonzero(size, density, offset, seed):
     assert torch.equal(_indices(view), view.nonzero().squeeze(1))
 
 
+@given(st.integers(1, 12), st.integers(1, 12), st.sampled_from([1, 2, 3, 4, 8]), st.booleans(), st.booleans())
+def test_grid_sample_takes_its_positions_as_a_copy(rows, cols, stride, transposed, flat):
+    """``grid_sample`` takes the units ``sample_positions`` names, in that order, from any
+    strided grid (a transposed one, a 1-D one as one row), and returns a copy."""
+    from fprune._fast import grid_sample, sample_positions
+
+    t = torch.arange(rows * cols, dtype=torch.float32).reshape(cols, rows).t() if transposed else (
+        torch.arange(rows * cols, dtype=torch.float32).reshape(rows, cols))
+    t = t.reshape(-1) if flat else t
+    r, c = (1, rows * cols) if flat else (rows, cols)
+    got = grid_sample(t, stride)
+    assert torch.equal(got, t.reshape(-1)[sample_positions(r, c, stride, t.device)])
+    assert got.untyped_storage().data_ptr() != t.untyped_storage().data_ptr()
+
+
+@given(st.integers(1, 4), st.integers(1, 4), st.sampled_from([2, 4, 8]))
+def test_a_stride_dividing_the_grid_samples_every_column_on_diagonals(groups, per_row, stride):
+    """Where the stride divides both sides, each group of ``stride`` rows takes every column
+    once (row ``r``: the columns ``c = r mod stride``), not the same columns in every row; the
+    sample has as many units as a flat stride would take."""
+    from fprune._fast import diagonal, sample_positions
+
+    rows, cols = groups * stride, per_row * stride
+    assert diagonal(rows, cols, stride)
+    pos = sample_positions(rows, cols, stride, torch.device("cpu"))
+    assert pos.numel() == rows * cols // stride and torch.equal(pos, pos.sort().values)  # row-major order
+    r, c = pos // cols, pos % cols
+    assert torch.equal(c % stride, r % stride)
+    for g in range(groups):
+        taken = c[(r // stride) == g]
+        assert torch.equal(taken.sort().values, torch.arange(cols))
+    assert not diagonal(rows + 1, cols, stride) and not diagonal(rows, cols, 1)
+
+
 @given(st.integers(0, 40), st.data())
 def test_comparing_through_a_buffer_equals_comparing_into_bool(size, data):
     """Chunk by chunk through a float buffer of the scores' dtype: ``score > hi`` and

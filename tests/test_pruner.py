@@ -144,11 +144,12 @@ def test_block_steps_from_earlier_masks_match_the_masks_primitive(pattern, scope
 )
 def test_the_weight_sampler_reads_every_stride_th_unit_score(pattern, criterion, rows, cols, strides, seed,
                                                              transposed):
-    """The sampler an eager step hands the selection gives the layer's unit scores at flat grid
-    positions 0, stride, 2 * stride, ..., both where the stride divides a block row (one strided
-    view) and where it does not (gathered): bit for bit for blocks along one axis; a block along
-    both may sum its weights in another order (the sample only places the bracket). ``transposed``:
-    non-contiguous gradients."""
+    """The sampler an eager step hands the selection gives the layer's unit scores at the units
+    ``_fast.grid_sample`` takes from its grid: on diagonals where the stride divides both sides
+    of the grid, else at flat positions 0, stride, 2 * stride, ..., read as one strided view
+    where the stride divides a block row and gathered where it does not; bit for bit for
+    blocks along one axis (a block along both may sum its weights in another order: the sample
+    only places the bracket). ``transposed``: non-contiguous gradients."""
     pat = fprune.parse_pattern(pattern)
     bn, bm = pat.block_shape((4, 4))
     g = torch.Generator().manual_seed(seed)
@@ -166,13 +167,14 @@ def test_the_weight_sampler_reads_every_stride_th_unit_score(pattern, criterion,
     with mock.patch.dict(fprune.pruner.__globals__, fast_select=spy):
         prune.step(prune.init({"w": w}), {"w": w}, grads)
     scores = {"magnitude": w.abs(), "gradient": grads["w"].abs(), "snip": (w * grads["w"]).abs()}[criterion]
-    grid = fprune.block_scores({"w": scores}, pattern=pattern)["w"].reshape(-1)
+    grid = fprune.block_scores({"w": scores}, pattern=pattern)["w"]
     for stride in strides:
         sample = seen["sampler"]("w", stride)
+        want = _fast.grid_sample(grid, stride)
         if bn == 1 or bm == 1:
-            assert torch.equal(sample, grid[::stride])
+            assert torch.equal(sample, want)
         else:
-            torch.testing.assert_close(sample, grid[::stride], rtol=1e-6, atol=0)
+            torch.testing.assert_close(sample, want, rtol=1e-6, atol=0)
 
 
 def test_step_folds_grads_before_pruning():
