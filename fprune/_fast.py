@@ -47,7 +47,7 @@ import torch
 from fprune import _trace
 from fprune.selection import _allocate, _budget, _count, _lowest, all_true, rank_keys
 
-__all__ = ["Placer", "all_true", "applies", "diagonal", "grid_sample", "sample_positions", "select_global", "select_local"]
+__all__ = ["Placer", "all_true", "applies", "diagonal", "diagonal_view", "grid_sample", "sample_positions", "select_global", "select_local"]
 
 Producer = Callable[[str], torch.Tensor]
 PreviousProducer = Callable[[str], "torch.Tensor | None"]
@@ -168,6 +168,18 @@ def diagonal(rows: int, cols: int, stride: int) -> bool:
     return stride > 1 and rows % stride == 0 and cols % stride == 0
 
 
+def diagonal_view(t: torch.Tensor, block: tuple[int, int], stride: int) -> torch.Tensor:
+    """The blocks :func:`grid_sample` takes from the ``block`` grid of a 2-D tensor (any
+    strides; the stride divides both sides of the grid), as a view shaped ``[groups, stride,
+    bn, units per row, bm]``: stacked, its rows are the sampled blocks' rows in grid order
+    (block row ``r`` takes the block columns ``c = r (mod stride)``)."""
+    (bn, bm), (sr, sc) = block, t.stride()
+    rows, cols = t.shape
+    size = (rows // (bn * stride), stride, bn, cols // (bm * stride), bm)
+    strides = (stride * bn * sr, bn * sr + bm * sc, sr, stride * bm * sc, sc)
+    return t.as_strided(size, strides, t.storage_offset())
+
+
 def grid_sample(grid: torch.Tensor, stride: int) -> torch.Tensor:
     """Every ``stride``-th unit of a grid-shaped tensor (2-D; any other shape is one row), as a
     fresh 1-D tensor: the sample's units, in row-major order.
@@ -184,9 +196,7 @@ def grid_sample(grid: torch.Tensor, stride: int) -> torch.Tensor:
     grid = grid if grid.ndim == 2 else grid.reshape(1, -1)
     rows, cols = grid.shape
     if diagonal(rows, cols, stride):
-        sr, sc = grid.stride()
-        view = grid.as_strided((rows // stride, stride, cols // stride), (stride * sr, sr + sc, stride * sc),
-                               grid.storage_offset())
+        view = diagonal_view(grid, (1, 1), stride)
         return view.clone(memory_format=torch.contiguous_format).reshape(-1)  # a copy, never a view
     return grid.reshape(-1)[::stride].clone()  # a copy: a view would keep the whole layer alive
 
@@ -212,11 +222,12 @@ def _bits_to_score(key: int, wide: bool) -> float | None:
 
 
 def _kept(previous: PreviousProducer, name: str) -> torch.Tensor:
-    """A layer's flat kept units, for a layer known to have pruned ones."""
+    """A layer's previous kept mask (grid-shaped, as given), for a layer known to have pruned
+    units."""
     prev = previous(name)
     if prev is None:  # not reachable: callers ask only for layers with pruned units
         raise RuntimeError(f"fprune internal error: no previous mask for {name!r}")
-    return prev.reshape(-1)
+    return prev
 
 
 def _counts_at(sorted_keys: list[torch.Tensor], base: list[int], t: int, *, right: bool) -> list[int]:
@@ -461,10 +472,7 @@ class _Survey:
         if sample is None:
             sample = grid_sample(self.produce(name), stride)
         if not self.all_kept[name]:
-            if kept is None:
-                kept = self.previous(name)
-            if kept is None:  # not reachable: all_kept is False only for a previous mask
-                raise RuntimeError(f"fprune internal error: no previous mask for {name!r}")
+            kept = _kept(self.previous, name) if kept is None else kept
             sample = sample[grid_sample(kept, stride)]  # pruned units rank below any bracket
         return sample.float() if sample.dtype in (torch.float16, torch.bfloat16) else sample
 
@@ -500,7 +508,7 @@ def _passer(
         """The layer's sure-kept units (its mask), its candidates' keys and indices in pruning
         order (key, then index; see ``ordered``), and its count below the bracket."""
         score = survey.produce(name).reshape(-1)
-        prev = None if survey.all_kept[name] else _kept(survey.previous, name)
+        prev = None if survey.all_kept[name] else _kept(survey.previous, name).reshape(-1)
         sure = buffers["sure"][:size] if placed[name] else torch.empty(size, dtype=torch.bool, device=score.device)
         inside = buffers["inside"][:size]
         n_sure = _compare_into(sure, inside, score, lo_end, hi_end, compare_buffer(score))

@@ -121,18 +121,6 @@ class Pruner:
 _SAMPLED_BLOCK = 64  # blocks up to this many weights are sampled from their weights alone
 
 
-def _diagonal_blocks(t: torch.Tensor, block: tuple[int, int], stride: int) -> torch.Tensor:
-    """The blocks ``_fast.grid_sample`` takes from the block grid of a 2-D tensor (any strides),
-    as a view shaped ``[groups, stride, bn, units per row, bm]``: stacked, their rows are the
-    sampled blocks' weight rows in grid order (block row ``r`` takes the block columns
-    ``c = r (mod stride)``)."""
-    (bn, bm), (sr, sc) = block, t.stride()
-    rows, cols = t.shape
-    size = (rows // (bn * stride), stride, bn, cols // (bm * stride), bm)
-    strides = (stride * bn * sr, bn * sr + bm * sc, sr, stride * bm * sc, sc)
-    return t.as_strided(size, strides, t.storage_offset())
-
-
 class _Lazy(Mapping[str, torch.Tensor]):
     """A read-only mapping that computes each value on access (a layer's scores, on demand)."""
 
@@ -495,8 +483,8 @@ def pruner(
                     return None
                 g = None if agrads is None or not crit.needs_grads else agrads[name]  # magnitude: w only
                 if _fast.diagonal(rows // bn, cols // bm, stride):  # one strided view of the sampled blocks
-                    w_units = _diagonal_blocks(w, (bn, bm), stride)
-                    g_units = None if g is None else _diagonal_blocks(g, (bn, bm), stride)
+                    w_units = _fast.diagonal_view(w, (bn, bm), stride)
+                    g_units = None if g is None else _fast.diagonal_view(g, (bn, bm), stride)
                     score = layer_score(w_units, g_units, torch.empty(w_units.shape, dtype=w.dtype, device=w.device))
                     if (bn, bm) == (1, 1):
                         return score.reshape(-1)
@@ -511,7 +499,7 @@ def pruner(
                     g_units = None if g is None else g.view(rows // bn, bn, across, bm)[:, :, ::stride]
                     score = layer_score(w_units, g_units, torch.empty(w_units.shape, dtype=w.dtype, device=w.device))
                     return reduce_blocks(score.view(rows, -1), (bn, bm), reduce=reduce).reshape(-1)
-                at = torch.arange(0, (rows // bn) * across, stride, device=w.device)
+                at = _fast.sample_positions(rows // bn, across, stride, w.device)  # flat here: not diagonal
                 first = (at // across) * (bn * cols) + (at % across) * bm  # a unit's first weight
                 within = (torch.arange(bn, device=w.device)[:, None] * cols + torch.arange(bm, device=w.device)).reshape(-1)
                 flat = (first[:, None] + within).reshape(-1, bn, bm)  # [units, bn, bm] flat indices
