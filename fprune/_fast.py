@@ -9,17 +9,20 @@ which allows a cheaper exact method, with the same result bit for bit:
    stride in every layer, a power of two, on diagonals of each layer's grid where it divides
    both sides, :func:`grid_sample`) gives two sample keys that bracket the threshold
    with a wide margin (6 standard deviations of the sample quantile), with the per-layer
-   bounds scaled to the sample.
+   bounds scaled to the sample (read off one sort of the whole sample, as in step 3).
 2. **One pass.** Each layer's scores are compared with the bracket ``[a, b]`` in their own
    dtype: ``score > b`` is kept for sure; scores inside the bracket are the candidates
    (their values and flat indices, a small fraction); everything else (previously pruned
    units, NaN, scores below ``a``) ranks below the bracket and is counted.
-3. **Settle.** Each layer's candidates are put in pruning order (key, then index; those of
-   small layers sorted together, :func:`_order`). The exact
-   threshold is found among them (:func:`_threshold`: a few rounds of probing the
-   water-filling count), with each layer's count below the bracket as its base; the
-   per-layer counts (under the bounds, ties by name then index) are the general path's. A
-   layer prunes its first ``count - base`` candidates in that order and keeps the rest.
+3. **Settle.** All layers' candidates are put in pruning order (key, then layer, then index)
+   by one stable sort (:class:`_Union`), with each layer's count below the bracket as its
+   base; the exact threshold and the per-layer counts (under the bounds, ties by name then
+   index: the general path's) are read off it (:meth:`_Union.cut`), and the first of them
+   are pruned. Where the bounds hold layers in a way that reading cannot be sure of, or
+   the candidates are too many to hold in one sort next to the new masks, each layer's
+   candidates are put in order (:func:`_order`) and the threshold is searched for
+   (:func:`_threshold`: a few rounds of probing the water-filling count); a layer then
+   prunes its first ``count - base`` candidates in that order and keeps the rest.
 
 The bracket is verified with exact counts: if the threshold is not inside it (a sample far
 off, or a threshold among NaNs), :func:`select_global` returns None and the caller takes the
@@ -40,7 +43,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import torch
 
@@ -258,45 +261,6 @@ def _sort(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return values[:n].clone(), order[:n]  # a copy: callers hold the values (the indices are spent at once)
 
 
-_GROUP = 1 << 16  # int32 keys of small layers are sorted together, about this many at a time
-
-
-def _sorted(keys: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Each layer's keys, sorted.
-
-    Torch sorts an integer tensor of 32768 or more elements by radix, and smaller ones by
-    comparisons, several times slower per key. So int32 keys of consecutive small layers are
-    sorted together, ``_GROUP`` or more at a time, as int64 composites with the layer's place
-    in the group in the high half (layer-major order, each layer's keys ascending), and split
-    back; a layer of ``_GROUP`` keys or more is sorted alone. Used for the sample, whose keys
-    span the whole score range; the candidates' keys span their bracket only, and
-    :func:`_order` sorts them in smaller int32 groups (their sorts run while the new masks are
-    held, where int64 groups of this size raised the peak memory).
-    """
-    if not keys or keys[0].dtype != torch.int32:
-        return [_sort(k)[0] for k in keys]
-    out: list[torch.Tensor] = []
-    group: list[torch.Tensor] = []
-
-    def flush() -> None:
-        if len(group) == 1:
-            out.append(_sort(group[0])[0])
-        elif group:
-            composite = torch.cat([g.to(torch.int64) + ((i << 32) + (1 << 31)) for i, g in enumerate(group)])
-            ordered = torch.sort(composite).values.bitwise_and_(0xFFFFFFFF).sub_(1 << 31).to(torch.int32)
-            out.extend(ordered.split([g.numel() for g in group]))
-        group.clear()
-
-    for k in keys:
-        if k.numel() >= _GROUP:
-            flush()
-        group.append(k)
-        if sum(g.numel() for g in group) >= _GROUP:
-            flush()
-    flush()
-    return out
-
-
 _ORDER_GROUP = 1 << 15  # candidates of small layers are put in order together, about this many at a time
 
 
@@ -420,23 +384,142 @@ def _threshold(
         size = kept
 
 
+_CUT_ROUNDS = 8  # rounds of :meth:`_Union.cut` guessing which layers its bounds hold
+
+
+class _Cut(NamedTuple):
+    """Where :meth:`_Union.cut` puts the threshold."""
+
+    key: int  # the threshold's key
+    end: int  # the pruned keys are the first ``end`` sorted keys, less those of held layers
+    free: torch.Tensor | None  # per sorted key: its layer is not held at a bound (None: no layer is)
+    at_high: torch.Tensor  # per layer: held at its upper bound
+    at_low: torch.Tensor  # per layer: held at its lower bound
+
+
+class _Union:
+    """Several layers' integer keys in one stable sort: key, then layer, then place in the
+    layer, which is the pruning order where the layers come in name order and each layer's
+    keys in index order.
+
+    One radix sort of all the keys (a millisecond or two for a few hundred thousand) replaces
+    sorting each layer and probing every layer in every round of :func:`_threshold`: the
+    bounded threshold is read off it (:meth:`cut`), even with layers held at their bounds,
+    and where that reading is not sure :func:`_threshold` runs on :meth:`per_layer`.
+    """
+
+    def __init__(self, flat: torch.Tensor, sizes: list[int]) -> None:
+        self.sizes = sizes
+        self.values, self.order = _sort(flat)
+        owner = torch.repeat_interleave(torch.arange(len(sizes), dtype=torch.int32),
+                                        torch.tensor(sizes, dtype=torch.int64))
+        self.layer = owner.index_select(0, self.order)  # each sorted key's layer
+        self._per_layer: list[torch.Tensor] | None = None
+
+    def per_layer(self) -> list[torch.Tensor]:
+        """Every layer's keys, sorted (a stable sort of the layers keeps each one's keys in order)."""
+        if self._per_layer is None:
+            by_layer = torch.sort(self.layer, stable=True).indices
+            self._per_layer = list(self.values.index_select(0, by_layer).split(self.sizes))
+        return self._per_layer
+
+    def cut(self, base: list[int], k: int, low: list[int], high: list[int]) -> _Cut | None:
+        """Where :func:`_threshold` puts the threshold for these arguments (and so
+        :func:`_allocate`'s counts, :meth:`counts`), read off the sorted keys; None where that
+        is not sure (then run those).
+
+        Each layer's bounded count ``clamp(base + #(keys <= t), low, high)`` is either held at
+        a bound near the answer or equal to its plain count. Guess which (first: none held),
+        take the key where the plain counts of the others reach what the held ones leave,
+        and move to the held sets the layers whose bounds it crosses; repeat until none
+        crosses (a few rounds). At the answer ``t``, with ``below`` (``base`` plus the keys
+        ``< t``) and ``top`` (``below`` plus the keys ``== t``): a layer held at ``high`` has
+        ``below >= high``, one held at ``low`` has ``top <= low``, and every other has ``low
+        <= below`` and ``top <= high``, all checked. Then no clamp changes between the
+        largest key below ``t`` and ``t`` except the free layers' counts, which reach ``k``
+        at ``t`` and not below it, so ``t`` is the smallest key that reaches ``k``; the ties
+        at ``t`` go to the free layers in layer order, as in the stable sort.
+        """
+        layers = len(self.sizes)
+        base_t, low_t, high_t = (torch.tensor(v, dtype=torch.int64) for v in (base, low, high))
+        at_high = torch.zeros(layers, dtype=torch.bool)
+        at_low = torch.zeros(layers, dtype=torch.bool)
+        for _ in range(_CUT_ROUNDS):
+            held = at_high | at_low
+            need = k - int(high_t[at_high].sum() + low_t[at_low].sum() + base_t[~held].sum())
+            free = None if not bool(held.any()) else ~held.index_select(0, self.layer)  # per sorted key
+            if free is None:
+                if not 1 <= need <= self.values.numel():
+                    return None
+                end_at = need - 1  # the need-th free key's position
+            else:
+                ranks = torch.cumsum(free, 0)
+                if not 1 <= need <= (int(ranks[-1]) if ranks.numel() else 0):
+                    return None
+                end_at = int(torch.searchsorted(ranks, torch.tensor([need])))
+            t = self.values[end_at : end_at + 1]
+            start = int(torch.searchsorted(self.values, t))
+            stop = int(torch.searchsorted(self.values, t, right=True))
+            below = self._count_below(start) + base_t
+            top = below + torch.bincount(self.layer[start:stop], minlength=layers)
+            over, under = ~held & (top > high_t), ~held & (below < low_t)
+            if not bool((over | under).any()):
+                break
+            at_high |= over
+            at_low |= under
+        else:
+            return None
+        if bool((below[at_high] < high_t[at_high]).any()) or bool((top[at_low] > low_t[at_low]).any()):
+            return None  # a held layer's bound is crossed at t itself: not sure
+        return _Cut(int(t), end_at + 1, free, at_high, at_low)
+
+    def _count_below(self, start: int) -> torch.Tensor:
+        """Per layer, how many of the first ``start`` sorted keys are its (counted on the
+        shorter side)."""
+        layers = len(self.sizes)
+        if 2 * start <= self.values.numel():
+            return torch.bincount(self.layer[:start], minlength=layers)
+        return torch.tensor(self.sizes) - torch.bincount(self.layer[start:], minlength=layers)
+
+    def counts(self, cut: _Cut, base: list[int], low: list[int], high: list[int]) -> list[int]:
+        """:func:`_allocate`'s counts at ``cut`` (made with these arguments): a held layer's
+        bound, else ``base`` plus its pruned keys."""
+        if cut.free is None:
+            taken = self._count_below(cut.end)
+        else:
+            taken = torch.bincount(self.layer[: cut.end][cut.free[: cut.end]], minlength=len(self.sizes))
+        counts = torch.where(cut.at_low, torch.tensor(low), taken + torch.tensor(base))
+        return torch.where(cut.at_high, torch.tensor(high), counts).tolist()
+
+    def threshold(self, base: list[int], k: int, low: list[int], high: list[int]) -> int | None:
+        """:func:`_threshold` of these keys."""
+        got = self.cut(base, k, low, high)
+        return got.key if got is not None else _threshold(self.per_layer(), base, k, low, high)
+
+
 def _bracket(
-    keys: list[torch.Tensor], fraction: float, low: list[int], high: list[int], sizes: list[int], wide: bool
+    keys: _Union | list[torch.Tensor], fraction: float, low: list[int], high: list[int], sizes: list[int], wide: bool
 ) -> tuple[float, float] | None:
     """Scores ``a <= b`` that bracket the threshold at ``fraction`` of the units (from the
-    sample's rank keys, sorted per layer, with the per-layer bounds scaled to the sample);
-    None if the threshold is among NaN scores."""
-    m = [s.numel() for s in keys]
+    sample's rank keys: all layers' in a :class:`_Union`, or sorted per layer), with the
+    per-layer bounds scaled to the sample; None if the threshold is among NaN scores."""
+    m = keys.sizes if isinstance(keys, _Union) else [s.numel() for s in keys]
     total_m = sum(m)
     if total_m == 0:
         return None
     lo_s = [math.floor(lo * k / n) for lo, k, n in zip(low, m, sizes, strict=True)]
     hi_s = [min(math.ceil(hi * k / n), k) for hi, k, n in zip(high, m, sizes, strict=True)]
     spread = _Z * math.sqrt(total_m * fraction * (1 - fraction)) + _Z
+    zeros = [0] * len(m)
     ends: list[float | None] = []
     for k in (total_m * fraction - spread, total_m * fraction + spread):
         k = min(max(int(k), 1), sum(hi_s))
-        tau = _threshold(keys, [0] * len(keys), k, lo_s, hi_s) if k < total_m else None
+        if k >= total_m:
+            tau = None
+        elif isinstance(keys, _Union):
+            tau = keys.threshold(zeros, k, lo_s, hi_s)
+        else:
+            tau = _threshold(keys, zeros, k, lo_s, hi_s)
         ends.append(math.inf if tau is None else _bits_to_score(tau, wide))
     a, b = ends
     if b is None:  # the threshold is among NaN scores: leave it to the general path
@@ -533,17 +616,20 @@ def _passer(
 def _finish(
     names: Sequence[str], sizes: list[int], kept: dict[str, torch.Tensor], cand_idx: list[torch.Tensor],
     base: list[int], counts: list[int], survey: _Survey, wide: Callable[[str], bool], placed: dict[str, bool],
-    placer: Placer | None,
+    placer: Placer | None, flags: list[torch.Tensor | None] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Each layer prunes its ``base`` units below its bracket, then its candidates in pruning
-    order up to its count; the rest of them are kept (``kept`` holds its sure-kept units). A
-    layer whose count is outside its candidates is settled alone."""
+    order up to its count; the rest of them are kept (``kept`` holds its sure-kept units): a
+    layer's ``flags`` (True: kept, in its candidates' order) where given, else the candidates
+    after its first ``count - base``. A layer whose count is outside its candidates is
+    settled alone."""
     for i, name in enumerate(names):
         first_kept = counts[i] - base[i]
         if not 0 <= first_kept <= cand_idx[i].numel():  # its threshold is outside its candidates
             kept[name] = _alone(name, sizes[i], survey.produce, survey.previous, counts[i], wide(name), placer)
             continue
-        chosen = cand_idx[i][first_kept:]
+        flag = None if flags is None else flags[i]
+        chosen = cand_idx[i][first_kept:] if flag is None else cand_idx[i][flag]
         if placed[name]:
             placer.mark(name, kept[name], chosen)  # type: ignore[union-attr]
         else:
@@ -580,7 +666,7 @@ def _settle(
     unpruned = sum(sizes) - sum(pruned_before)
     if total <= sum(pruned_before) or unpruned == 0:  # the threshold is among the pruned units
         return None
-    sample_keys = _sorted([rank_keys(s, wide=is_wide) for s in samples])  # sorted once
+    sample_keys = _Union(rank_keys(torch.cat(samples), wide=is_wide), [s.numel() for s in samples])  # sorted once
     ends = _bracket(
         sample_keys, (total - sum(pruned_before)) / unpruned,
         [max(lo - p, 0) for lo, p in zip(low, pruned_before, strict=True)],
@@ -611,20 +697,31 @@ def _settle(
             del capped[name]
             kept[name], cand_keys[i], cand_idx[i], base[i] = one_pass(name, sizes[i], a, b)
     buffers.clear()
-    _order(cand_keys, cand_idx)
 
     def bounded(counts: list[int]) -> int:
         return sum(min(max(c, lo), hi) for c, lo, hi in zip(counts, low, high, strict=True))
 
     # A capped layer's own threshold lies in its bracket, below the global one: verified here,
     # it prunes exactly its cap at any threshold in [a, b] and enters the search as a constant.
-    glob_base, glob_keys, glob_ends = list(base), list(cand_keys), []
-    for i, name in enumerate(names):
-        if name in capped:  # checked above: base < high <= base + candidates
-            glob_base[i], glob_keys[i] = high[i], cand_keys[i][:0]
-        glob_ends.append(glob_base[i] + glob_keys[i].numel())
+    glob_base = [high[i] if name in capped else base[i] for i, name in enumerate(names)]
+    glob_keys = [cand_keys[i][:0] if name in capped else cand_keys[i] for i, name in enumerate(names)]
+    glob_ends = [b_ + k.numel() for b_, k in zip(glob_base, glob_keys, strict=True)]
     if not bounded(glob_base) < total <= bounded(glob_ends):  # the threshold is not a candidate
         return None
+    if sum(glob_ends) - sum(glob_base) <= _UNION_MAX:
+        settled = _cut_candidates(glob_keys, glob_base, total, low, high)
+        if settled is not None:
+            counts, flags = settled
+            # capped and held layers prune their own first candidates in pruning order
+            own = [i for i, name in enumerate(names) if name in capped or flags[i] is None]
+            own_keys, own_idx = [cand_keys[i] for i in own], [cand_idx[i] for i in own]
+            _order(own_keys, own_idx)
+            for i, idx in zip(own, own_idx, strict=True):
+                cand_idx[i], flags[i] = idx, None
+            del cand_keys, glob_keys
+            return _finish(names, sizes, kept, cand_idx, base, counts, survey, wide, placed, placer, flags)
+    _order(cand_keys, cand_idx)
+    glob_keys = [cand_keys[i][:0] if name in capped else cand_keys[i] for i, name in enumerate(names)]
     tau = _threshold(glob_keys, glob_base, total, low, high)
     if tau is None:
         return None
@@ -638,8 +735,29 @@ def _settle(
     return _finish(names, sizes, kept, cand_idx, base, counts, survey, wide, placed, placer)
 
 
+_UNION_MAX = 1 << 18  # at most this many candidates are put in order in one sort (held with the new masks)
+
+
+def _cut_candidates(
+    keys: list[torch.Tensor], base: list[int], total: int, low: list[int], high: list[int]
+) -> tuple[list[int], list[torch.Tensor | None]] | None:
+    """Each layer's count and, for each layer not held at a bound, which of its candidates
+    (``keys``, in any order that keeps equal keys in index order) are kept, from one sort of
+    every layer's candidates (:meth:`_Union.cut`); None where the cut is not sure."""
+    union = _Union(torch.cat(keys), [k.numel() for k in keys])
+    cut = union.cut(base, total, low, high)
+    if cut is None:
+        return None
+    counts = union.counts(cut, base, low, high)
+    pruned = union.order[: cut.end] if cut.free is None else union.order[: cut.end][cut.free[: cut.end]]
+    keep = torch.ones(union.values.numel(), dtype=torch.bool)
+    keep[pruned] = False
+    held = (cut.at_high | cut.at_low).tolist()
+    return counts, [None if h else f for h, f in zip(held, keep.split(union.sizes), strict=True)]
+
+
 def _capped(
-    names: Sequence[str], sizes: list[int], samples: list[torch.Tensor], sample_keys: list[torch.Tensor],
+    names: Sequence[str], sizes: list[int], samples: list[torch.Tensor], sample_keys: _Union,
     pruned_before: list[int], high: list[int], a: float, wide: bool,
     finer: Callable[[str, int], torch.Tensor],
 ) -> dict[str, tuple[float, float]]:
@@ -651,13 +769,16 @@ def _capped(
     out: dict[str, tuple[float, float]] = {}
     if len(names) == 1:
         return out
-    for name, size, sample, keys, pruned, hi in zip(names, sizes, samples, sample_keys, pruned_before, high,
-                                                     strict=True):
+    reaching: list[int] = []
+    for i, (size, sample, pruned, hi) in enumerate(zip(sizes, samples, pruned_before, high, strict=True)):
         allowed, unpruned = hi - pruned, size - pruned
-        if allowed >= unpruned or allowed <= 0 or sample.numel() == 0:
+        if not 0 < allowed < unpruned or sample.numel() == 0:
             continue
-        if int(torch.count_nonzero(sample < a)) < sample.numel() * allowed / unpruned:
-            continue  # the sample does not reach the cap below the bracket: not capped
+        if int(torch.count_nonzero(sample < a)) >= sample.numel() * allowed / unpruned:
+            reaching.append(i)  # the sample reaches the cap below the bracket
+    for i in reaching:
+        name, size, allowed, unpruned = names[i], sizes[i], high[i] - pruned_before[i], sizes[i] - pruned_before[i]
+        keys = sample_keys.per_layer()[i]  # every layer's at once: one sort
         own = _bracket([keys], allowed / unpruned, [0], [unpruned], [unpruned], wide)
         if (own is None or own[1] >= a) and keys.numel() < _ALONE_SAMPLE // 2:
             own = _bracket([finer(name, size)], allowed / unpruned, [0], [unpruned], [unpruned], wide)

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 import fprune
 from fprune import _fast
+from fprune.selection import _allocate
 from tests import reference, strategies
 from tests.strategies import same_bits
 
@@ -46,12 +47,14 @@ def _run(scores, previous, **kw):
     return None if got is None else {n: got[n].reshape(scores[n].shape) for n in scores}
 
 
+@pytest.mark.parametrize("union_max", [0, 1 << 18])  # the candidates put in order per layer, or in one sort
 @given(strategies.score_dicts(conv=False), bound_pairs, st.data())
-def test_eager_global_selection_equals_sort_reference(scores, bounds, data):
+def test_eager_global_selection_equals_sort_reference(union_max, scores, bounds, data):
     """Heavy ties, NaN, infinities, subnormals, signed zeros, every dtype, previous masks, bounds."""
     sparsity, lo, hi = bounds
     previous = data.draw(strategies.previous_masks(scores))
-    got = _run(scores, previous, sparsity=sparsity, lo=lo, hi=hi)
+    with mock.patch.object(_fast, "_UNION_MAX", union_max):
+        got = _run(scores, previous, sparsity=sparsity, lo=lo, hi=hi)
     if got is not None:
         assert same_bits(got, reference.global_masks(scores, sparsity, lo, hi, previous))
 
@@ -196,47 +199,89 @@ def test_all_true_reads_bytes_as_bools():
     assert all_true(torch.ones(4, 6, dtype=torch.bool).t())  # non-contiguous
 
 
-@given(
-    st.lists(st.lists(st.integers(-6, 6), max_size=40), min_size=1, max_size=5),
-    st.data(),
-    st.sampled_from([1, 2, 3, 1024]),
-)
-def test_threshold_search_equals_a_scan_of_every_key(layers, data, exact):
+def _scan(layers, base, k, low, high):
+    """The smallest key whose bounded count reaches ``k``, by scanning every key value, and
+    ``_allocate``'s counts there (None, None where none does)."""
+
+    def counts_at(t, right):
+        return [b + sum(x <= t if right else x < t for x in v) for b, v in zip(base, layers, strict=True)]
+
+    def total(t):
+        return sum(min(max(c, lo), hi) for c, lo, hi in zip(counts_at(t, True), low, high, strict=True))
+
+    t = next((t for t in sorted({x for v in layers for x in v}) if total(t) >= k), None)
+    if t is None:
+        return None, None
+    below = counts_at(t, False)
+    at = [c - b for c, b in zip(counts_at(t, True), below, strict=True)]
+    tensors = [[torch.tensor(x) for x in xs] for xs in (below, at, low, high)]
+    return t, [int(c) for c in _allocate(torch.tensor(k), *tensors)]
+
+
+@st.composite
+def _threshold_cases(draw, span=6, loose=False):
+    """Per-layer keys in ``[-span, span]``, bases, bounds and a target; with ``loose``, each
+    bound may also be absent (0, or every unit), as most layers' are in a model."""
+    layers = draw(st.lists(st.lists(st.integers(-span, span), max_size=40), min_size=1, max_size=5))
+    base = [draw(st.integers(0, 3)) for _ in layers]
+    low = [0 if loose and draw(st.booleans()) else draw(st.integers(0, 3 + len(v))) for v in layers]
+    high = [max(lo, b + len(v)) if loose and draw(st.booleans()) else lo + draw(st.integers(0, 3 + len(v)))
+            for b, lo, v in zip(base, low, layers, strict=True)]
+    return layers, base, low, high, draw(st.integers(0, sum(high) + 1))
+
+
+@given(_threshold_cases(), st.sampled_from([1, 2, 3, 1024]))
+def test_threshold_search_equals_a_scan_of_every_key(case, exact):
     """The probing search (every round, ties, bounds, bases) returns the smallest key whose
     bounded count reaches k, as a scan over all key values does, or None where none does."""
-    _fast._EXACT = exact  # small: several probing rounds on these few keys (restored below)
-    try:
-        keys = [torch.tensor(sorted(v), dtype=torch.int32) for v in layers]
-        base = [data.draw(st.integers(0, 3)) for _ in layers]
-        low = [data.draw(st.integers(0, 3 + len(v))) for v in layers]
-        high = [lo + data.draw(st.integers(0, 3 + len(v))) for lo, v in zip(low, layers, strict=True)]
-        k = data.draw(st.integers(0, sum(high) + 1))
-
-        def total(t: int) -> int:
-            return sum(min(max(b + sum(x <= t for x in v), lo), hi)
-                       for b, v, lo, hi in zip(base, layers, low, high, strict=True))
-
-        values = sorted({x for v in layers for x in v})
-        expected = next((t for t in values if total(t) >= k), None)
-        assert _fast._threshold(keys, base, k, low, high) == expected
-    finally:
-        _fast._EXACT = 1024
+    layers, base, low, high, k = case
+    keys = [torch.tensor(sorted(v), dtype=torch.int32) for v in layers]
+    with mock.patch.object(_fast, "_EXACT", exact):  # small: several probing rounds on these few keys
+        assert _fast._threshold(keys, base, k, low, high) == _scan(layers, base, k, low, high)[0]
 
 
-@given(st.lists(st.lists(st.integers(-(2**31), 2**31 - 1), max_size=30), max_size=8), st.sampled_from([1, 4, 16]))
-def test_grouped_sort_equals_sorting_each_layer(layers, group):
-    """Layers sorted together as composites split back into each layer's own sorted keys,
-    down to the extreme int32 values (groups made small here, so every grouping is used)."""
-    _fast._GROUP = group
-    try:
-        keys = [torch.tensor(v, dtype=torch.int32) for v in layers]
-        got = _fast._sorted(keys)
-        assert len(got) == len(keys)
-        for g, k in zip(got, keys, strict=True):
-            assert g.dtype == torch.int32
-            assert torch.equal(g, torch.sort(k).values)
-    finally:
-        _fast._GROUP = 1 << 16
+@settings(max_examples=300)
+@given(st.one_of(_threshold_cases(), _threshold_cases(span=1000, loose=True)))
+def test_union_cut_equals_a_scan_of_every_key(case):
+    """One sort of every layer's keys (any order in each, ties by index) gives the scan's
+    threshold wherever it answers, with ``_allocate``'s counts, and its pruned keys are the
+    first in pruning order (key, layer, index) of the layers not held at a bound; the union's
+    threshold (falling back to the per-layer search) always equals the scan's."""
+    layers, base, low, high, k = case
+    keys = [torch.tensor(v, dtype=torch.int32) for v in layers]
+    union = _fast._Union(torch.cat(keys), [len(v) for v in layers])
+    want_t, want_counts = _scan(layers, base, k, low, high)
+    assert union.threshold(base, k, low, high) == want_t
+    assert [p.tolist() for p in union.per_layer()] == [sorted(v) for v in layers]
+    cut = union.cut(base, k, low, high)
+    if cut is None:
+        return
+    assert cut.key == want_t
+    assert union.counts(cut, base, low, high) == want_counts
+    held = (cut.at_high | cut.at_low).tolist()
+    order = sorted((x, i, j) for i, v in enumerate(layers) for j, x in enumerate(v) if not held[i])
+    need = k - sum(hi if h and hi_held else lo if h else b
+                   for b, lo, hi, h, hi_held in zip(base, low, high, held, cut.at_high.tolist(), strict=True))
+    pruned = sorted(sum(len(v) for v in layers[:i]) + j for _, i, j in order[:need])
+    free = union.order[: cut.end] if cut.free is None else union.order[: cut.end][cut.free[: cut.end]]
+    assert sorted(free.tolist()) == pruned
+
+
+def test_union_cut_holds_layers_at_their_bounds():
+    """Layers whose counts cross their bounds are held there, and the cut still answers (no
+    fall back to the per-layer search): one layer at its cap, one at its floor."""
+    layers = [[1, 2, 3, 4, 5, 6, 7, 8], [5, 6, 7, 8, 9, 10, 11, 12], [0, 0, 0, 20, 21, 22, 23, 24]]
+    base, low, high, k = [0, 0, 0], [0, 0, 5], [3, 8, 8], 10
+    keys = [torch.tensor(v, dtype=torch.int32) for v in layers]
+    union = _fast._Union(torch.cat(keys), [8, 8, 8])
+    cut = union.cut(base, k, low, high)
+    assert cut is not None
+    assert cut.at_high.tolist() == [True, False, False]
+    assert cut.at_low.tolist() == [False, False, True]
+    # held: 3 of layer 0, 5 of layer 2; the other 2 are layer 1's lowest: 5 and 6
+    assert cut.key == 6
+    assert union.counts(cut, base, low, high) == [3, 2, 5]
+    assert (cut.key, union.counts(cut, base, low, high)) == _scan(layers, base, k, low, high)
 
 
 @settings(deadline=None)
@@ -245,7 +290,7 @@ def test_grouped_sort_equals_sorting_each_layer(layers, group):
         st.one_of(
             st.lists(st.integers(-3, 3), max_size=40),  # heavy ties
             st.lists(st.integers(-(2**31), 2**31 - 1), max_size=40),  # spans too wide to share
-            st.integers(-(2**31), 2**31 - 2**12).flatmap(
+            st.integers(-(2**31), 2**31 - 1 - 2**12).flatmap(
                 lambda low: st.lists(st.integers(low, low + 2**12), max_size=40)),  # narrow, anywhere
         ),
         max_size=10,
