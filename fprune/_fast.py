@@ -8,7 +8,7 @@ which allows a cheaper exact method, with the same result bit for bit:
 1. **Sample.** A strided sample of about 2^18 scores (2^14 for a layer settled alone; the same
    stride in every layer, a power of two, on diagonals of each layer's grid where it divides
    both sides, :func:`grid_sample`) gives two sample keys that bracket the threshold
-   with a wide margin (6 standard deviations of the sample quantile), with the per-layer
+   with a wide margin (4.5 standard deviations of the sample quantile), with the per-layer
    bounds scaled to the sample (read off one sort of the whole sample, as in step 3).
 2. **One pass.** Each layer's scores are compared with the bracket ``[a, b]`` in their own
    dtype: ``score > b`` is kept for sure; scores inside the bracket are the candidates
@@ -153,7 +153,12 @@ def _compare_into(
 
 _SAMPLE = 1 << 18  # sample size over all layers
 _ALONE_SAMPLE = 1 << 14  # sample size of a layer settled (or bracketed) on its own
-_Z = 6.0  # the bracket's half-width in standard deviations of the sample quantile
+# The bracket's half-width in standard deviations of the sample quantile. A random sample
+# misses the threshold at 4.5 about 7 times in a million brackets (each miss costs the
+# general path, or a layer settled alone); narrower than 6, it holds a quarter fewer
+# candidates. On the pretrained MiniLM-L6 encoder (36 weights; 1x1, 4x1, 2x2, 1x4 at 50 to 95%,
+# global and local) no bracket missed even at 3.5.
+_Z = 4.5
 
 
 def _stride(units: int, sample: int) -> int:
