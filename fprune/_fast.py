@@ -63,11 +63,13 @@ Sampler = Callable[[str, int], "torch.Tensor | None"]
 class Placer(Protocol):
     """Where a layer's units lie in its weight, for a caller that wants weight-shaped masks.
 
-    With a placer, a covered layer's sure-kept units are spread to a fresh weight-shaped mask
-    as soon as its pass computes them (from a reused unit buffer), and the chosen candidates
-    are then set in that mask: the unit masks of all layers are never held at once, and the
-    weight-shaped masks are allocated in the same order and sizes on every step (which lets
-    the allocator reuse a previous step's freed masks instead of faulting in fresh pages).
+    With a placer, a covered layer's unit mask (its sure-kept units from its pass, and its
+    chosen candidates set in it once the threshold is known) is spread to a fresh
+    weight-shaped mask and dropped, one layer at a time: the weight-shaped masks are allocated
+    in the same order and sizes on every step (which lets the allocator reuse a previous
+    step's freed masks where it keeps them, instead of faulting in fresh pages). Setting the
+    chosen units in the unit mask before it is spread costs a fraction of setting their
+    blocks in the weight-shaped mask (one flat index per unit, not a block of them).
     """
 
     def covers(self, name: str) -> bool:
@@ -76,10 +78,6 @@ class Placer(Protocol):
 
     def full(self, name: str, units: torch.Tensor) -> torch.Tensor:
         """A fresh weight-shaped mask: every weight takes its unit's value (``units`` is flat)."""
-        ...
-
-    def mark(self, name: str, mask: torch.Tensor, units: torch.Tensor) -> None:
-        """Set the weights of the flat unit indices ``units`` to True in ``mask`` (in place)."""
         ...
 
 
@@ -578,11 +576,7 @@ def _passer(
     candidates in pruning order (else those of a layer whose keys are :func:`_grouped` stay in
     index order, for :func:`_order`)."""
     placed = {n: placer is not None and placer.covers(n) for n in names}
-    buffers: dict[str, torch.Tensor] = {
-        "inside": torch.empty(max(sizes), dtype=torch.bool, device=survey.device),
-        # the sure-kept units of a placed layer: its weight-shaped mask is what is kept
-        "sure": torch.empty(max(sizes) if any(placed.values()) else 0, dtype=torch.bool, device=survey.device),
-    }
+    buffers: dict[str, torch.Tensor] = {"inside": torch.empty(max(sizes), dtype=torch.bool, device=survey.device)}
 
     def compare_buffer(score: torch.Tensor) -> torch.Tensor | None:  # see _compare_into; one per dtype
         if not (score.is_floating_point() and score.is_contiguous()):
@@ -597,7 +591,7 @@ def _passer(
         order (key, then index; see ``ordered``), and its count below the bracket."""
         score = survey.produce(name).reshape(-1)
         prev = None if survey.all_kept[name] else _kept(survey.previous, name).reshape(-1)
-        sure = buffers["sure"][:size] if placed[name] else torch.empty(size, dtype=torch.bool, device=score.device)
+        sure = torch.empty(size, dtype=torch.bool, device=score.device)
         inside = buffers["inside"][:size]
         n_sure = _compare_into(sure, inside, score, lo_end, hi_end, compare_buffer(score))
         if prev is not None:
@@ -613,7 +607,7 @@ def _passer(
         if ordered or not _grouped(keys):  # a stable sort of keys in index order: the pruning order
             keys, order = _sort(keys)
             idx = idx.index_select(0, order)
-        return _place(placer, name, sure), keys, idx, below_end
+        return sure, keys, idx, below_end
 
     return one_pass, placed, buffers
 
@@ -624,10 +618,11 @@ def _finish(
     placer: Placer | None, flags: list[torch.Tensor | None] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Each layer prunes its ``base`` units below its bracket, then its candidates in pruning
-    order up to its count; the rest of them are kept (``kept`` holds its sure-kept units): a
-    layer's ``flags`` (True: kept, in its candidates' order) where given, else the candidates
-    after its first ``count - base``. A layer whose count is outside its candidates is
-    settled alone."""
+    order up to its count; the rest of them are kept (``kept`` holds its sure-kept units, in
+    place): a layer's ``flags`` (True: kept, in its candidates' order) where given, else the
+    candidates after its first ``count - base``. A layer the placer covers then gets its
+    weight-shaped mask instead. A layer whose count is outside its candidates is settled
+    alone."""
     for i, name in enumerate(names):
         first_kept = counts[i] - base[i]
         if not 0 <= first_kept <= cand_idx[i].numel():  # its threshold is outside its candidates
@@ -635,10 +630,9 @@ def _finish(
             continue
         flag = None if flags is None else flags[i]
         chosen = cand_idx[i][first_kept:] if flag is None else cand_idx[i][flag]
+        kept[name][chosen] = True
         if placed[name]:
-            placer.mark(name, kept[name], chosen)  # type: ignore[union-attr]
-        else:
-            kept[name][chosen] = True
+            kept[name] = placer.full(name, kept[name])  # type: ignore[union-attr]
     return kept
 
 

@@ -117,11 +117,6 @@ class Placement:
         # fresh and contiguous (a grid of one row or column expands to a broadcast view)
         return expand_blocks(units.reshape(rows // bn, cols // bm), (bn, bm)).contiguous()
 
-    def mark(self, name: str, mask: torch.Tensor, units: torch.Tensor) -> None:
-        (rows, cols), (bn, bm) = self.shapes[name], self.blocks[name]
-        across = cols // bm
-        mask.view(rows // bn, bn, across, bm)[units // across, :, units % across, :] = True
-
 
 def grid_shape(pattern: str | Pattern, shape: tuple[int, ...] | torch.Size) -> tuple[int, int]:
     """The grid shape of a weight of ``shape``: its block grid, or its 2-D view for N:M.
