@@ -679,13 +679,13 @@ def _settle(
     def finer(name: str, size: int) -> torch.Tensor:  # a layer's own sample, as if settled alone
         return _sort(rank_keys(survey.take(name, _stride(size, _ALONE_SAMPLE)), wide=is_wide))[0]
 
-    capped = _capped(names, sizes, samples, sample_keys, pruned_before, high, a, is_wide, finer)
+    capped, reaching = _capped(names, sizes, samples, sample_keys, pruned_before, high, a, b, is_wide, finer)
     del samples, sample_keys
 
     one_pass, placed, buffers = _passer(names, sizes, survey, wide, placer, ordered=False)
     kept, cand_keys, cand_idx, base = {}, [], [], []
     for name, size in zip(names, sizes, strict=True):
-        sure, keys, idx, below_end = one_pass(name, size, *capped.get(name, (a, b)))  # capped: its own bracket
+        sure, keys, idx, below_end = one_pass(name, size, *capped.get(name, reaching.get(name, (a, b))))
         kept[name] = sure
         cand_keys.append(keys)
         cand_idx.append(idx)
@@ -702,8 +702,19 @@ def _settle(
 
     # A capped layer's own threshold lies in its bracket, below the global one: verified here,
     # it prunes exactly its cap at any threshold in [a, b] and enters the search as a constant.
-    glob_base = [high[i] if name in capped else base[i] for i, name in enumerate(names)]
-    glob_keys = [cand_keys[i][:0] if name in capped else cand_keys[i] for i, name in enumerate(names)]
+    # A layer whose bracket reaches below the global one enters it with its candidates from a
+    # up (those below a are counted in its base there).
+    key_a = rank_keys(torch.tensor([a], dtype=torch.float64 if is_wide else torch.float32), wide=is_wide)
+
+    def searched(i: int, name: str) -> tuple[int, torch.Tensor]:  # a layer's base and keys in the search
+        if name in capped:
+            return high[i], cand_keys[i][:0]
+        if name in reaching:
+            from_a = cand_keys[i] >= key_a
+            return base[i] + int(from_a.numel() - torch.count_nonzero(from_a)), cand_keys[i][from_a]
+        return base[i], cand_keys[i]
+
+    glob_base, glob_keys = (list(column) for column in zip(*map(searched, range(len(names)), names), strict=True))
     glob_ends = [b_ + k.numel() for b_, k in zip(glob_base, glob_keys, strict=True)]
     if not bounded(glob_base) < total <= bounded(glob_ends):  # the threshold is not a candidate
         return None
@@ -711,8 +722,8 @@ def _settle(
         settled = _cut_candidates(glob_keys, glob_base, total, low, high)
         if settled is not None:
             counts, flags = settled
-            # capped and held layers prune their own first candidates in pruning order
-            own = [i for i, name in enumerate(names) if name in capped or flags[i] is None]
+            # capped, reaching and held layers prune their own first candidates in pruning order
+            own = [i for i, name in enumerate(names) if name in capped or name in reaching or flags[i] is None]
             own_keys, own_idx = [cand_keys[i] for i in own], [cand_idx[i] for i in own]
             _order(own_keys, own_idx)
             for i, idx in zip(own, own_idx, strict=True):
@@ -720,7 +731,7 @@ def _settle(
             del cand_keys, glob_keys
             return _finish(names, sizes, kept, cand_idx, base, counts, survey, wide, placed, placer, flags)
     _order(cand_keys, cand_idx)
-    glob_keys = [cand_keys[i][:0] if name in capped else cand_keys[i] for i, name in enumerate(names)]
+    glob_keys = [searched(i, name)[1] for i, name in enumerate(names)]  # in order now
     tau = _threshold(glob_keys, glob_base, total, low, high)
     if tau is None:
         return None
@@ -757,33 +768,40 @@ def _cut_candidates(
 
 def _capped(
     names: Sequence[str], sizes: list[int], samples: list[torch.Tensor], sample_keys: _Union,
-    pruned_before: list[int], high: list[int], a: float, wide: bool,
+    pruned_before: list[int], high: list[int], a: float, b: float, wide: bool,
     finer: Callable[[str, int], torch.Tensor],
-) -> dict[str, tuple[float, float]]:
-    """Layers the sample shows pruned to their cap well below the global bracket (``a``), each
-    with a bracket around its own cap: one pass then settles them too. A layer whose share of
-    the sample is too small to bracket its cap (many layers) is sampled again on its own
-    (``finer(name, size)``: sorted keys of about ``_ALONE_SAMPLE`` of its units), which costs
-    far less than settling it alone later."""
-    out: dict[str, tuple[float, float]] = {}
+) -> tuple[dict[str, tuple[float, float]], dict[str, tuple[float, float]]]:
+    """Layers the sample shows pruned to their cap below the global bracket ``[a, b]``, each
+    with a bracket around its own cap, so that one pass settles them too: those whose own
+    bracket lies below ``a`` (capped: a constant in the search), and those whose own bracket
+    reaches into the global one (reaching: their bracket runs from their own lower end to
+    ``b``; else the cap could lie below their candidates, and such a layer would be settled
+    alone, at two more passes). A layer whose share of the sample is too small to bracket its
+    cap (many layers) is sampled again on its own (``finer(name, size)``: sorted keys of
+    about ``_ALONE_SAMPLE`` of its units), which costs far less than settling it alone later."""
+    capped: dict[str, tuple[float, float]] = {}
+    reaching: dict[str, tuple[float, float]] = {}
     if len(names) == 1:
-        return out
-    reaching: list[int] = []
+        return capped, reaching
+    near: list[int] = []
     for i, (size, sample, pruned, hi) in enumerate(zip(sizes, samples, pruned_before, high, strict=True)):
         allowed, unpruned = hi - pruned, size - pruned
         if not 0 < allowed < unpruned or sample.numel() == 0:
             continue
-        if int(torch.count_nonzero(sample < a)) >= sample.numel() * allowed / unpruned:
-            reaching.append(i)  # the sample reaches the cap below the bracket
-    for i in reaching:
+        m, f = sample.numel(), allowed / unpruned
+        if int(torch.count_nonzero(sample < a)) >= m * f - (_Z * math.sqrt(m * f * (1 - f)) + _Z):
+            near.append(i)  # the cap may lie below the bracket, as far as the sample tells
+    for i in near:
         name, size, allowed, unpruned = names[i], sizes[i], high[i] - pruned_before[i], sizes[i] - pruned_before[i]
         keys = sample_keys.per_layer()[i]  # every layer's at once: one sort
         own = _bracket([keys], allowed / unpruned, [0], [unpruned], [unpruned], wide)
         if (own is None or own[1] >= a) and keys.numel() < _ALONE_SAMPLE // 2:
             own = _bracket([finer(name, size)], allowed / unpruned, [0], [unpruned], [unpruned], wide)
         if own is not None and own[1] < a:
-            out[name] = own
-    return out
+            capped[name] = own
+        elif own is not None and own[0] < a:
+            reaching[name] = (own[0], b)
+    return capped, reaching
 
 
 def _alone(
