@@ -281,8 +281,8 @@ def _order(keys: list[torch.Tensor], idx: list[torch.Tensor]) -> None:
     one int32 tensor, each less its layer's smallest key plus the layer's place in the group
     above every key's span (``place << bits``), with a stable sort: one radix sort for the group
     instead of a sort per layer, which costs far more at a few thousand keys (see :func:`_sort`).
-    Spans too wide to share 31 bits are sorted alone; int64 keys and layers of ``_RADIX``
-    candidates or more are left as they are (their pass sorted them, see :func:`_grouped`).
+    Spans too wide to share 31 bits, int64 keys and layers of ``_RADIX`` candidates or more
+    (see :func:`_grouped`) are sorted alone.
     """
     group: list[tuple[int, int, int]] = []  # (layer, its smallest key, its span's bit length)
     held = 0  # the group's candidates
@@ -305,7 +305,10 @@ def _order(keys: list[torch.Tensor], idx: list[torch.Tensor]) -> None:
         group.clear()
 
     for i, k in enumerate(keys):
-        if not _grouped(k):  # in order already (see one_pass)
+        if not _grouped(k):
+            if k.numel():
+                keys[i], order = _sort(k)
+                idx[i] = idx[i].index_select(0, order)
             continue
         low, high = (int(v) for v in torch.aminmax(k))
         bits = (high - low).bit_length()
@@ -572,9 +575,9 @@ def _passer(
 ) -> tuple[Pass, dict[str, bool], dict[str, torch.Tensor]]:
     """``one_pass(name, size, a, b)`` over one layer's scores with the bracket ``[a, b]``; which
     layers the placer covers; and the buffers every pass reuses (clear them after the passes).
-    ``wide(name)``: whether the layer's keys are int64; ``ordered``: whether every pass puts its
-    candidates in pruning order (else those of a layer whose keys are :func:`_grouped` stay in
-    index order, for :func:`_order`)."""
+    ``wide(name)``: whether the layer's keys are int64; ``ordered``: whether every pass keys its
+    candidates and puts them in pruning order (else it hands back their scores in index order,
+    for :func:`_keyed` and :func:`_order`)."""
     placed = {n: placer is not None and placer.covers(n) for n in names}
     buffers: dict[str, torch.Tensor] = {"inside": torch.empty(max(sizes), dtype=torch.bool, device=survey.device)}
 
@@ -588,7 +591,8 @@ def _passer(
 
     def one_pass(name: str, size: int, lo_end: float, hi_end: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
         """The layer's sure-kept units (its mask), its candidates' keys and indices in pruning
-        order (key, then index; see ``ordered``), and its count below the bracket."""
+        order (key, then index) where ``ordered``, else their scores and indices in index order
+        (for :func:`_keyed`), and its count below the bracket."""
         score = survey.produce(name).reshape(-1)
         prev = None if survey.all_kept[name] else _kept(survey.previous, name).reshape(-1)
         sure = torch.empty(size, dtype=torch.bool, device=score.device)
@@ -603,11 +607,11 @@ def _passer(
         if size < 2**31:
             idx = idx.to(torch.int32)  # half the memory per candidate
         below_end = score.numel() - n_sure - idx.numel()
-        keys = rank_keys(score.index_select(0, idx), wide=wide(name))
-        if ordered or not _grouped(keys):  # a stable sort of keys in index order: the pruning order
-            keys, order = _sort(keys)
-            idx = idx.index_select(0, order)
-        return sure, keys, idx, below_end
+        values = score.index_select(0, idx)
+        if not ordered:
+            return sure, values, idx, below_end
+        keys, order = _sort(rank_keys(values, wide=wide(name)))  # a stable sort of keys in index order
+        return sure, keys, idx.index_select(0, order), below_end
 
     return one_pass, placed, buffers
 
@@ -696,6 +700,7 @@ def _settle(
             del capped[name]
             kept[name], cand_keys[i], cand_idx[i], base[i] = one_pass(name, sizes[i], a, b)
     buffers.clear()
+    _keyed(cand_keys, is_wide)
 
     def bounded(counts: list[int]) -> int:
         return sum(min(max(c, lo), hi) for c, lo, hi in zip(counts, low, high, strict=True))
@@ -706,15 +711,16 @@ def _settle(
     # up (those below a are counted in its base there).
     key_a = rank_keys(torch.tensor([a], dtype=torch.float64 if is_wide else torch.float32), wide=is_wide)
 
-    def searched(i: int, name: str) -> tuple[int, torch.Tensor]:  # a layer's base and keys in the search
+    def searched(i: int, name: str, keys: torch.Tensor) -> tuple[int, torch.Tensor]:  # base and keys in the search
         if name in capped:
-            return high[i], cand_keys[i][:0]
+            return high[i], keys[:0]
         if name in reaching:
-            from_a = cand_keys[i] >= key_a
-            return base[i] + int(from_a.numel() - torch.count_nonzero(from_a)), cand_keys[i][from_a]
-        return base[i], cand_keys[i]
+            from_a = keys >= key_a
+            return base[i] + int(from_a.numel() - torch.count_nonzero(from_a)), keys[from_a]
+        return base[i], keys
 
-    glob_base, glob_keys = (list(column) for column in zip(*map(searched, range(len(names)), names), strict=True))
+    glob_base, glob_keys = (list(column) for column in zip(*map(searched, range(len(names)), names, cand_keys),
+                                                               strict=True))
     glob_ends = [b_ + k.numel() for b_, k in zip(glob_base, glob_keys, strict=True)]
     if not bounded(glob_base) < total <= bounded(glob_ends):  # the threshold is not a candidate
         return None
@@ -731,7 +737,7 @@ def _settle(
             del cand_keys, glob_keys
             return _finish(names, sizes, kept, cand_idx, base, counts, survey, wide, placed, placer, flags)
     _order(cand_keys, cand_idx)
-    glob_keys = [searched(i, name)[1] for i, name in enumerate(names)]  # in order now
+    glob_keys = [searched(i, name, keys)[1] for i, (name, keys) in enumerate(zip(names, cand_keys, strict=True))]
     tau = _threshold(glob_keys, glob_base, total, low, high)
     if tau is None:
         return None
@@ -743,6 +749,29 @@ def _settle(
     # (a capped layer's count is its cap, reached among its own candidates; a bound may move
     # any layer's count)
     return _finish(names, sizes, kept, cand_idx, base, counts, survey, wide, placed, placer)
+
+
+_KEY_GROUP = 1 << 16  # candidates keyed together, about this many at a time
+
+
+def _keyed(values: list[torch.Tensor], wide: bool) -> None:
+    """Replace each layer's candidate scores in ``values`` with their rank keys, in place: one
+    :func:`rank_keys` over the candidates of consecutive layers, ``_KEY_GROUP`` or more at a
+    time (concatenated, and the scores let go), instead of a call per layer; in groups, so that
+    the scores and keys held at once stay small next to the masks."""
+    start = 0
+    while start < len(values):
+        end, held = start, 0
+        while end < len(values) and (end == start or held < _KEY_GROUP):
+            held += values[end].numel()
+            end += 1
+        sizes = [v.numel() for v in values[start:end]]
+        flat = torch.cat(values[start:end])
+        values[start:end] = [flat[:0]] * (end - start)  # let the scores go
+        keys = rank_keys(flat, wide=wide)
+        del flat
+        values[start:end] = keys.split(sizes)
+        start = end
 
 
 _UNION_MAX = 1 << 18  # at most this many candidates are put in order in one sort (held with the new masks)

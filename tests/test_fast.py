@@ -31,6 +31,7 @@ def small_sample(monkeypatch):
     monkeypatch.setattr(_fast, "_ALONE_SAMPLE", 8)  # a layer on its own, and the least in local scope
     monkeypatch.setattr(_fast, "_LOCAL_SAMPLE", 8)
     monkeypatch.setattr(_fast, "_COMPARE_CHUNK", 7)  # the passes compare across chunk boundaries
+    monkeypatch.setattr(_fast, "_KEY_GROUP", 5)  # candidates keyed in several groups of layers
 
 
 def _run(scores, previous, **kw):
@@ -302,21 +303,18 @@ def test_union_cut_holds_layers_at_their_bounds():
 def test_candidates_put_in_order_together_equal_sorting_each_layer(layers, group, idx_dtype, data):
     """Candidates of several layers ordered as grouped composites equal a stable sort of each
     layer (key, then index), down to extreme int32 keys and spans too wide to share 31 bits;
-    layers of ``_RADIX`` candidates or more (made small here) are left as their pass gave them."""
-    keys = [torch.tensor(v, dtype=torch.int32) for v in layers]
+    layers of ``_RADIX`` candidates or more (made small here) are sorted alone, to the same."""
+    key_dtype = data.draw(st.sampled_from([torch.int32, torch.int64]))  # int64: each layer sorted alone
+    keys = [torch.tensor(v, dtype=key_dtype) for v in layers]
     idx = [torch.tensor(sorted(data.draw(st.sets(st.integers(0, 10**6), min_size=len(v), max_size=len(v)))),
                         dtype=idx_dtype) for v in layers]
     radix = data.draw(st.sampled_from([8, 1 << 15]))
     with mock.patch.multiple(_fast, _ORDER_GROUP=group, _RADIX=radix):
-        big = [not _fast._grouped(k) for k in keys]
         got_keys, got_idx = list(keys), list(idx)
         _fast._order(got_keys, got_idx)
-    for k, i, gk, gi, alone in zip(keys, idx, got_keys, got_idx, big, strict=True):
-        if alone:  # sorted by its pass: left as it is
-            assert gk is k and gi is i
-            continue
+    for k, i, gk, gi in zip(keys, idx, got_keys, got_idx, strict=True):
         want = torch.sort(k, stable=True)
-        assert gk.dtype == torch.int32 and gi.dtype == idx_dtype
+        assert gk.dtype == key_dtype and gi.dtype == idx_dtype
         assert torch.equal(gk, want.values)
         assert torch.equal(gi, i[want.indices])
 
