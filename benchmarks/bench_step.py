@@ -21,7 +21,10 @@ system, which move several rows' times by tens of ms):
 * peers: ``torch.cat`` + ``torch.kthvalue`` (1x1 80%, then the masks),
   ``torch.nn.utils.prune.global_unstructured`` (L1, 80%), ``torch.ao.pruning``'s
   ``WeightNormSparsifier.step`` (local 1x1 80%), an ``AdamW(foreach=True)`` step, one
-  ``torch.mul(w, g)`` pass, one clone of all weights.
+  ``torch.mul(w, g)`` pass, one clone of all weights;
+* a floor: the passes a global 4x1 update at 80% makes when its threshold is known
+  beforehand (read the previous masks, score, compare, spread to fresh masks), without
+  the selection that finds it.
 
 Also: the peak extra memory of a global magnitude update beyond what ``init`` holds, in
 bytes per weight (``ru_maxrss`` in a fresh subprocess), and a scaling run (global 1x1 and
@@ -53,6 +56,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from _common import gradients, machine, round_robin, workload, write_json
 
 import fprune
+from fprune.selection import all_true
 
 FPRUNE_ROWS = [
     ("global", "1x1", 0.8), ("global", "4x1", 0.8), ("global", "2:4", 0.5),
@@ -147,6 +151,31 @@ def _clone(params, grads):
     return lambda: [p.clone() for p in params.values()]
 
 
+def _passes_4x1(params, grads):
+    """The passes any eager global 4x1 update at 80% makes, with the threshold known beforehand
+    (no sample, no candidates, no per-layer caps): read the previous masks, score each layer
+    (``abs`` into one reused buffer, its 4x1 means into another), compare with the threshold,
+    spread to a fresh weight-shaped bool mask. A floor for the update, not the same masks."""
+    previous = {n: torch.ones_like(p, dtype=torch.bool) for n, p in params.items()}
+    largest = max(p.numel() for p in params.values())
+    scores, grid = torch.empty(largest), torch.empty(largest // 4)
+    means = torch.cat([p.abs().view(p.shape[0] // 4, 4, -1).mean(1).reshape(-1) for p in params.values()])
+    threshold = float(torch.kthvalue(means, int(0.8 * means.numel())).values)
+    del means
+
+    def run():
+        masks = {}
+        for name, w in params.items():
+            all_true(previous[name])
+            rows, cols = w.shape
+            score = torch.abs(w, out=scores[: w.numel()].view(rows, cols))
+            block = torch.mean(score.view(rows // 4, 4, cols), dim=1, out=grid[: w.numel() // 4].view(rows // 4, cols))
+            kept = torch.gt(block, threshold)
+            masks[name] = kept[:, None, :].expand(rows // 4, 4, cols).reshape(rows, cols)
+        return masks
+    return run
+
+
 PEERS = {
     "cat + kthvalue, global 1x1 80%": _cat_kthvalue,
     "torch.nn.utils.prune.global_unstructured (L1 80%)": _torch_prune,
@@ -154,6 +183,7 @@ PEERS = {
     "AdamW(foreach) step": _adamw,
     "one torch.mul(w, g) pass": _mul,
     "clone all weights": _clone,
+    "4x1 80% passes, threshold known (no selection)": _passes_4x1,
 }
 
 
