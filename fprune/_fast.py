@@ -719,8 +719,9 @@ def _settle(
             return base[i] + int(from_a.numel() - torch.count_nonzero(from_a)), keys[from_a]
         return base[i], keys
 
-    glob_base, glob_keys = (list(column) for column in zip(*map(searched, range(len(names)), names, cand_keys),
-                                                               strict=True))
+    in_search = [searched(i, name, keys) for i, (name, keys) in enumerate(zip(names, cand_keys, strict=True))]
+    glob_base, glob_keys = [b_ for b_, _ in in_search], [k for _, k in in_search]
+    del in_search
     glob_ends = [b_ + k.numel() for b_, k in zip(glob_base, glob_keys, strict=True)]
     if not bounded(glob_base) < total <= bounded(glob_ends):  # the threshold is not a candidate
         return None
