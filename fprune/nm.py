@@ -17,6 +17,7 @@ from collections.abc import Mapping
 import torch
 
 from fprune import _fast
+from fprune._dtypes import widen
 from fprune._sharded_select import Comm
 from fprune._trace import tracing
 from fprune.blocks import reduce_blocks
@@ -205,6 +206,8 @@ def within_groups(
 
         def is_rank(i: int, k: int) -> torch.Tensor:
             return ranks[i] == k
+    if n == 2 and reduce != "max" and not tracing(view) and widen(values).dtype in _BITS:
+        return low, _pair_score(~low if complement else low, values, reduce)
     cols_v = values.unbind(-1)
     lowest = []
     for k in range(n):  # the value at rank k, picked (not summed), so it is bit for bit the same
@@ -213,6 +216,33 @@ def within_groups(
             picked = torch.where(is_rank(i, k), cols_v[i], picked)
         lowest.append(picked)
     return low, _group_score(torch.stack(lowest, dim=-1), reduce)
+
+
+def _pair_score(low: torch.Tensor, values: torch.Tensor, reduce: str) -> torch.Tensor:
+    """Each group's score when N = 2 and the reduction is a sum or mean, eager: its two
+    lowest-ranked values (flagged in ``low``) summed with -0.0 in place of the others, as
+    bit operations and M additions, with no selection.
+
+    -0.0 is the exact identity of IEEE addition (``x + -0.0 == x`` for every x, +0.0 and
+    NaN included) and ``a + b == b + a``, so the sum, begun from +0.0 as ``torch.sum``
+    begins (two -0.0 sum to +0.0), is bit for bit the rank-order pair's (only a NaN's
+    payload may differ, and every NaN ranks alike); the mean divides it by 2, as
+    :func:`_group_score`'s mean of two does (its 16-bit inputs widened to float32 first).
+    """
+    wide = widen(values)
+    itype = _BITS[wide.dtype]
+    picked = wide.contiguous().view(itype)
+    flags = low.reshape(picked.shape).view(torch.uint8).to(itype).neg_()  # -1 where flagged, else 0
+    picked = picked & flags  # the flagged values, +0.0 elsewhere
+    picked.bitwise_or_(flags.bitwise_not_().bitwise_and_(torch.iinfo(itype).min))  # -0.0 elsewhere
+    cols = picked.view(wide.dtype).unbind(-1)
+    total = cols[0] + 0.0  # from +0.0, as torch.sum
+    for col in cols[1:]:
+        total.add_(col)
+    return total if reduce == "sum" else total.div_(2)
+
+
+_BITS = {torch.float32: torch.int32, torch.float64: torch.int64}  # a float's bits as an integer
 
 
 def _all_kept(mask: torch.Tensor) -> bool:
@@ -275,8 +305,23 @@ def nm_masks(
     return {name: _lose(low[name], chosen[name], shapes[name]) for name in low}
 
 
+_GROUP_WORDS = {2: torch.int16, 4: torch.int32, 8: torch.int64}  # a group's M flag bytes as one integer
+
+
 def _lose(low: torch.Tensor, chosen: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """Kept mask ``[rows, cols]``: a chosen (converted) group loses its N lowest weights."""
+    """Kept mask ``[rows, cols]``: a chosen (converted) group loses its N lowest weights.
+
+    ``low`` is consumed. Eager, with M of 2, 4 or 8, each group's flags are one integer and
+    the mask is ``(low * chosen) ^ 0x01..01``, in place: two passes over the flags, instead
+    of a broadcast over each group's M bytes.
+    """
+    word = _GROUP_WORDS.get(low.shape[-1])
+    m = low.shape[-1]
+    if word is not None and not tracing(low) and low.is_contiguous() and low.numel() and low.storage_offset() % m == 0:
+        ones = int.from_bytes(b"\x01" * m, "little")
+        words = low.view(torch.uint8).view(word).reshape(-1)
+        words.mul_(chosen.reshape(-1).view(torch.uint8)).bitwise_xor_(ones)
+        return words.view(torch.uint8).view(torch.bool).reshape(shape)
     lost = low & chosen.reshape(low.shape[:-1])[..., None]
     return (lost.logical_not_() if not tracing(lost) else ~lost).reshape(shape)  # ours: in place
 

@@ -228,3 +228,50 @@ def test_below_and_at_least_compare_every_rank():
             if shift is not None:
                 below_m = ranks[:m]
                 assert torch.equal((below_m >> shift).view(torch.bool), below_m >= n)
+
+
+PAIR_VALUES = st.one_of(
+    st.sampled_from([0.0, -0.0]),  # signed zeros often, so two -0.0 are often a group's lowest
+    st.sampled_from([float("inf"), -float("inf"), float("nan"), 1e-45, -1e-45, 3e38, -3e38, 1.0, -1.0]),
+    st.floats(width=32, allow_nan=False),
+)
+
+
+@given(st.sampled_from(["2:3", "2:4", "2:8"]), st.sampled_from(strategies.FLOAT_DTYPES),
+       st.sampled_from(["mean", "sum"]), st.booleans(), st.data())
+def test_two_lowest_scores_equal_the_rank_order_picks(pattern, dtype, reduce, complement, data):
+    """With N = 2, an eager sum or mean adds the two lowest with -0.0 for the others (no
+    selection); it equals the rank-order picks bit for bit, overflow, signed zeros,
+    subnormals and infinities included (NaN: only NaN-ness)."""
+    from fprune import nm
+
+    pattern = parse_pattern(pattern)
+    rows, groups = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 4))
+    vals = data.draw(st.lists(PAIR_VALUES, min_size=rows * groups * pattern.m, max_size=rows * groups * pattern.m))
+    view = torch.tensor(vals, dtype=torch.float64).reshape(rows, -1).to(dtype)
+    pruned = data.draw(st.one_of(st.none(), st.lists(st.booleans(), min_size=view.numel(), max_size=view.numel())))
+    pruned = None if pruned is None else torch.tensor(pruned).reshape(view.shape)
+    kwargs = dict(pruned=pruned, reduce=reduce, complement=complement)
+    low, score = nm.within_groups(view, pattern, **kwargs)
+    saved = nm._BITS
+    nm._BITS = {}  # no dtype qualifies: the general picks
+    try:
+        want_low, want_score = nm.within_groups(view, pattern, **kwargs)
+    finally:
+        nm._BITS = saved
+    assert torch.equal(low, want_low)
+    nan = torch.isnan(score)
+    assert torch.equal(nan, torch.isnan(want_score))
+    assert same_bits({"s": score[~nan]}, {"s": want_score[~nan]})
+
+
+def test_two_lowest_mean_golden():
+    """Hand-computed: the two lowest of each group (ties to the lower index) averaged; two
+    -0.0 average to +0.0, as torch.mean gives; overflow of the pair sum gives inf."""
+    from fprune import nm
+
+    view = torch.tensor([[-0.0, -0.0, 1.0, 2.0, 3e38, 3e38, 3e38, 3e38, 5.0, 1.0, 4.0, 2.0]])
+    low, score = nm.within_groups(view, parse_pattern("2:4"), pruned=None, reduce="mean")
+    assert low.tolist() == [[[True, True, False, False], [True, True, False, False], [False, True, False, True]]]
+    assert score.tolist() == [[0.0, float("inf"), 1.5]]
+    assert not bool(torch.signbit(score[0, 0]))
