@@ -17,7 +17,9 @@ system, which move several rows' times by tens of ms):
 
 * fprune: eager ``prune.step`` calls that update the masks (a one-shot pruner at step 0, the
   same state each call, after one warm-up call), magnitude criterion, global and local, at
-  1x1 80%, 4x1 80%, 2:4 50%; and a non-prune step of a snip_momentum 4x1 pruner;
+  1x1 80%, 4x1 80%, 2:4 50%; global 2:4 at 30% (a step of an iterative N:M schedule, where
+  only some groups convert: each group is scored and the groups are selected, which 50%
+  skips); and a non-prune step of a snip_momentum 4x1 pruner;
 * peers: ``torch.cat`` + ``torch.kthvalue`` (1x1 80%, then the masks),
   ``torch.nn.utils.prune.global_unstructured`` (L1, 80%), ``torch.ao.pruning``'s
   ``WeightNormSparsifier.step`` (local 1x1 80%), an ``AdamW(foreach=True)`` step, one
@@ -61,6 +63,7 @@ from fprune.selection import all_true
 FPRUNE_ROWS = [
     ("global", "1x1", 0.8), ("global", "4x1", 0.8), ("global", "2:4", 0.5),
     ("local", "1x1", 0.8), ("local", "4x1", 0.8), ("local", "2:4", 0.5),
+    ("global", "2:4", 0.3),  # an iterative N:M step: 60% of the groups convert, chosen by their scores
 ]
 
 

@@ -23,6 +23,7 @@ def test_bench_step_runs_and_writes_its_rows(tmp_path, capsys):
     assert written["weights"] == payload["weights"] == 768 * 768 * 2
     names = [r["name"] for r in written["rows"]]
     assert "fprune global 4x1 80%" in names and "AdamW(foreach) step" in names
+    assert "fprune global 2:4 30%" in names  # an iterative N:M step, groups selected
     assert "4x1 80% passes, threshold known (no selection)" in names  # the floor
     assert not any(n.startswith(("torch.nn", "torch.ao")) for n in names)  # skipped
     for row in written["rows"]:
