@@ -315,8 +315,8 @@ def _lose(low: torch.Tensor, chosen: torch.Tensor, shape: tuple[int, int]) -> to
     the mask is ``(low * chosen) ^ 0x01..01``, in place: two passes over the flags, instead
     of a broadcast over each group's M bytes.
     """
-    word = _GROUP_WORDS.get(low.shape[-1])
     m = low.shape[-1]
+    word = _GROUP_WORDS.get(m)
     if word is not None and not tracing(low) and low.is_contiguous() and low.numel() and low.storage_offset() % m == 0:
         ones = int.from_bytes(b"\x01" * m, "little")
         words = low.view(torch.uint8).view(word).reshape(-1)
