@@ -231,10 +231,10 @@ def _pair_score(low: torch.Tensor, values: torch.Tensor, reduce: str) -> torch.T
     """
     wide = widen(values)
     itype = _BITS[wide.dtype]
-    picked = wide.contiguous().view(itype)
-    flags = low.reshape(picked.shape).view(torch.uint8).to(itype).neg_()  # -1 where flagged, else 0
-    picked = picked & flags  # the flagged values, +0.0 elsewhere
-    picked.bitwise_or_(flags.bitwise_not_().bitwise_and_(torch.iinfo(itype).min))  # -0.0 elsewhere
+    bits = wide.contiguous().view(itype)
+    flags = low.reshape(bits.shape).view(torch.uint8).to(itype).neg_()  # -1 where flagged, else 0
+    sign = torch.iinfo(itype).min  # the bits of -0.0
+    picked = torch.bitwise_xor(bits, sign).bitwise_and_(flags).bitwise_xor_(sign)  # else -0.0
     cols = picked.view(wide.dtype).unbind(-1)
     total = cols[0] + 0.0  # from +0.0, as torch.sum
     for col in cols[1:]:
