@@ -7,6 +7,11 @@ import torch
 HALF = (torch.float16, torch.bfloat16)
 
 
+def widened(dtype: torch.dtype) -> torch.dtype:
+    """The dtype :func:`widen` gives a tensor of ``dtype``."""
+    return torch.float32 if dtype in HALF else dtype
+
+
 def widen(x: torch.Tensor) -> torch.Tensor:
     """16-bit floats as float32 (sums and products of half values overflow or round badly)."""
     return x.float() if x.dtype in HALF else x

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 import torch
 
 from fprune import _fast
-from fprune._dtypes import widen
+from fprune._dtypes import widen, widened
 from fprune._sharded_select import Comm
 from fprune._trace import tracing
 from fprune.blocks import reduce_blocks
@@ -177,6 +177,8 @@ def within_groups(
     rows, cols = view.shape
     keys = _keys(view, pruned=pruned, wide=False, share=True).reshape(rows, cols // m, m)  # read only
     values = view.reshape(rows, cols // m, m)
+    # N = 2 scores summed from ``low`` alone (:func:`_pair_score`), so no rank is kept for them
+    summed = n == 2 and reduce in ("mean", "sum") and not tracing(view) and widened(values.dtype) in _BITS
     if m > _PAIRWISE:
         order = torch.sort(keys, dim=-1, stable=True).indices[..., :n]
         low = torch.zeros_like(keys, dtype=torch.bool).scatter(-1, order, True)
@@ -185,7 +187,7 @@ def within_groups(
     if _packs(keys, m):
         word = _packed_ranks(keys.reshape(-1, m), n)
         del keys
-        low = _packed_at_least(word, m, flip=not complement, inplace=reduce is None).view(rows, cols // m, m)
+        low = _packed_at_least(word, m, flip=not complement, inplace=reduce is None or summed).view(rows, cols // m, m)
         if reduce is None:
             return low, None
         packed = word.view(torch.uint8).view(rows, cols // m, m)
@@ -206,7 +208,7 @@ def within_groups(
 
         def is_rank(i: int, k: int) -> torch.Tensor:
             return ranks[i] == k
-    if n == 2 and reduce != "max" and not tracing(view) and widen(values).dtype in _BITS:
+    if summed and reduce is not None:  # (summed implies a reduction; the type checker needs it said)
         return low, _pair_score(~low if complement else low, values, reduce)
     cols_v = values.unbind(-1)
     lowest = []
