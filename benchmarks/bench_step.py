@@ -73,11 +73,32 @@ def _fprune_update(params, grads, scope, pattern, sparsity):
     return lambda: prune.step(state, params, grads)
 
 
-def _non_prune_snip_momentum(params, grads):
-    prune = fprune.pruner(0.8, pattern="4x1", criterion="snip_momentum", start_step=0, end_step=1000,
-                          frequency=100)
-    state, _ = prune.step(prune.init(params), params, grads)  # now at step 1: not a prune step
-    return lambda: prune.step(state, params, grads)
+NON_PRUNE_SCHEDULE = dict(start_step=0, end_step=1000, frequency=100)  # steps 1 to 99 do not prune
+MAX_REPEATS = 98  # the non-prune row's warm-up call is step 1 and its timed calls steps 2 to 99
+
+
+def _non_prune_snip_momentum(params, grads, *, advance: bool):
+    """A non-prune step of a snip_momentum 4x1 pruner (the accumulators fold in a new term,
+    the masks stay). With ``advance`` each call goes on from the state the previous call
+    returned, as a training loop does (``state, masks = prune.step(state, ...)``): the previous
+    accumulators are freed once the new ones exist, and the next call's reuse their memory.
+    Without it every call starts from the same state and its result is dropped, which no
+    training loop does: the allocator may then return the new accumulators to the system
+    after each call and fault their pages in again on the next."""
+    prune = fprune.pruner(0.8, pattern="4x1", criterion="snip_momentum", **NON_PRUNE_SCHEDULE)
+    first, _ = prune.step(prune.init(params), params, grads)  # now at step 1: not a prune step
+    current = [first]
+
+    def run():
+        state = current[0]
+        if fprune.schedules.is_prune_step(int(state.step), **NON_PRUNE_SCHEDULE):
+            raise RuntimeError(f"the non-prune row reached prune step {int(state.step)}: "
+                               f"use at most --repeats {MAX_REPEATS}")
+        new, masks = prune.step(state, params, grads)
+        if advance:
+            current[0] = new
+        return masks
+    return run
 
 
 def _cat_kthvalue(params, grads):
@@ -266,6 +287,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--memory-child", nargs=3, metavar=("LAYERS", "PATTERN", "SCOPE"), help=argparse.SUPPRESS)
     parser.add_argument("--scaling-child", nargs=2, type=int, metavar=("LAYERS", "REPEATS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if not 5 <= args.repeats <= MAX_REPEATS:
+        parser.error(f"--repeats must be between 5 and {MAX_REPEATS} (each row's median of at least 5 calls; "
+                     f"the non-prune row reaches its pruner's next prune step after {MAX_REPEATS}), got {args.repeats}")
     if args.memory_child:
         memory_child(int(args.memory_child[0]), args.memory_child[1], args.memory_child[2])
         return {}
@@ -283,7 +307,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         f"fprune {scope} {pattern} {sparsity:.0%}": _fprune_update(params, grads, scope, pattern, sparsity)
         for scope, pattern, sparsity in FPRUNE_ROWS
     }
-    calls["fprune snip_momentum 4x1 non-prune step"] = _non_prune_snip_momentum(params, grads)
+    calls["fprune snip_momentum 4x1 non-prune step"] = _non_prune_snip_momentum(params, grads, advance=True)
+    calls["fprune snip_momentum 4x1 non-prune step, same state"] = _non_prune_snip_momentum(params, grads, advance=False)
     skip = [s for s in args.skip_peers.split(",") if s]
     calls.update({name: make(params, grads) for name, make in PEERS.items()
                   if not any(name.startswith(s) for s in skip)})

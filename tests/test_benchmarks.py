@@ -7,16 +7,24 @@ import json
 import pathlib
 import sys
 
+import pytest
+import torch
+
 BENCHMARKS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def test_bench_step_runs_and_writes_its_rows(tmp_path, capsys):
+def _bench_step():
     if str(BENCHMARKS) not in sys.path:  # the benchmark imports its helpers as a script does
         sys.path.insert(0, str(BENCHMARKS))
     spec = importlib.util.spec_from_file_location("bench_step", BENCHMARKS / "bench_step.py")
     assert spec is not None and spec.loader is not None
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_bench_step_runs_and_writes_its_rows(tmp_path, capsys):
+    bench = _bench_step()
     out = tmp_path / "step.json"
     payload = bench.main(["--layers", "2", "--repeats", "5", "--skip-peers", "torch.nn,torch.ao", "--json", str(out)])
     written = json.loads(out.read_text())
@@ -25,6 +33,7 @@ def test_bench_step_runs_and_writes_its_rows(tmp_path, capsys):
     assert "fprune global 4x1 80%" in names and "AdamW(foreach) step" in names
     assert "fprune global 2:4 30%" in names  # an iterative N:M step, groups selected
     assert "4x1 80% passes, threshold known (no selection)" in names  # the floor
+    assert {"fprune snip_momentum 4x1 non-prune step", "fprune snip_momentum 4x1 non-prune step, same state"} <= set(names)
     assert not any(n.startswith(("torch.nn", "torch.ao")) for n in names)  # skipped
     for row in written["rows"]:
         assert len(row["times_s"]) == 5 and min(row["times_s"]) > 0
@@ -45,3 +54,27 @@ def test_bench_step_runs_and_writes_its_rows(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "x AdamW" in printed and printed.count("1x -> 4x the weights") == 4  # 2 patterns, 2 allocators
     assert "GLIBC_TUNABLES=" in printed and "page faults a call" in printed
+
+
+def test_non_prune_row_advances_its_state_and_never_prunes():
+    bench = _bench_step()
+    torch.manual_seed(0)
+    params = {"w": torch.randn(8, 8)}
+    grads = {"w": torch.randn(8, 8)}
+    same = bench._non_prune_snip_momentum(params, grads, advance=False)
+    advancing = bench._non_prune_snip_momentum(params, grads, advance=True)
+    masks = same()
+    assert masks["w"].dtype == torch.bool and masks["w"].all()  # the schedule starts at sparsity 0
+    for _ in range(bench.MAX_REPEATS + 1):  # the warm-up call and the most timed calls
+        assert torch.equal(advancing()["w"], masks["w"])  # steps 1 to 99: the masks stay
+        same()
+    with pytest.raises(RuntimeError, match="reached prune step 100"):
+        advancing()
+    assert torch.equal(same()["w"], masks["w"])  # still step 1
+
+
+@pytest.mark.parametrize("repeats", ["4", "99"])
+def test_bench_step_rejects_repeats_out_of_range(repeats, capsys):
+    with pytest.raises(SystemExit):
+        _bench_step().main(["--repeats", repeats])
+    assert "--repeats must be between 5 and 98" in capsys.readouterr().err
