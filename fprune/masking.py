@@ -66,12 +66,14 @@ def _select(
     previous: Mapping[str, torch.Tensor] | None,
     reduce: str,
     comm: Comm | None = None,
+    grouped: Callable[[str], torch.Tensor | None] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Kept grid masks; with ``comm``, of this rank's shards (the general path, eager)."""
+    """Kept grid masks; with ``comm``, of this rank's shards (the general path, eager).
+    ``grouped``: N:M only, see :func:`fprune.nm.nm_masks`."""
     if isinstance(pattern, NM):
         return nm_masks(
             grid, pattern=pattern, sparsity=sparsity, scope=scope, min_layer_sparsity=lo,
-            max_layer_sparsity=hi, previous=previous, reduce=reduce, comm=comm,
+            max_layer_sparsity=hi, previous=previous, reduce=reduce, comm=comm, grouped=grouped,
         )
     if comm is None and _fast.applies(grid.values(), (sparsity, lo, hi)):
         kept = fast_select(

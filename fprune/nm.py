@@ -12,7 +12,7 @@ converted) and keeps them pruned.
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -86,6 +86,12 @@ def _packs(keys: torch.Tensor, m: int) -> bool:
     return keys.device.type == "cpu" and m in _WORDS and sys.byteorder == "little" and not tracing(keys)
 
 
+def by_columns(m: int, device: torch.device) -> bool:
+    """Whether an eager layer's groups of ``m`` rank faster from scores written one group
+    position at a time (:func:`nm_masks`'s ``grouped``): where they are packed on the CPU."""
+    return device.type == "cpu" and m in _WORDS and sys.byteorder == "little"
+
+
 def _packed_ranks(keys: torch.Tensor, n: int) -> torch.Tensor:
     """Each group's ranks (as :func:`_ranks`) packed in one integer per group: byte ``i`` of
     the word is ``rank_i + 64 - n``, so the word's memory is the ``[groups, m]`` rank bytes.
@@ -97,19 +103,25 @@ def _packed_ranks(keys: torch.Tensor, n: int) -> torch.Tensor:
     byte and the top byte's sign bit stays clear. Each comparison and add is one vectorized
     pass over contiguous columns, written as integers (a comparison writing bool runs a
     scalar loop on the CPU), and no rank is interleaved afterwards. ``keys`` is
-    ``[groups, m]``, eager.
+    ``[groups, m]``, eager; when each of its columns is contiguous (scores written a column
+    at a time, :func:`nm_masks`'s ``grouped``) they are compared where they lie.
     """
     groups, m = keys.shape
     word = torch.empty(groups, dtype=_WORDS[m], device=keys.device)
     base = sum((m - 1 - i + _OFFSET - n) << 8 * i for i in range(m))
     chunk = min(_CHUNK, groups)
-    cols = torch.empty(m, chunk, dtype=keys.dtype, device=keys.device)
+    in_place = keys.stride(0) == 1
+    cols = None if in_place else torch.empty(m, chunk, dtype=keys.dtype, device=keys.device)
     first = torch.empty(chunk, dtype=word.dtype, device=keys.device)
     for start in range(0, groups, chunk):
         size = min(chunk, groups - start)
-        part, w, f = cols[:, :size], word[start:start + size], first[:size]
-        for i in range(m):  # one strided copy per column, then contiguous work
-            part[i].copy_(keys[start:start + size, i])
+        w, f = word[start:start + size], first[:size]
+        if cols is None:
+            part = keys[start:start + size].t()  # [m, size], each row contiguous
+        else:
+            part = cols[:, :size]
+            for i in range(m):  # one strided copy per column, then contiguous work
+                part[i].copy_(keys[start:start + size, i])
         w.fill_(base)
         for i in range(m):
             for j in range(i + 1, m):
@@ -160,7 +172,9 @@ def within_groups(
     """The N lowest-ranked weights of every group, and each group's score.
 
     Args:
-        view: ``[rows, cols]`` scores, ``cols`` divisible by M.
+        view: ``[rows, cols]`` scores, ``cols`` divisible by M; or the same scores grouped,
+            ``[rows, cols / M, M]``, in any memory layout (each group position's scores
+            contiguous is the fastest).
         pattern: the N:M pattern.
         pruned: bool ``[rows, cols]``, True where a weight is already pruned (ranks first).
         reduce: the group-score reduction of the N lowest scores (taken in rank order), or
@@ -174,7 +188,9 @@ def within_groups(
         ``[rows, cols / M]`` scores, or None.
     """
     n, m = pattern.n, pattern.m
-    rows, cols = view.shape
+    rows, cols = (view.shape[0], view.shape[1] * m) if view.ndim == 3 else view.shape
+    if pruned is not None:
+        pruned = pruned.reshape(view.shape)
     keys = _keys(view, pruned=pruned, wide=False, share=True).reshape(rows, cols // m, m)  # read only
     values = view.reshape(rows, cols // m, m)
     # N = 2 scores summed from ``low`` alone (:func:`_pair_score`), so no rank is kept for them
@@ -270,20 +286,30 @@ def nm_masks(
     previous: Mapping[str, torch.Tensor] | None,
     reduce: str,
     comm: Comm | None = None,
+    grouped: Callable[[str], torch.Tensor | None] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Kept masks on the 2-D views of already-validated N:M layers (see module docstring).
 
     A layer missing from ``previous`` keeps everything. ``views`` is read once per layer, in
     order, and no view is used after the next one is read, so a lazy mapping may score one
-    layer at a time into a shared buffer. With
+    layer at a time into a shared buffer. When every group converts, ``grouped(name)`` (if
+    given) is asked first: a layer's scores as ``[rows, cols / M, M]`` with each group
+    position's scores contiguous (written a column at a time, so its groups are ranked
+    without first gathering its columns), or None to read ``views[name]`` instead; it is
+    read under the same rule. With
     ``comm`` the views are this rank's rows of the layers, and only the group selection
     (below N/M) exchanges anything: groups never cross rows.
     """
     fraction = group_fraction(sparsity, pattern)
     everything = _every_group(fraction)  # then no group is ranked, and none needs a score
     low, group_scores, kept_groups, shapes = {}, {}, {}, {}
-    for name, view in views.items():
-        rows, cols = shapes[name] = tuple(view.shape)
+    for name in views:
+        view = grouped(name) if everything and grouped is not None else None
+        if view is None:
+            view = views[name]
+            rows, cols = shapes[name] = tuple(view.shape)
+        else:
+            rows, cols = shapes[name] = (view.shape[0], view.shape[1] * pattern.m)
         prev = None if previous is None else previous.get(name)
         pruned = None if prev is None or _all_kept(prev) else ~prev
         # every group converting: each keeps its M - N highest, computed as the kept mask

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from fprune import _checks, _errors, _fast, _resolve, _sharded, _trace, registry
+from fprune import _checks, _errors, _fast, _resolve, _sharded, _trace, nm, registry
 from fprune._dtypes import widen
 from fprune._scratch import Scratch
 from fprune.blocks import (
@@ -354,6 +354,7 @@ def pruner(
         previous: dict[str, torch.Tensor],
         grid_of: Callable[[str], torch.Tensor],
         sample_of: Callable[[str, int], torch.Tensor | None],
+        grouped_of: Callable[[str], torch.Tensor | None],
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor] | None:
         """``_prune`` for an eager step, one layer's scores at a time, so memory beyond the new
         masks is of the order of the largest layer. N:M ranks each layer within its groups
@@ -364,7 +365,7 @@ def pruner(
         partial = {n: m for n, m in previous.items() if not _fast.all_true(m)}
         if isinstance(pat, NM):  # a layer left out of ``partial`` keeps everything
             chosen = _select(_Lazy(grid_of, tuple(previous)), pat, r, scope, low, hi,
-                             reduce_masks(partial, pattern=pat), reduce)
+                             reduce_masks(partial, pattern=pat), reduce, grouped=grouped_of)
             return {name: _and_previous(_expanded(chosen.pop(name), name, previous), name, partial)
                     for name in previous}, r
         shapes = {n: grid_shape(pat, tuple(m.shape)) for n, m in previous.items()}
@@ -471,6 +472,24 @@ def pruner(
                 into = grid_scratch.get(shape, widen(view).dtype, view.device)
                 return reduce_into(view, block, reduce, into)
 
+            def grouped_of(name: str) -> torch.Tensor | None:
+                """An N:M layer's scores grouped, ``[rows, cols / M, M]``, each group position's
+                scores contiguous (``nm_masks``'s ``grouped``): scored a position at a time, from
+                strided views of the weights, so its groups rank without gathering columns;
+                None where that is not faster or the layer is not a plain 2-D weight."""
+                w = active[name]
+                if (layer_score is None or not isinstance(pat, NM) or w.ndim != 2 or not w.is_contiguous()
+                        or not nm.by_columns(pat.m, w.device)):
+                    return None
+                (rows, cols), m = w.shape, pat.m
+                groups = rows * cols // m
+                g = None if agrads is None else agrads[name].reshape(groups, m)
+                out = scratch.get((m, groups), w.dtype, w.device)  # the buffer grid_of would use
+                w_groups = w.view(groups, m)
+                for i in range(m):
+                    layer_score(w_groups[:, i], None if g is None else g[:, i], out[i])
+                return out.t().view(rows, cols // m, m)
+
             def sample_of(name: str, stride: int) -> torch.Tensor | None:
                 """The unit scores ``_fast.grid_sample(grid, stride)`` takes, for the bracket, from
                 only the weights of those units (an element-wise criterion on a 2-D weight with
@@ -521,6 +540,9 @@ def pruner(
             def grid_of(name: str) -> torch.Tensor:
                 return ready[name]
 
+            def grouped_of(name: str) -> torch.Tensor | None:
+                return None
+
             def sample_of(name: str, stride: int) -> torch.Tensor | None:
                 return None
 
@@ -543,7 +565,8 @@ def pruner(
             new_active = {n: torch.where(pred, chosen[n], state.masks[n]) for n in active}
             new_target = torch.where(pred, r, state.target)
         elif prune_now:
-            fast = _prune_eager(*operands, grid_of, sample_of) if comm is None and _eager_layers(active) else None
+            fast = (_prune_eager(*operands, grid_of, sample_of, grouped_of)
+                    if comm is None and _eager_layers(active) else None)
             new_active, new_target = fast if fast is not None else prune_branch(*operands)
         else:
             new_active, new_target = previous, state.target

@@ -71,7 +71,7 @@ def _keys(scores: torch.Tensor, *, pruned: torch.Tensor | None, wide: bool, shar
         # no sign bit (so no -0.0) and no NaN: the bits already order like the floats
         keys = x.view(itype)
         if pruned is not None:
-            return torch.where(pruned, lowest, keys)
+            return _lowest_where(pruned, lowest, keys, traced)
         return keys if share or x is not scores else keys.clone()
     if traced:  # a compiler may drop ``x + 0.0`` as a no-op
         x = torch.where(x == 0, 0.0, x)  # -0.0 -> +0.0
@@ -88,8 +88,17 @@ def _keys(scores: torch.Tensor, *, pruned: torch.Tensor | None, wide: bool, shar
     if traced or not _within(keys, ~inf, inf):
         keys = torch.where(torch.isnan(x), lowest + 1, keys)
     if pruned is not None:
-        keys = torch.where(pruned, lowest, keys)
+        keys = _lowest_where(pruned, lowest, keys, traced)
     return keys
+
+
+def _lowest_where(pruned: torch.Tensor, lowest: int, keys: torch.Tensor, traced: bool) -> torch.Tensor:
+    """``lowest`` where ``pruned``, else ``keys``; eager, laid out in memory as ``keys`` is
+    (a grouped N:M layout stays grouped), not as the mask is."""
+    if traced:
+        return torch.where(pruned, lowest, keys)
+    low = torch.full((), lowest, dtype=keys.dtype, device=keys.device)
+    return torch.where(pruned, low, keys, out=torch.empty_like(keys))
 
 
 def all_true(mask: torch.Tensor) -> bool:
@@ -103,8 +112,18 @@ def _within(t: torch.Tensor, low: int, high: int) -> bool:
     pass; a comparison that writes a bool tensor costs several)."""
     if t.numel() == 0:
         return True
-    lo, hi = torch.aminmax(t)
+    lo, hi = torch.aminmax(_dense(t))
     return bool(lo >= low) and bool(hi <= high)
+
+
+def _dense(t: torch.Tensor) -> torch.Tensor:
+    """``t`` with its dimensions permuted into its memory order, when that makes it contiguous
+    (a transposed or grouped layout), so a reduction over every element reads memory in
+    order; else ``t`` itself."""
+    if t.is_contiguous():
+        return t
+    permuted = t.permute(sorted(range(t.ndim), key=lambda d: (-t.stride(d), -t.shape[d])))
+    return permuted if permuted.is_contiguous() else t
 
 
 def _count(sparsity: float | torch.Tensor, n: int, device: torch.device) -> torch.Tensor:

@@ -100,7 +100,7 @@ def test_pruner_eager_steps_equal_the_traced_selection():
     params = {f"l{i}.weight": torch.randn(96, 64, generator=gen) * (i + 1) for i in range(4)}
     grads = [{n: torch.randn(p.shape, generator=gen) for n, p in params.items()} for _ in range(7)]
     cases = [(c, p, 0.9) for c in ("magnitude", "snip", "snip_momentum") for p in ("4x1", "1x1")]  # 1x1: strided sample
-    cases += [(c, p, r) for c in ("magnitude", "snip_momentum") for p, r in (("2:4", 0.5), ("1:4", 0.2), ("2:8", 0.25))]
+    cases += [(c, p, r) for c in ("magnitude", "snip", "snip_momentum") for p, r in (("2:4", 0.5), ("1:4", 0.2), ("2:8", 0.25))]
     for criterion, pattern, sparsity in cases:  # N:M: ranked layer by layer, and at N/M no group selection
         torch._dynamo.reset()  # each pruner is a new closure of the same code: keep under the recompile limit
         prune = fprune.pruner(sparsity, pattern=pattern, criterion=criterion, start_step=0, end_step=6, frequency=2,

@@ -212,6 +212,75 @@ def test_packed_and_interleaved_rankings_agree(case, reduce, complement, data):
             assert same_bits({"s": score}, {"s": want_score})
 
 
+def _grouped(view: torch.Tensor, m: int) -> torch.Tensor:
+    """``view`` as ``[rows, cols / m, m]`` with each group position's scores contiguous (the
+    layout the pruner writes a column at a time)."""
+    rows, cols = view.shape
+    columns = view.reshape(-1, m).t().contiguous()
+    grouped = columns.t().view(rows, cols // m, m)
+    assert same_bits({"v": grouped.reshape(rows, cols)}, {"v": view})
+    assert all(grouped[..., i].is_contiguous() for i in range(m))
+    return grouped
+
+
+@given(nm_case(), st.sampled_from([None, "mean", "sum", "max"]), st.booleans(), st.data())
+def test_within_groups_reads_a_grouped_layout_alike(case, reduce, complement, data):
+    """Scores handed over grouped, each group position contiguous (packed groups of 4 are
+    then compared where they lie), give the same masks and bit-identical group scores as
+    the 2-D view, with pruned weights, specials and every dtype."""
+    from fprune import nm
+
+    pattern, scores, _ = case
+    for view in (to_2d(s) for s in scores.values()):
+        seed = data.draw(st.one_of(st.none(), st.integers(0, 2**16)))
+        pruned = None if seed is None else torch.rand(view.shape, generator=torch.Generator().manual_seed(seed)) < 0.3
+        kwargs = dict(pruned=pruned, reduce=reduce, complement=complement)
+        low, score = nm.within_groups(_grouped(view, pattern.m), pattern, **kwargs)
+        want_low, want_score = nm.within_groups(view, pattern, **kwargs)
+        assert torch.equal(low, want_low) and low.is_contiguous()
+        assert (score is None) == (want_score is None) == (reduce is None)
+        if score is not None:
+            nan = torch.isnan(score)
+            assert torch.equal(nan, torch.isnan(want_score))
+            assert same_bits({"s": score[~nan]}, {"s": want_score[~nan]})
+
+
+@given(st.sampled_from(["magnitude", "snip", "gradient"]), st.sampled_from(["global", "local"]),
+       st.sampled_from(["2:4", "1:4", "3:4"]), st.sampled_from(strategies.FLOAT_DTYPES), st.data())
+def test_pruner_scores_groups_of_four_a_column_at_a_time_alike(criterion, scope, pattern, dtype, data):
+    """When every group converts, the pruner's eager step scores each group position of a 2-D
+    weight from a strided view into one contiguous column (``nm_masks``'s ``grouped``); the
+    masks equal those of the plain 2-D scores, across steps whose earlier masks prune some
+    groups already, with specials, ties and every dtype."""
+    from fprune import nm
+
+    pat = parse_pattern(pattern)
+    shapes = data.draw(st.lists(strategies.divisible_shape(1, 4), min_size=1, max_size=3))
+    params = {f"l{i}.weight": data.draw(strategies.tensors(shape, dtype=dtype)) for i, shape in enumerate(shapes)}
+    grads = [{n: data.draw(strategies.tensors(p.shape, dtype=dtype)) for n, p in params.items()} for _ in range(3)]
+    prune = fprune.pruner(pat.max_sparsity, pattern=pattern, criterion=criterion, scope=scope, start_step=0,
+                          end_step=2, max_layer_sparsity=1.0)  # steps 0 and 1 convert some groups, step 2 all
+    real, layouts = nm._packed_ranks, []
+
+    def spy(keys, n):
+        layouts.append(keys.stride(0) == 1 and keys.shape[0] > 1)
+        return real(keys, n)
+
+    columns = plain = prune.init(params)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(nm, "_packed_ranks", spy)
+        for g in grads:
+            columns, got = prune.step(columns, params, g)
+            mp.setattr(nm, "by_columns", lambda m, device: False)
+            plain, want = prune.step(plain, params, g)
+            mp.undo()
+            mp.setattr(nm, "_packed_ranks", spy)
+            assert same_bits(got, want)
+    groups = sum(p.numel() // 4 for p in params.values())
+    if groups > len(params):  # a layer of more than one group was ranked where it lies, at the last step
+        assert any(layouts)
+
+
 def test_below_and_at_least_compare_every_rank():
     """By arithmetic on uint8 ranks below 128; and where one bit of the rank answers (n a power
     of two, m <= 2n: 1:2, 2:4, 4:8 ...), the shift the eager ranking uses."""
