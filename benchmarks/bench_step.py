@@ -58,6 +58,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from _common import gradients, machine, round_robin, workload, write_json
 
 import fprune
+from fprune._scratch import Scratch
+from fprune.blocks import reduce_scored
 from fprune.selection import all_true
 
 FPRUNE_ROWS = [
@@ -175,14 +177,19 @@ def _clone(params, grads):
     return lambda: [p.clone() for p in params.values()]
 
 
+def _abs(w, g, out):
+    return torch.abs(w, out=out)
+
+
 def _passes_4x1(params, grads):
     """The passes any eager global 4x1 update at 80% makes, with the threshold known beforehand
     (no sample, no candidates, no per-layer caps): read the previous masks, score each layer
-    (``abs`` into one reused buffer, its 4x1 means into another), compare with the threshold,
-    spread to a fresh weight-shaped bool mask. A floor for the update, not the same masks."""
+    (``abs`` into one reused buffer, its 4x1 means into another, a few block rows at a time as
+    the update does), compare with the threshold, spread to a fresh weight-shaped bool mask.
+    A floor for the update, not the same masks."""
     previous = {n: torch.ones_like(p, dtype=torch.bool) for n, p in params.items()}
     largest = max(p.numel() for p in params.values())
-    scores, grid = torch.empty(largest), torch.empty(largest // 4)
+    scratch, grid = Scratch(params.values()), torch.empty(largest // 4)
     means = torch.cat([p.abs().view(p.shape[0] // 4, 4, -1).mean(1).reshape(-1) for p in params.values()])
     threshold = float(torch.kthvalue(means, int(0.8 * means.numel())).values)
     del means
@@ -192,8 +199,7 @@ def _passes_4x1(params, grads):
         for name, w in params.items():
             all_true(previous[name])
             rows, cols = w.shape
-            score = torch.abs(w, out=scores[: w.numel()].view(rows, cols))
-            block = torch.mean(score.view(rows // 4, 4, cols), dim=1, out=grid[: w.numel() // 4].view(rows // 4, cols))
+            block = reduce_scored(_abs, w, None, (4, 1), "mean", scratch, grid[: w.numel() // 4].view(rows // 4, cols))
             kept = torch.gt(block, threshold)
             masks[name] = kept[:, None, :].expand(rows // 4, 4, cols).reshape(rows, cols)
         return masks

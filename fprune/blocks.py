@@ -9,12 +9,13 @@ are expanded back to the weight's shape.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 
 from fprune import _errors, _trace
 from fprune._dtypes import widen
+from fprune._scratch import Scratch
 from fprune.layout import from_2d, shape_2d, to_2d
 from fprune.patterns import NM, Pattern, parse_pattern
 
@@ -93,6 +94,37 @@ def expand_blocks(grid: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
         return grid
     rows, cols = grid.shape
     return grid[:, None, :, None].expand(rows, bn, cols, bm).reshape(rows * bn, cols * bm)
+
+
+PIECE = 1 << 20  # weights of a 2-D layer scored and reduced at a time by :func:`reduce_scored`
+
+
+def reduce_scored(
+    score: Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor], torch.Tensor],
+    w: torch.Tensor,
+    g: torch.Tensor | None,
+    block: tuple[int, int],
+    reduce: str,
+    scratch: Scratch,
+    out: torch.Tensor,
+) -> torch.Tensor:
+    """``out`` = the block reduction of ``score(w, g, buffer)`` for an eager 2-D weight whose
+    block divides it, a few block rows at a time (about :data:`PIECE` weights): each piece is
+    scored into ``scratch`` and reduced into its rows of ``out`` while it is still in cache,
+    where a large layer's whole score would not stay. ``score`` is element-wise (it may be
+    called on row slices); each block is reduced on its own, so the pieces give the whole
+    layer's reduction bit for bit. ``out`` is ``[rows / bn, cols / bm]`` of the reduction's
+    dtype (16-bit scores are reduced in float32)."""
+    rows, cols = w.shape
+    bn = block[0]
+    pieces = -(-w.numel() // PIECE)
+    step = -(-(rows // bn) // pieces) * bn  # rows a piece: whole blocks
+    for start in range(0, rows, step):
+        stop = min(rows, start + step)
+        part = score(w[start:stop], None if g is None else g[start:stop],
+                     scratch.get((stop - start, cols), w.dtype, w.device))
+        reduce_into(part, block, reduce, out[start // bn:stop // bn])
+    return out
 
 
 class Placement:

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from fprune import _checks, _errors, _fast, _resolve, _sharded, _trace, nm, registry
-from fprune._dtypes import widen
+from fprune._dtypes import widen, widened
 from fprune._scratch import Scratch
 from fprune.blocks import (
     REDUCTIONS,
@@ -36,6 +36,7 @@ from fprune.blocks import (
     reduce_blocks,
     reduce_into,
     reduce_masks,
+    reduce_scored,
     to_grid,
 )
 from fprune.layout import to_2d
@@ -461,9 +462,14 @@ def pruner(
                         memo.update(grid())
                     return memo[name]
                 w = active[name]
+                g = None if agrads is None else agrads[name]
+                if w.ndim == 2 and not isinstance(pat, NM) and (block := pat.block_shape(tuple(w.shape))) != (1, 1):
+                    # a few block rows at a time, each reduced while in cache
+                    into = grid_scratch.get((w.shape[0] // block[0], w.shape[1] // block[1]), widened(w.dtype), w.device)
+                    return reduce_scored(layer_score, w, g, block, reduce, scratch, into)
                 # into one buffer reused by every layer and pass (the eager selection uses a
                 # score only until it asks for the next)
-                score = layer_score(w, None if agrads is None else agrads[name], scratch.like(w))
+                score = layer_score(w, g, scratch.like(w))
                 view = to_2d(score)
                 block = (1, 1) if isinstance(pat, NM) else pat.block_shape(tuple(view.shape))
                 if block == (1, 1):

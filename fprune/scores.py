@@ -26,7 +26,7 @@ import torch
 from fprune import _errors, _trace
 from fprune._dtypes import widen
 from fprune._scratch import Scratch
-from fprune.blocks import REDUCTIONS, check_divisible, grid_shape, to_grid
+from fprune.blocks import REDUCTIONS, check_divisible, grid_shape, reduce_scored, to_grid
 from fprune.layout import shape_2d
 from fprune.patterns import NM, Pattern, parse_pattern
 
@@ -158,6 +158,11 @@ def snip_momentum(
             if _reducing(grid_pattern, p) and not _trace.tracing(w) and not _trace.tracing(g):
                 # eager, and the grid is a reduction: the product is scratch, so one buffer
                 # serves every layer (no fresh weight-sized tensor per layer)
+                block = grid_pattern.block_shape(shape_2d(tuple(w.shape)))
+                if w.ndim == 2 and w.shape[0] % block[0] == 0 and w.shape[1] % block[1] == 0:
+                    grid = torch.empty(w.shape[0] // block[0], w.shape[1] // block[1], dtype=w.dtype, device=w.device)
+                    out[name] = reduce_scored(_abs_product, w, g, block, reduce, scratch, grid)
+                    continue  # (an indivisible layer goes on to to_grid's error)
                 prod = torch.mul(w, g, out=scratch.like(w)).abs_()
             else:
                 prod = torch.mul(w, g).abs_()
@@ -188,6 +193,11 @@ def snip_momentum(
         return new, new
 
     return Criterion(init, update, needs_grads=True)
+
+
+def _abs_product(w: torch.Tensor, g: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
+    """``|w * g|`` into ``out`` (a slice of weights at a time, for :func:`reduce_scored`)."""
+    return torch.mul(w, g, out=out).abs_()  # type: ignore[arg-type]
 
 
 def _fold(momentum: float, acc: torch.Tensor, term: torch.Tensor) -> torch.Tensor:

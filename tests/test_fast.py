@@ -113,6 +113,30 @@ def test_pruner_eager_steps_equal_the_traced_selection():
             assert same_bits(eager_masks, traced_masks)
 
 
+def test_pruner_scores_block_layers_in_pieces_alike(monkeypatch):
+    """The eager step scores a 2-D block layer a few block rows at a time (each piece reduced
+    while in cache); pieces of a few hundred weights give the masks and accumulators of one
+    piece a layer, for stateless criteria and snip_momentum, global and local."""
+    from fprune import blocks
+
+    gen = torch.Generator().manual_seed(1)
+    params = {f"l{i}.weight": torch.randn(48, 32, generator=gen) * (i + 1) for i in range(3)}
+    params["l3.weight"] = torch.randn(40, 64, generator=gen).round()  # ties
+    grads = [{n: torch.randn(p.shape, generator=gen) for n, p in params.items()} for _ in range(4)]
+    for criterion in ("magnitude", "snip", "gradient", "snip_momentum"):
+        for pattern in ("4x1", "2x2", "1x4", "channelx1"):
+            for scope in ("global", "local"):
+                prune = fprune.pruner(0.7, pattern=pattern, criterion=criterion, scope=scope, start_step=0,
+                                      end_step=3, frequency=1)
+                whole = pieces = prune.init(params)
+                for g in grads:
+                    monkeypatch.setattr(blocks, "PIECE", 1 << 40)
+                    whole, want = prune.step(whole, params, g)
+                    monkeypatch.setattr(blocks, "PIECE", 200)  # 6 to 13 pieces a layer
+                    pieces, got = prune.step(pieces, params, g)
+                    assert same_bits(got, want) and same_bits(pieces.aux, whole.aux)
+
+
 @given(st.integers(0, 300), st.floats(0.0, 1.0), st.integers(0, 9), st.integers(0, 2**16))
 def test_indices_equal_nonzero(size, density, offset, seed):
     """The word-wise candidate scan gives ``nonzero``'s indices, in order, at any length and offset."""
