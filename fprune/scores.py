@@ -158,8 +158,8 @@ def snip_momentum(
             if _reducing(grid_pattern, p) and not _trace.tracing(w) and not _trace.tracing(g):
                 # eager, and the grid is a reduction: the product is scratch, so one buffer
                 # serves every layer (no fresh weight-sized tensor per layer)
-                block = grid_pattern.block_shape(shape_2d(tuple(w.shape)))
-                if w.ndim == 2 and w.shape[0] % block[0] == 0 and w.shape[1] % block[1] == 0:
+                block = None if isinstance(grid_pattern, NM) else grid_pattern.block_shape(shape_2d(tuple(w.shape)))
+                if block is not None and w.ndim == 2 and w.shape[0] % block[0] == 0 and w.shape[1] % block[1] == 0:
                     grid = torch.empty(w.shape[0] // block[0], w.shape[1] // block[1], dtype=w.dtype, device=w.device)
                     out[name] = reduce_scored(_abs_product, w, g, block, reduce, scratch, grid)
                     continue  # (an indivisible layer goes on to to_grid's error)
