@@ -71,7 +71,7 @@ def _keys(scores: torch.Tensor, *, pruned: torch.Tensor | None, wide: bool, shar
         # no sign bit (so no -0.0) and no NaN: the bits already order like the floats
         keys = x.view(itype)
         if pruned is not None:
-            return _lowest_where(pruned, lowest, keys, traced)
+            return _lowest_where(pruned, lowest, keys)
         return keys if share or x is not scores else keys.clone()
     if traced:  # a compiler may drop ``x + 0.0`` as a no-op
         x = torch.where(x == 0, 0.0, x)  # -0.0 -> +0.0
@@ -88,14 +88,16 @@ def _keys(scores: torch.Tensor, *, pruned: torch.Tensor | None, wide: bool, shar
     if traced or not _within(keys, ~inf, inf):
         keys = torch.where(torch.isnan(x), lowest + 1, keys)
     if pruned is not None:
-        keys = _lowest_where(pruned, lowest, keys, traced)
+        keys = _lowest_where(pruned, lowest, keys)
     return keys
 
 
-def _lowest_where(pruned: torch.Tensor, lowest: int, keys: torch.Tensor, traced: bool) -> torch.Tensor:
+def _lowest_where(pruned: torch.Tensor, lowest: int, keys: torch.Tensor) -> torch.Tensor:
     """``lowest`` where ``pruned``, else ``keys``; eager, laid out in memory as ``keys`` is
-    (a grouped N:M layout stays grouped), not as the mask is."""
-    if traced:
+    (a grouped N:M layout stays grouped), not as the mask is. Traced when either is (under
+    ``vmap`` the masks may be batched while the scores are not), where ``out=`` has no
+    batching rule."""
+    if _trace.tracing(pruned) or _trace.tracing(keys):
         return torch.where(pruned, lowest, keys)
     low = torch.full((), lowest, dtype=keys.dtype, device=keys.device)
     return torch.where(pruned, low, keys, out=torch.empty_like(keys))
