@@ -194,7 +194,8 @@ def within_groups(
     keys = _keys(view, pruned=pruned, wide=False, share=True).reshape(rows, cols // m, m)  # read only
     values = view.reshape(rows, cols // m, m)
     # N = 2 scores summed from ``low`` alone (:func:`_pair_score`), so no rank is kept for them
-    summed = n == 2 and reduce in ("mean", "sum") and not tracing(view) and widened(values.dtype) in _BITS
+    # (keys, not view: under vmap the earlier masks may be batched while the scores are not)
+    summed = n == 2 and reduce in ("mean", "sum") and not tracing(keys) and widened(values.dtype) in _BITS
     if m > _PAIRWISE:
         order = torch.sort(keys, dim=-1, stable=True).indices[..., :n]
         low = torch.zeros_like(keys, dtype=torch.bool).scatter(-1, order, True)

@@ -236,12 +236,16 @@ def test_vmapped_ensemble_equals_a_loop(criterion, pattern, scope, seed):
         assert all(torch.equal(state.aux[k][member], v) for k, v in alone.aux.items())
 
 
-@pytest.mark.parametrize(("pattern", "scope"), [("4x1", "global"), ("2:4", "local"), ("1x1", "global")])
-def test_vmapped_sparsity_sweep_equals_separate_pruners(pattern, scope):
-    """One vmapped call prunes the same weights to several targets (init's sparsity as data)."""
+@pytest.mark.parametrize(("pattern", "scope", "criterion"), [
+    ("4x1", "global", "snip_momentum"), ("2:4", "local", "snip_momentum"), ("1x1", "global", "snip_momentum"),
+    ("4x1", "global", "magnitude"), ("2:4", "global", "magnitude"),  # batched masks, unbatched scores
+])
+def test_vmapped_sparsity_sweep_equals_separate_pruners(pattern, scope, criterion):
+    """One vmapped call prunes the same weights to several targets (init's sparsity as data);
+    with a stateless criterion the scores are shared while the earlier masks are batched."""
     params = _params()
     targets = [0.1, 0.3, 0.5] if ":" in pattern else [0.2, 0.5, 0.8]
-    kw = dict(pattern=pattern, criterion="snip_momentum", scope=scope, start_step=0, end_step=6, frequency=2)
+    kw = dict(pattern=pattern, criterion=criterion, scope=scope, start_step=0, end_step=6, frequency=2)
     prune = fprune.pruner(max(targets), **kw)
     gen = torch.Generator().manual_seed(3)
     grads = [_grads(params, gen) for _ in range(8)]
