@@ -60,6 +60,7 @@ from _common import gradients, machine, round_robin, workload, write_json
 import fprune
 from fprune._scratch import Scratch
 from fprune.blocks import reduce_scored
+from fprune.scores import _LAYER_SCORES
 from fprune.selection import all_true
 
 FPRUNE_ROWS = [
@@ -177,10 +178,6 @@ def _clone(params, grads):
     return lambda: [p.clone() for p in params.values()]
 
 
-def _abs(w, g, out):
-    return torch.abs(w, out=out)
-
-
 def _passes_4x1(params, grads):
     """The passes any eager global 4x1 update at 80% makes, with the threshold known beforehand
     (no sample, no candidates, no per-layer caps): read the previous masks, score each layer
@@ -190,6 +187,7 @@ def _passes_4x1(params, grads):
     previous = {n: torch.ones_like(p, dtype=torch.bool) for n, p in params.items()}
     largest = max(p.numel() for p in params.values())
     scratch, grid = Scratch(params.values()), torch.empty(largest // 4)
+    magnitude = _LAYER_SCORES["magnitude"]  # the pruner's own score of one layer into a buffer
     means = torch.cat([p.abs().view(p.shape[0] // 4, 4, -1).mean(1).reshape(-1) for p in params.values()])
     threshold = float(torch.kthvalue(means, int(0.8 * means.numel())).values)
     del means
@@ -199,7 +197,7 @@ def _passes_4x1(params, grads):
         for name, w in params.items():
             all_true(previous[name])
             rows, cols = w.shape
-            block = reduce_scored(_abs, w, None, (4, 1), "mean", scratch, grid[: w.numel() // 4].view(rows // 4, cols))
+            block = reduce_scored(magnitude, w, None, (4, 1), "mean", scratch, grid[: w.numel() // 4].view(rows // 4, cols))
             kept = torch.gt(block, threshold)
             masks[name] = kept[:, None, :].expand(rows // 4, 4, cols).reshape(rows, cols)
         return masks

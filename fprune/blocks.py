@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 import torch
 
 from fprune import _errors, _trace
-from fprune._dtypes import widen
+from fprune._dtypes import widen, widened
 from fprune._scratch import Scratch
 from fprune.layout import from_2d, shape_2d, to_2d
 from fprune.patterns import NM, Pattern, parse_pattern
@@ -106,7 +106,7 @@ def reduce_scored(
     block: tuple[int, int],
     reduce: str,
     scratch: Scratch,
-    out: torch.Tensor,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``out`` = the block reduction of ``score(w, g, buffer)`` for an eager 2-D weight whose
     block divides it, a few block rows at a time (about :data:`PIECE` weights): each piece is
@@ -114,9 +114,11 @@ def reduce_scored(
     where a large layer's whole score would not stay. ``score`` is element-wise (it may be
     called on row slices); each block is reduced on its own, so the pieces give the whole
     layer's reduction bit for bit. ``out`` is ``[rows / bn, cols / bm]`` of the reduction's
-    dtype (16-bit scores are reduced in float32)."""
+    dtype (16-bit scores are reduced in float32); a fresh one when not given."""
     rows, cols = w.shape
-    bn = block[0]
+    bn, bm = block
+    if out is None:
+        out = torch.empty(rows // bn, cols // bm, dtype=widened(w.dtype), device=w.device)
     pieces = -(-w.numel() // PIECE)
     step = -(-(rows // bn) // pieces) * bn  # rows a piece: whole blocks
     for start in range(0, rows, step):

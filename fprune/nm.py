@@ -79,17 +79,17 @@ _OFFSET = 64  # a packed byte holds rank + 64 - n, so bit 6 is set exactly when 
 _CHUNK = 1 << 20  # groups packed at a time (a BERT-sized layer's 589,824 in one: fewer, longer passes)
 
 
-def _packs(keys: torch.Tensor, m: int) -> bool:
-    """Whether an eager group of ``m`` is ranked into packed words (:func:`_packed_ranks`):
-    on the CPU (where it was measured faster), ``m`` has a word (4), and bytes sit in a word
-    in little-endian order."""
-    return keys.device.type == "cpu" and m in _WORDS and sys.byteorder == "little" and not tracing(keys)
-
-
 def by_columns(m: int, device: torch.device) -> bool:
-    """Whether an eager layer's groups of ``m`` rank faster from scores written one group
-    position at a time (:func:`nm_masks`'s ``grouped``): where they are packed on the CPU."""
+    """Whether groups of ``m`` on ``device`` are ranked into packed words when eager: on the
+    CPU (where it was measured faster), ``m`` has a word (4), and bytes sit in a word in
+    little-endian order. Such groups also rank faster from scores written one group
+    position at a time (:func:`nm_masks`'s ``grouped``)."""
     return device.type == "cpu" and m in _WORDS and sys.byteorder == "little"
+
+
+def _packs(keys: torch.Tensor, m: int) -> bool:
+    """Whether a group of ``m`` keys is ranked into packed words (:func:`_packed_ranks`)."""
+    return by_columns(m, keys.device) and not tracing(keys)
 
 
 def _packed_ranks(keys: torch.Tensor, n: int) -> torch.Tensor:
@@ -165,6 +165,11 @@ def _at_least(rank: torch.Tensor, n: int) -> torch.Tensor:
     return (((n - 1) - rank) >> 7).view(torch.bool)
 
 
+def _shape_2d(view: torch.Tensor, m: int) -> tuple[int, int]:
+    """``[rows, cols]`` of a 2-D view, or of its grouped ``[rows, cols / m, m]`` form."""
+    return (view.shape[0], view.shape[1] * m) if view.ndim == 3 else (view.shape[0], view.shape[1])
+
+
 def within_groups(
     view: torch.Tensor, pattern: NM, *, pruned: torch.Tensor | None, reduce: str | None,
     complement: bool = False,
@@ -188,7 +193,7 @@ def within_groups(
         ``[rows, cols / M]`` scores, or None.
     """
     n, m = pattern.n, pattern.m
-    rows, cols = (view.shape[0], view.shape[1] * m) if view.ndim == 3 else view.shape
+    rows, cols = _shape_2d(view, m)
     if pruned is not None:
         pruned = pruned.reshape(view.shape)
     keys = _keys(view, pruned=pruned, wide=False, share=True).reshape(rows, cols // m, m)  # read only
@@ -306,11 +311,8 @@ def nm_masks(
     low, group_scores, kept_groups, shapes = {}, {}, {}, {}
     for name in views:
         view = grouped(name) if everything and grouped is not None else None
-        if view is None:
-            view = views[name]
-            rows, cols = shapes[name] = tuple(view.shape)
-        else:
-            rows, cols = shapes[name] = (view.shape[0], view.shape[1] * pattern.m)
+        view = views[name] if view is None else view
+        rows, cols = shapes[name] = _shape_2d(view, pattern.m)
         prev = None if previous is None else previous.get(name)
         pruned = None if prev is None or _all_kept(prev) else ~prev
         # every group converting: each keeps its M - N highest, computed as the kept mask

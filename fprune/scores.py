@@ -160,8 +160,7 @@ def snip_momentum(
                 # serves every layer (no fresh weight-sized tensor per layer)
                 block = None if isinstance(grid_pattern, NM) else grid_pattern.block_shape(shape_2d(tuple(w.shape)))
                 if block is not None and w.ndim == 2 and w.shape[0] % block[0] == 0 and w.shape[1] % block[1] == 0:
-                    grid = torch.empty(w.shape[0] // block[0], w.shape[1] // block[1], dtype=w.dtype, device=w.device)
-                    out[name] = reduce_scored(_abs_product, w, g, block, reduce, scratch, grid)
+                    out[name] = reduce_scored(_LAYER_SCORES["snip"], w, g, block, reduce, scratch)
                     continue  # (an indivisible layer goes on to to_grid's error)
                 prod = torch.mul(w, g, out=scratch.like(w)).abs_()
             else:
@@ -193,11 +192,6 @@ def snip_momentum(
         return new, new
 
     return Criterion(init, update, needs_grads=True)
-
-
-def _abs_product(w: torch.Tensor, g: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
-    """``|w * g|`` into ``out`` (a slice of weights at a time, for :func:`reduce_scored`)."""
-    return torch.mul(w, g, out=out).abs_()  # type: ignore[arg-type]
 
 
 def _fold(momentum: float, acc: torch.Tensor, term: torch.Tensor) -> torch.Tensor:
