@@ -6,6 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import fprune
+from fprune._dtypes import widen
 from fprune.blocks import block_scores
 from tests import strategies
 from tests.strategies import same_bits
@@ -101,8 +102,7 @@ def test_block_term_in_pieces_equals_the_whole_product_reduced(pattern, blocks_d
         got, _ = crit.update(aux, {"w": w}, {"w": g})
     finally:
         blocks.PIECE = saved
-    prod = (w.float() if dtype in (torch.float16, torch.bfloat16) else w) * (
-        g.float() if dtype in (torch.float16, torch.bfloat16) else g)
+    prod = widen(w) * widen(g)
     want = block_scores({"w": prod.abs()}, pattern=pattern, reduce=reduce)["w"]
     assert want.shape == (shape[0] // block[0], shape[1] // block[1])
     want = 0.0 * aux["w"] + want
