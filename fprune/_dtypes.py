@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+__all__ = ["HALF", "widen", "widened"]
+
 HALF = (torch.float16, torch.bfloat16)
 
 

@@ -15,6 +15,20 @@ from typing import Any
 
 import torch
 
+__all__ = [
+    "bool_masks",
+    "choice",
+    "detail",
+    "fraction",
+    "positive_int",
+    "previous_masks",
+    "same_keys",
+    "same_shapes",
+    "tensor_dict",
+    "type_error",
+    "value_error",
+]
+
 
 class detail(str):  # used like a function: detail("shape (4, 3)")
     """A description of the bad input, shown as is; any other ``got`` value is shown with repr."""

@@ -15,6 +15,11 @@ Per-layer bounds turn the plain count into a water-filling count: layer ``l`` co
 minimum and maximum counts needs. With ``separate`` every layer has its own ``k`` and its
 own threshold instead (local selection of all layers in one search).
 
+Eager callers may pass ``narrow=True``: between digit passes, keys outside the threshold's
+prefix are dropped (they are counted already or lie above it), so the later passes read a
+few keys instead of whole layers. The result is the same; the shapes then depend on the
+data, which tracing does not allow.
+
 With ``combine``, the layers' histograms ``[layers, bins]`` pass through it before they are
 counted: a sharded run sums them over the ranks there, so each rank searches the keys of
 whole layers while holding only its shard of them.
@@ -27,7 +32,7 @@ from typing import NamedTuple
 
 import torch
 
-from fprune import _trace
+__all__ = ["Found", "kth_key", "search"]
 
 _BITS = 16
 
@@ -82,11 +87,13 @@ def search(
     separate: bool = False,
     combine: Callable[[torch.Tensor], torch.Tensor] | None = None,
     bits: int = _BITS,
+    narrow: bool = False,
 ) -> Found:
     """:func:`kth_key` with options: ``separate`` (``k`` is ``[layers]``, one threshold per
     layer, returned as ``tau`` of shape ``[layers]``; no bounds), ``combine`` (a map of the
-    ``[layers, bins]`` histograms, e.g. a sum over ranks) and ``bits`` (the digit width, which
-    must divide the key width; ``2^bits`` bins per layer and pass)."""
+    ``[layers, bins]`` histograms, e.g. a sum over ranks), ``bits`` (the digit width, which
+    must divide the key width; ``2^bits`` bins per layer and pass) and ``narrow`` (eager
+    only: drop the keys outside the threshold's prefix between passes)."""
     dtype = keys[0].dtype
     width = 64 if dtype == torch.int64 else 32
     device = keys[0].device
@@ -126,10 +133,9 @@ def search(
         index = (d if separate else d.expand(len(keys)))[:, None]
         at = hist.gather(1, index)[:, 0]
         below = below + running.gather(1, index)[:, 0] - at
-        if shift > 0 and not _trace.tracing(tau):
-            # Eager: only keys with the threshold's prefix matter from here on (the others
-            # are counted in ``below`` or are above it), so keep just those: the remaining
-            # passes run on a few keys instead of the whole layers.
+        if narrow and shift > 0:
+            # only keys with the threshold's prefix matter from here on (the others are
+            # counted in ``below`` or are above it)
             taus = tau.unbind() if separate else [tau] * len(keys)
             keys = [key[(key >> shift) == (t >> shift)] for key, t in zip(keys, taus, strict=True)]
     index = (d if separate else d.expand(len(keys)))[:, None]

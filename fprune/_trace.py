@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch._C import _functorch  # type: ignore[attr-defined]
 
+__all__ = ["batched", "tracing"]
+
 
 def tracing(t: torch.Tensor) -> bool:
     """True under torch.compile or a torch.func transform (no Python reads of values)."""

@@ -9,25 +9,26 @@ are expanded back to the weight's shape.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import torch
 
-from fprune import _errors, _trace
-from fprune._dtypes import widen, widened
-from fprune._scratch import Scratch
+from fprune import _errors
+from fprune._dtypes import widen
 from fprune.layout import from_2d, shape_2d, to_2d
 from fprune.patterns import NM, Pattern, parse_pattern
 
 __all__ = [
     "REDUCTIONS",
     "block_scores",
+    "check_divisible",
     "expand_blocks",
     "expand_masks",
     "grid_shape",
     "indivisible_layers",
     "reduce_blocks",
     "reduce_masks",
+    "to_grid",
 ]
 
 REDUCTIONS = ("mean", "sum", "max")
@@ -64,22 +65,11 @@ def reduce_blocks(view: torch.Tensor, block: tuple[int, int], *, reduce: str = "
         )
     if (bn, bm) == (1, 1):
         return widen(view)
-    return reduce_into(view, block, reduce, None)
-
-
-def reduce_into(view: torch.Tensor, block: tuple[int, int], reduce: str, out: torch.Tensor | None) -> torch.Tensor:
-    """The block reduction of :func:`reduce_blocks` (unchecked), written into ``out`` when
-    given: eager callers reuse one buffer across layers, since a fresh grid costs page faults
-    comparable to the reduction itself. ``out`` must be ``[rows / bn, cols / bm]`` of the
-    result dtype."""
-    rows, cols = view.shape
-    bn, bm = block
     tiles = widen(view).reshape(rows // bn, bn, cols // bm, bm)
-    if reduce == "mean":
-        return torch.mean(tiles, dim=(1, 3), out=out)
-    if reduce == "sum":
-        return torch.sum(tiles, dim=(1, 3), out=out)
-    return torch.amax(tiles, dim=(1, 3), out=out)
+    return _REDUCE[reduce](tiles, dim=(1, 3))
+
+
+_REDUCE = {"mean": torch.mean, "sum": torch.sum, "max": torch.amax}
 
 
 def expand_blocks(grid: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
@@ -94,62 +84,6 @@ def expand_blocks(grid: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
         return grid
     rows, cols = grid.shape
     return grid[:, None, :, None].expand(rows, bn, cols, bm).reshape(rows * bn, cols * bm)
-
-
-PIECE = 1 << 20  # weights of a 2-D layer scored and reduced at a time by :func:`reduce_scored`
-
-
-def reduce_scored(
-    score: Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor], torch.Tensor],
-    w: torch.Tensor,
-    g: torch.Tensor | None,
-    block: tuple[int, int],
-    reduce: str,
-    scratch: Scratch,
-    out: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """``out`` = the block reduction of ``score(w, g, buffer)`` for an eager 2-D weight whose
-    block divides it, a few block rows at a time (about :data:`PIECE` weights): each piece is
-    scored into ``scratch`` and reduced into its rows of ``out`` while it is still in cache,
-    where a large layer's whole score would not stay. ``score`` is element-wise (it may be
-    called on row slices); each block is reduced on its own, so the pieces give the whole
-    layer's reduction bit for bit. ``out`` is ``[rows / bn, cols / bm]`` of the reduction's
-    dtype (16-bit scores are reduced in float32); a fresh one when not given."""
-    rows, cols = w.shape
-    bn, bm = block
-    if out is None:
-        out = torch.empty(rows // bn, cols // bm, dtype=widened(w.dtype), device=w.device)
-    pieces = -(-w.numel() // PIECE)
-    step = -(-(rows // bn) // pieces) * bn  # rows a piece: whole blocks
-    for start in range(0, rows, step):
-        stop = min(rows, start + step)
-        part = score(w[start:stop], None if g is None else g[start:stop],
-                     scratch.get((stop - start, cols), w.dtype, w.device))
-        reduce_into(part, block, reduce, out[start // bn:stop // bn])
-    return out
-
-
-class Placement:
-    """Where the units of a block grid lie in 2-D weights: the eager selection's placer
-    (:class:`fprune._fast.Placer`), so it can hand back weight-shaped masks directly.
-
-    It covers the 2-D weights whose block is larger than 1x1 (a 1x1 grid is the weight
-    itself; other layouts are expanded afterwards, as before).
-    """
-
-    def __init__(self, pattern: Pattern, shapes: Mapping[str, tuple[int, ...]]) -> None:
-        self.shapes = {n: (int(s[0]), int(s[1])) for n, s in shapes.items() if len(s) == 2}
-        self.blocks = {} if isinstance(pattern, NM) else {
-            n: block for n, s in self.shapes.items() if (block := pattern.block_shape(s)) != (1, 1)
-        }
-
-    def covers(self, name: str) -> bool:
-        return name in self.blocks
-
-    def full(self, name: str, units: torch.Tensor) -> torch.Tensor:
-        (rows, cols), (bn, bm) = self.shapes[name], self.blocks[name]
-        # fresh and contiguous (a grid of one row or column expands to a broadcast view)
-        return expand_blocks(units.reshape(rows // bn, cols // bm), (bn, bm)).contiguous()
 
 
 def grid_shape(pattern: str | Pattern, shape: tuple[int, ...] | torch.Size) -> tuple[int, int]:
@@ -259,11 +193,7 @@ def reduce_masks(masks: Mapping[str, torch.Tensor], *, pattern: str | Pattern) -
         if (bn, bm) == (1, 1):
             out[name] = view  # a view, not a copy: 1x1 blocks are the weights
             continue
-        if _trace.tracing(view):
-            out[name] = view.reshape(rows // bn, bn, cols // bm, bm).any(dim=3).any(dim=1)
-        else:  # the maximum of the bytes: a vectorised reduction (Tensor.any is several times slower)
-            tiles = view.view(torch.uint8).reshape(rows // bn, bn, cols // bm, bm)
-            out[name] = tiles.amax(dim=(1, 3)).view(torch.bool)
+        out[name] = view.reshape(rows // bn, bn, cols // bm, bm).any(dim=3).any(dim=1)
     return out
 
 

@@ -9,13 +9,13 @@ consecutive input channels at a fixed kernel tap.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
 from fprune import _errors
 
-__all__ = ["from_2d", "shape_2d", "to_2d"]
+__all__ = ["check_weights", "from_2d", "shape_2d", "to_2d"]
 
 
 def _check_ndim(func: str, shape: Sequence[int]) -> None:
@@ -24,6 +24,17 @@ def _check_ndim(func: str, shape: Sequence[int]) -> None:
             func, "only weights with 2 or more dimensions have a 2-D view", tuple(shape),
             "Leave biases, norms and other 1-D parameters out of the dict to prune.",
         )
+
+
+def check_weights(func: str, tensors: Mapping[str, torch.Tensor]) -> None:
+    """Raise unless every tensor has 2 or more dimensions (a weight with a 2-D view)."""
+    for name, t in tensors.items():
+        if t.ndim < 2:
+            raise _errors.value_error(
+                func, f"layer {name!r} has fewer than 2 dimensions", tuple(t.shape),
+                "Only weights with a 2-D view (Linear, conv) can be pruned; leave biases "
+                "and norms out of the dict.",
+            )
 
 
 def shape_2d(shape: Sequence[int]) -> tuple[int, int]:

@@ -13,6 +13,13 @@ The stateful ``snip_momentum`` criterion keeps an accumulator
 smaller). It is a :class:`Criterion` pair of pure functions, ``init(params) -> aux`` and
 ``update(aux, params, grads) -> (scores, aux)``; :func:`criterion` turns any built-in name
 into that form.
+
+A :class:`Criterion` also states what the pruner may rely on to score faster, as fields:
+``stateless`` (no accumulators: scored only on prune steps), ``layer_score`` (each layer's
+score from its own weight and gradient alone: scored one layer at a time) and
+``accumulation`` (the update is an exponential moving average of that layer score on a
+pattern's grid). The functions here are the formulas; faster eager code for the same
+results is reached through :mod:`fprune.masking`.
 """
 
 from __future__ import annotations
@@ -23,48 +30,100 @@ from typing import NamedTuple
 
 import torch
 
-from fprune import _errors, _trace
+from fprune import _errors
 from fprune._dtypes import widen
-from fprune._scratch import Scratch
-from fprune.blocks import REDUCTIONS, check_divisible, grid_shape, reduce_scored, to_grid
-from fprune.layout import shape_2d
-from fprune.patterns import NM, Pattern, parse_pattern
+from fprune.blocks import REDUCTIONS, check_divisible, grid_shape, to_grid
+from fprune.patterns import Pattern, parse_pattern
 
 __all__ = [
     "CRITERIA",
+    "LAYER_SCORES",
+    "Accumulation",
     "Criterion",
+    "LayerScore",
+    "LayerScoring",
     "criterion",
+    "fold",
     "gradient",
     "magnitude",
     "snip",
     "snip_momentum",
+    "stateless",
 ]
 
-Tensors = Mapping[str, torch.Tensor]
+_Tensors = Mapping[str, torch.Tensor]
+
+#: One layer's element-wise score, ``layer_score(w, g, out=None)`` (``g`` may be None for
+#: a score that ignores it), written into ``out`` when given, as torch ops do.
+LayerScore = Callable[..., torch.Tensor]
+
+#: The built-in layer scores: ``|w|``, ``|g|``, ``|w * g|``.
+LAYER_SCORES: Mapping[str, LayerScore] = {
+    "magnitude": lambda w, g, out=None: torch.abs(w, out=out),
+    "gradient": lambda w, g, out=None: torch.abs(g, out=out),
+    "snip": lambda w, g, out=None: torch.mul(w, g, out=out).abs_(),
+}
+
+
+class LayerScoring(NamedTuple):
+    """Scores to compute one layer at a time: ``layer_score(params[n], grads[n])`` for every
+    layer (weight-shaped), as a criterion with a ``layer_score`` gives them. ``uses_grads``:
+    whether the layer score reads its gradient (else ``g`` may be left out)."""
+
+    layer_score: LayerScore
+    params: Mapping[str, torch.Tensor]
+    grads: Mapping[str, torch.Tensor] | None
+    uses_grads: bool
+
+    def scores(self) -> dict[str, torch.Tensor]:
+        """Every layer's score, weight-shaped."""
+        return {n: self.layer_score(w, None if self.grads is None else self.grads[n]) for n, w in self.params.items()}
+
+
+class Accumulation(NamedTuple):
+    """A criterion whose update is a moving average of its layer score on a grid:
+    ``aux[n] <- momentum * aux[n] + R(layer_score(widen(w), widen(g)))``, each operation
+    rounded as written in the score's dtype, the result stored in the accumulator's dtype
+    (:func:`fold`); ``R`` reduces to ``pattern``'s grid with ``reduce`` (None: element-wise);
+    ``widen`` computes 16-bit weights in float32. Its scores are the new ``aux``."""
+
+    momentum: float
+    pattern: Pattern | None
+    reduce: str
 
 
 class Criterion(NamedTuple):
-    """A scoring rule as two pure functions (the optax pattern).
+    """A scoring rule as two pure functions (the optax pattern), and what they promise.
 
     Attributes:
         init: ``init(params) -> aux``, a dict of tensors (empty for stateless criteria).
         update: ``update(aux, params, grads) -> (scores, aux)``.
         needs_grads: whether ``update`` reads ``grads`` (default True, the safe assumption
             for a custom pair).
+        stateless: ``update`` keeps no state (its aux stays empty) and its scores depend on
+            ``params`` and ``grads`` alone, so the pruner calls it on prune steps only.
+        layer_score: a :data:`LayerScore` with ``scores[n] == layer_score(params[n],
+            grads[n])`` for a stateless criterion, or the term its ``accumulation`` folds in:
+            the pruner may then score one layer at a time, into reused buffers.
+        accumulation: with ``layer_score``, the moving average ``update`` computes
+            (:class:`Accumulation`).
     """
 
-    init: Callable[[Tensors], dict[str, torch.Tensor]]
+    init: Callable[[_Tensors], dict[str, torch.Tensor]]
     update: Callable[
-        [Tensors, Tensors, Tensors | None], tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]
+        [_Tensors, _Tensors, _Tensors | None], tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]
     ]
     needs_grads: bool = True
+    stateless: bool = False
+    layer_score: LayerScore | None = None
+    accumulation: Accumulation | None = None
 
 
-def _params(func: str, params: object) -> Tensors:
+def _params(func: str, params: object) -> _Tensors:
     return _errors.tensor_dict(func, "params", params)
 
 
-def _grads(func: str, params: Tensors, grads: object) -> Tensors:
+def _grads(func: str, params: _Tensors, grads: object) -> _Tensors:
     if grads is None:
         raise _errors.value_error(
             func, "this criterion needs gradients", None,
@@ -76,7 +135,7 @@ def _grads(func: str, params: Tensors, grads: object) -> Tensors:
     return grads
 
 
-def magnitude(params: Tensors, grads: Tensors | None = None) -> dict[str, torch.Tensor]:
+def magnitude(params: _Tensors, grads: _Tensors | None = None) -> dict[str, torch.Tensor]:
     """``|w|`` for every weight; ``grads`` is accepted and ignored.
 
     Example:
@@ -87,7 +146,7 @@ def magnitude(params: Tensors, grads: Tensors | None = None) -> dict[str, torch.
     return {n: p.abs() for n, p in params.items()}
 
 
-def gradient(params: Tensors, grads: Tensors | None) -> dict[str, torch.Tensor]:
+def gradient(params: _Tensors, grads: _Tensors | None) -> dict[str, torch.Tensor]:
     """``|g|`` for every weight.
 
     Example:
@@ -99,7 +158,7 @@ def gradient(params: Tensors, grads: Tensors | None) -> dict[str, torch.Tensor]:
     return {n: grads[n].abs() for n in params}
 
 
-def snip(params: Tensors, grads: Tensors | None) -> dict[str, torch.Tensor]:
+def snip(params: _Tensors, grads: _Tensors | None) -> dict[str, torch.Tensor]:
     """``|w * g|`` for every weight (SNIP's connection sensitivity).
 
     Example:
@@ -109,6 +168,17 @@ def snip(params: Tensors, grads: Tensors | None) -> dict[str, torch.Tensor]:
     params = _params("snip", params)
     grads = _grads("snip", params, grads)
     return {n: (p * grads[n]).abs() for n, p in params.items()}
+
+
+def fold(momentum: float, acc: torch.Tensor, term: torch.Tensor) -> torch.Tensor:
+    """``momentum * acc + term`` in the term's dtype, each operation rounded as written (INC's
+    two), returned in the accumulator's dtype.
+
+    Example:
+        >>> fold(0.5, torch.tensor([2.0]), torch.tensor([1.0]))
+        tensor([2.])
+    """
+    return (momentum * acc.to(term.dtype) + term).to(acc.dtype)
 
 
 def snip_momentum(
@@ -146,32 +216,9 @@ def snip_momentum(
     grid_pattern = None if pattern is None else parse_pattern(pattern)
     if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) or not 0.0 <= momentum <= 1.0:
         raise _errors.value_error(func, "momentum must be a number in [0, 1]", momentum, "INC uses 0.9.")
+    accumulation = Accumulation(float(momentum), grid_pattern, reduce)
 
-    def _term(params: Tensors, grads: Tensors) -> dict[str, torch.Tensor]:
-        # |w * g| in at least float32: float16 products overflow at 65504. The product is a
-        # fresh tensor, so abs works in place (one pass and one allocation fewer).
-        if grid_pattern is None:
-            return {n: torch.mul(widen(p), widen(grads[n])).abs_() for n, p in params.items()}
-        out, scratch = {}, Scratch(params.values())
-        for name, p in params.items():
-            w, g = widen(p), widen(grads[name])
-            if _reducing(grid_pattern, p) and not _trace.tracing(w) and not _trace.tracing(g):
-                # eager, and the grid is a reduction: the product is scratch, so one buffer
-                # serves every layer (no fresh weight-sized tensor per layer)
-                block = None if isinstance(grid_pattern, NM) else grid_pattern.block_shape(shape_2d(tuple(w.shape)))
-                if block is not None and w.ndim == 2 and w.shape[0] % block[0] == 0 and w.shape[1] % block[1] == 0:
-                    out[name] = reduce_scored(_LAYER_SCORES["snip"], w, g, block, reduce, scratch)
-                    continue  # (an indivisible layer goes on to to_grid's error)
-                prod = torch.mul(w, g, out=scratch.like(w)).abs_()
-            else:
-                prod = torch.mul(w, g).abs_()
-            out[name] = to_grid({name: prod}, grid_pattern, reduce)[name]  # validated by update
-        return out
-
-    def _dtype(p: torch.Tensor) -> torch.dtype:
-        return widen(p).dtype if dtype is None else dtype
-
-    def init(params: Tensors) -> dict[str, torch.Tensor]:
+    def init(params: _Tensors) -> dict[str, torch.Tensor]:
         params = _params(func, params)
         if grid_pattern is None:
             return {n: torch.zeros_like(p, dtype=_dtype(p)) for n, p in params.items()}
@@ -181,83 +228,55 @@ def snip_momentum(
             for n, p in params.items()
         }
 
+    def _dtype(p: torch.Tensor) -> torch.dtype:
+        return widen(p).dtype if dtype is None else dtype
+
     def update(
-        aux: Tensors, params: Tensors, grads: Tensors | None
+        aux: _Tensors, params: _Tensors, grads: _Tensors | None
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         params = _params(func, params)
         grads = _grads(func, params, grads)
-        term = _term(params, grads)
+        # |w * g| in at least float32: float16 products overflow at 65504
+        term = {n: (widen(p) * widen(grads[n])).abs() for n, p in params.items()}
+        if grid_pattern is not None:
+            term = to_grid(term, grid_pattern, reduce)
         _errors.same_shapes(func, "aux", aux, "scores", term)
-        new = {n: _fold(momentum, aux[n], t) for n, t in term.items()}
+        new = {n: fold(accumulation.momentum, aux[n], t) for n, t in term.items()}
         return new, new
 
-    return Criterion(init, update, needs_grads=True)
-
-
-def _fold(momentum: float, acc: torch.Tensor, term: torch.Tensor) -> torch.Tensor:
-    """``momentum * acc + term`` in the term's dtype, each operation rounded as written (INC's
-    two), returned in the accumulator's dtype.
-
-    Eager, with both in float32 or float64, it is folded into ``term`` (a fresh tensor) in
-    place, as ``term + momentum * acc * 1`` (``addcmul_`` with a broadcast one): the product
-    by one is exact, so the rounding is the same (a fused multiply-add would round once and
-    differ); one pass and no fresh tensor for the decayed accumulator. Under vmap the
-    accumulator may be batched while the term is not (a sweep over targets on shared
-    weights), so there it is out of place.
-    """
-    if _trace.tracing(acc) or _trace.tracing(term):
-        decayed = momentum * acc.to(term.dtype)
-        return (decayed + term).to(acc.dtype)
-    if acc.dtype == term.dtype and term.dtype in (torch.float32, torch.float64):
-        return term.addcmul_(acc, torch.ones((), dtype=term.dtype, device=term.device), value=momentum)
-    # an accumulator of another dtype (bfloat16 with low_memory_usage): widened, then back
-    return term.add_(momentum * acc.to(term.dtype)).to(acc.dtype)
-
-
-def _reducing(pattern: Pattern, param: torch.Tensor) -> bool:
-    """Whether the pattern's grid reduces blocks (so it never aliases the scores)."""
-    return not isinstance(pattern, NM) and pattern.block_shape(shape_2d(tuple(param.shape))) != (1, 1)
-
-
-LayerScore = Callable[[torch.Tensor, "torch.Tensor | None", torch.Tensor], torch.Tensor]
-
-# One layer's built-in score written into ``out`` (a buffer the caller reuses across layers).
-_LAYER_SCORES: dict[str, LayerScore] = {
-    "magnitude": lambda w, g, out: torch.abs(w, out=out),
-    "gradient": lambda w, g, out: torch.abs(g, out=out),  # type: ignore[arg-type]
-    "snip": lambda w, g, out: torch.mul(w, g, out=out).abs_(),  # type: ignore[arg-type]
-}
+    return Criterion(init, update, needs_grads=True, layer_score=LAYER_SCORES["snip"],
+                     accumulation=accumulation)
 
 
 def stateless(
-    fn: Callable[[Tensors, Tensors | None], dict[str, torch.Tensor]],
+    fn: Callable[[_Tensors, _Tensors | None], dict[str, torch.Tensor]],
     needs_grads: bool,
     *,
     layer_score: LayerScore | None = None,
 ) -> Criterion:
-    """Wrap a scoring function ``f(params, grads) -> scores`` as a :class:`Criterion` with no aux.
+    """Wrap a scoring function ``f(params, grads) -> scores`` as a stateless :class:`Criterion`.
 
-    Its ``update`` is tagged ``stateless``, so the pruner may skip it on non-prune steps.
-    ``layer_score(w, g, out)`` (the built-ins) scores one layer into a given buffer: a
-    promise that each layer's score depends on that layer alone, so the pruner may score one
-    layer at a time, more than once, into one reused buffer, to save memory and time.
+    ``layer_score`` (the built-ins have one) promises that each layer's score is
+    ``layer_score(w, g)`` from that layer alone (see :class:`Criterion`).
+
+    Example:
+        >>> crit = stateless(magnitude, needs_grads=False)
+        >>> crit.stateless, crit.update({}, {"w": torch.tensor([-1.])}, None)[0]
+        (True, {'w': tensor([1.])})
     """
 
-    def init(params: Tensors) -> dict[str, torch.Tensor]:
+    def init(params: _Tensors) -> dict[str, torch.Tensor]:
         return {}
 
     def update(
-        aux: Tensors, params: Tensors, grads: Tensors | None
+        aux: _Tensors, params: _Tensors, grads: _Tensors | None
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         return fn(params, grads), dict(aux)
 
-    update.stateless = True  # type: ignore[attr-defined]
-    update.layer_score = layer_score  # type: ignore[attr-defined]
-    return Criterion(init, update, needs_grads)
+    return Criterion(init, update, needs_grads, stateless=True, layer_score=layer_score)
 
 
 CRITERIA = ("magnitude", "gradient", "snip", "snip_momentum")
-
 
 def criterion(
     name: str, *, pattern: str | Pattern | None = None, reduce: str = "mean"
@@ -283,4 +302,4 @@ def criterion(
     if name == "snip_momentum":
         return snip_momentum(pattern=pattern, reduce=reduce)
     fn = {"magnitude": magnitude, "gradient": gradient, "snip": snip}[name]
-    return stateless(fn, needs_grads=name != "magnitude", layer_score=_LAYER_SCORES[name])
+    return stateless(fn, needs_grads=name != "magnitude", layer_score=LAYER_SCORES[name])
