@@ -12,8 +12,10 @@ import argparse
 import torch
 from _common import median_seconds
 
-from fprune import nm
-from fprune._fast import _COMPARE_CHUNK, _compare_into, _indices, all_true
+from fprune import _tuning, nm
+from fprune._eager import nm as eager_nm
+from fprune._eager.compare import compare_into, indices
+from fprune._eager.keys import all_true
 from fprune.patterns import NM
 
 
@@ -34,7 +36,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     mask = torch.ones(n, dtype=torch.bool)
     sparse = torch.rand(n, generator=gen) < 0.01
     sure, inside = torch.empty(n, dtype=torch.bool), torch.empty(n, dtype=torch.bool)
-    buf, fout, iout = torch.empty(_COMPARE_CHUNK), torch.empty(n), torch.empty(n, dtype=torch.int32)
+    buf, fout = torch.empty(_tuning.current().compare_chunk), torch.empty(n)
+    iout = torch.empty(n, dtype=torch.int32)
     scores_2d = x.view(3072, 768)
 
     def bracket_into_bool() -> None:  # the pass's two comparisons as bool comparisons
@@ -42,15 +45,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         torch.ge(x, 0.49, out=inside)
         inside.__ixor__(sure)
 
-    def kept_2_4(packed: bool):  # a 2:4 layer's kept mask: packed int32 ranks, or interleaved uint8 ones
-        def run() -> None:
-            saved = nm._packs
-            nm._packs = saved if packed else (lambda keys, m: False)
-            try:
-                nm.within_groups(scores_2d, NM(2, 4), pruned=None, reduce=None, complement=True)
-            finally:
-                nm._packs = saved
-        return run
+    def kept_2_4(packed: bool):  # a 2:4 layer's flags: packed int32 ranks (eager), or the math's uint8 ranks
+        if packed:
+            return lambda: eager_nm.within_groups(scores_2d, NM(2, 4), pruned=None, reduce=None, complement=True)
+        return lambda: nm.within_groups(scores_2d, NM(2, 4), pruned=None, reduce=None)
 
     rows = {
         "uint8 subtraction (ranks - 2)": lambda: ranks - 2,
@@ -59,19 +57,19 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "int32 keys compared (a <= b)": lambda: kx <= ky,
         "the same, written as int32 (0 or 1)": lambda: torch.le(kx, ky, out=iout),
         "a strided int32 column copied (every 4th)": lambda: iout[: n // 4].copy_(kx.view(-1, 4)[:, 0]),
-        "2:4 kept mask, uint8 ranks interleaved (per weight)": kept_2_4(False),
-        "2:4 kept mask, packed int32 ranks (per weight)": kept_2_4(True),
+        "2:4 flags, the math's uint8 ranks (per weight)": kept_2_4(False),
+        "2:4 kept mask, eager packed int32 ranks (per weight)": kept_2_4(True),
         "float32 compared with a scalar (x > 0.5)": lambda: x > 0.5,
         "the same, written as float32 (0 or 1)": lambda: torch.gt(x, 0.5, out=fout),
         "float32 (0 or 1) copied to bool": lambda: sure.copy_(fout),
         "bracket (x > b, a <= x <= b) into bool": bracket_into_bool,
-        "the same through a float buffer (_compare_into)": lambda: _compare_into(sure, inside, x, 0.49, 0.5, buf),
+        "the same through a float buffer (compare_into)": lambda: compare_into(sure, inside, x, 0.49, 0.5, buf),
         "float32 abs": lambda: torch.abs(x),
         "int32 aminmax (read only)": lambda: torch.aminmax(kx),
         "bool Tensor.all()": lambda: bool(mask.all()),
         "bool all as the byte minimum (all_true)": lambda: all_true(mask),
         "nonzero of a 1% mask": lambda: sparse.nonzero(),
-        "nonzero of a 1% mask, 8 bytes at a time (_indices)": lambda: _indices(sparse),
+        "nonzero of a 1% mask, 8 bytes at a time (indices)": lambda: indices(sparse),
     }
     results = {name: _ns_per_element(fn, n, args.repeats) for name, fn in rows.items()}
     base = results["uint8 subtraction (ranks - 2)"]

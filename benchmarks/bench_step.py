@@ -58,10 +58,6 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from _common import gradients, machine, round_robin, workload, write_json
 
 import fprune
-from fprune._scratch import Scratch
-from fprune.blocks import reduce_scored
-from fprune.scores import _LAYER_SCORES
-from fprune.selection import all_true
 
 FPRUNE_ROWS = [
     ("global", "1x1", 0.8), ("global", "4x1", 0.8), ("global", "2:4", 0.5),
@@ -184,10 +180,14 @@ def _passes_4x1(params, grads):
     (``abs`` into one reused buffer, its 4x1 means into another, a few block rows at a time as
     the update does), compare with the threshold, spread to a fresh weight-shaped bool mask.
     A floor for the update, not the same masks."""
+    from fprune._eager.keys import all_true  # the accelerator's own pieces
+    from fprune._eager.scoring import reduce_scored
+    from fprune._eager.scratch import Scratch
+
     previous = {n: torch.ones_like(p, dtype=torch.bool) for n, p in params.items()}
     largest = max(p.numel() for p in params.values())
     scratch, grid = Scratch(params.values()), torch.empty(largest // 4)
-    magnitude = _LAYER_SCORES["magnitude"]  # the pruner's own score of one layer into a buffer
+    magnitude = fprune.scores.LAYER_SCORES["magnitude"]  # the pruner's own score of one layer
     means = torch.cat([p.abs().view(p.shape[0] // 4, 4, -1).mean(1).reshape(-1) for p in params.values()])
     threshold = float(torch.kthvalue(means, int(0.8 * means.numel())).values)
     del means

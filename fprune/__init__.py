@@ -30,7 +30,14 @@ from fprune.blocks import (
 from fprune.config import from_config, to_config
 from fprune.layout import from_2d, shape_2d, to_2d
 from fprune.lock import pattern_lock
-from fprune.masking import apply_masks, grid_masks, masks, pattern_lock_masks
+from fprune.masking import (
+    apply_masks,
+    global_masks,
+    grid_masks,
+    local_masks,
+    masks,
+    pattern_lock_masks,
+)
 from fprune.patterns import NM, Blocks, Pattern, parse_pattern
 from fprune.pruner import Pruner, pruner
 from fprune.registry import (
@@ -48,7 +55,7 @@ from fprune.registry import (
 from fprune.regularizers import group_lasso
 from fprune.schedules import is_prune_step, iterative, oneshot, prune_steps
 from fprune.scores import Criterion, criterion, gradient, magnitude, snip, snip_momentum
-from fprune.selection import global_masks, local_masks, rank_keys
+from fprune.selection import rank_keys
 from fprune.sparsity import layer_sparsity, total_sparsity
 from fprune.state import PruneState
 

@@ -4,24 +4,46 @@ A mask is a ``torch.bool`` tensor shaped like its parameter, ``True`` = kept. Th
 here compose the bottom-layer pieces: scores are reduced to the pattern's grid
 (:mod:`fprune.blocks`), units are selected exactly (:mod:`fprune.selection`, or
 :mod:`fprune.nm` for N:M), and grid masks are expanded back to the weights.
+
+This module is also the one dispatch point: an eager call on the CPU runs the eager
+accelerator (:mod:`fprune._eager`, the same masks with fewer passes), sharded ``DTensor``
+inputs run the sharded selection (:mod:`fprune._sharded`), and anything else (compiled,
+``vmap``, CUDA) runs the math. :func:`update_masks` and :func:`update_scores` are the
+pruner's entry points.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 
 import torch
 
-from fprune import _errors, _fast, _sharded
-from fprune._sharded_select import Comm
+from fprune import _eager, _errors, _sharded
+from fprune._sharded import select as sharded
 from fprune.blocks import REDUCTIONS, check_divisible, expand_masks, reduce_masks, to_grid
+from fprune.layout import check_weights
 from fprune.nm import nm_masks
 from fprune.patterns import NM, Pattern, parse_pattern
+from fprune.scores import Criterion, LayerScoring
 from fprune.selection import check_bounds, flat_keys, select
 
-__all__ = ["SCOPES", "apply_masks", "grid_masks", "masks", "pattern_lock_masks"]
+__all__ = [
+    "SCOPES",
+    "apply_masks",
+    "global_masks",
+    "grid_masks",
+    "local_masks",
+    "masks",
+    "pattern_lock_masks",
+    "select_grids",
+    "update_masks",
+    "update_scores",
+]
 
 SCOPES = ("global", "local")
+
+_Tensors = Mapping[str, torch.Tensor]
 
 
 def _options(
@@ -46,71 +68,106 @@ def _options(
     return pattern, sparsity, scope, lo, hi, reduce
 
 
-def _ndim_at_least_2(func: str, scores: Mapping[str, torch.Tensor]) -> None:
-    for name, score in scores.items():
-        if score.ndim < 2:
-            raise _errors.value_error(
-                func, f"layer {name!r} has fewer than 2 dimensions", tuple(score.shape),
-                "Only weights with a 2-D view (Linear, conv) can be pruned; leave biases "
-                "and norms out of the dict.",
-            )
+def _math_select(
+    grid: _Tensors, pattern: Pattern, sparsity: float | torch.Tensor, scope: str, lo: float | torch.Tensor,
+    hi: float | torch.Tensor, previous: _Tensors | None, reduce: str, comm: sharded.Comm | None,
+) -> dict[str, torch.Tensor]:
+    """Kept grid masks by the math (any device, traceable); with ``comm``, of this rank's
+    shards, the counts exchanged (eager)."""
+    choose = select if comm is None else functools.partial(sharded.select, comm=comm)
+    if isinstance(pattern, NM):
+        return nm_masks(grid, pattern=pattern, sparsity=sparsity, scope=scope, min_layer_sparsity=lo,
+                        max_layer_sparsity=hi, previous=previous, reduce=reduce, choose=choose)
+    pruned = choose(flat_keys(grid, previous), scope=scope, sparsity=sparsity, lo=lo, hi=hi)
+    return {n: ~pruned[n].reshape(s.shape) for n, s in grid.items()}
 
 
-def _select(
-    grid: Mapping[str, torch.Tensor],
+def select_grids(
+    grid: _Tensors,
+    *,
     pattern: Pattern,
     sparsity: float | torch.Tensor,
     scope: str,
     lo: float | torch.Tensor,
     hi: float | torch.Tensor,
-    previous: Mapping[str, torch.Tensor] | None,
+    previous: _Tensors | None,
     reduce: str,
-    comm: Comm | None = None,
-    grouped: Callable[[str], torch.Tensor | None] | None = None,
+    comm: sharded.Comm | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Kept grid masks; with ``comm``, of this rank's shards (the general path, eager).
-    ``grouped``: N:M only, see :func:`fprune.nm.nm_masks`."""
-    if isinstance(pattern, NM):
-        return nm_masks(
-            grid, pattern=pattern, sparsity=sparsity, scope=scope, min_layer_sparsity=lo,
-            max_layer_sparsity=hi, previous=previous, reduce=reduce, comm=comm, grouped=grouped,
-        )
-    if comm is None and _fast.applies(grid.values(), (sparsity, lo, hi)):
-        kept = fast_select(
-            sorted(grid), lambda n: grid[n], None if previous is None else previous.__getitem__,
-            {n: s.numel() for n, s in grid.items()}, scope=scope, sparsity=sparsity, lo=lo, hi=hi,
-        )
+    """Kept grid masks of validated grid-shaped scores (no checks): the eager accelerator
+    where it applies, else the math; with ``comm``, of this rank's shards."""
+    if comm is None and _eager.applies([*grid.values(), *(previous or {}).values(), sparsity, lo, hi]):
+        kept = _eager.select_grids(grid, pattern=pattern, sparsity=float(sparsity), scope=scope, lo=float(lo),
+                                   hi=float(hi), previous=previous, reduce=reduce)
         if kept is not None:
-            return {n: kept[n].reshape(s.shape) for n, s in grid.items()}
-    pruned = select(flat_keys(grid, previous), scope=scope, sparsity=sparsity, lo=lo, hi=hi, comm=comm)
-    return {n: ~pruned[n].reshape(s.shape) for n, s in grid.items()}
+            return kept
+    return _math_select(grid, pattern, sparsity, scope, lo, hi, previous, reduce, comm)
 
 
-def fast_select(
-    names: list[str],
-    produce: Callable[[str], torch.Tensor],
-    previous: Callable[[str], torch.Tensor | None] | None,
-    sizes: Mapping[str, int],
+def update_masks(
+    scores: _Tensors | LayerScoring,
+    previous: _Tensors,
     *,
-    scope: str,
+    pattern: Pattern,
     sparsity: float | torch.Tensor,
+    scope: str,
     lo: float | torch.Tensor,
     hi: float | torch.Tensor,
-    sampler: _fast.Sampler | None = None,
-    placer: _fast.Placer | None = None,
-) -> dict[str, torch.Tensor] | None:
-    """Kept flat masks by the eager sample-and-settle selection (:mod:`fprune._fast`), or
-    None where it defers to the general path. ``names`` in tie order (sorted); the layers
-    ``placer`` covers get weight-shaped masks."""
-    prev = (lambda _: None) if previous is None else previous
-    counts = [sizes[n] for n in names]
-    if scope == "local":
-        return _fast.select_local(names, counts, produce, prev, sparsity=float(sparsity), sampler=sampler,
-                                  placer=placer)
-    return _fast.select_global(
-        names, counts, produce, prev, sparsity=float(sparsity), lo=float(lo), hi=float(hi), sampler=sampler,
-        placer=placer,
-    )
+    reduce: str,
+    comm: sharded.Comm | None = None,
+) -> dict[str, torch.Tensor]:
+    """A prune step's new weight-shaped kept masks, nested in ``previous`` (no checks).
+
+    Args:
+        scores: grid-shaped scores of the layers of ``previous``, or a
+            :class:`~fprune.scores.LayerScoring` to score them layer by layer (an eager step
+            on the CPU then holds one layer's scores at a time).
+        previous: the weight-shaped masks; their pruned units rank first, and the new masks
+            are ANDed with them.
+        pattern, sparsity, scope, lo, hi, reduce: as :func:`masks` (``lo``, ``hi``: the
+            per-layer bounds).
+        comm: the collectives of a sharded step (the tensors are this rank's shards).
+    """
+    tensors = [*previous.values(), sparsity, lo, hi]
+    if isinstance(scores, LayerScoring):
+        tensors += [*scores.params.values(), *(scores.grads or {}).values()]
+    else:
+        tensors += list(scores.values())
+    if comm is None and _eager.applies(tensors):
+        new = _eager.update_masks(scores, previous, pattern=pattern, sparsity=float(sparsity), scope=scope,
+                                  lo=float(lo), hi=float(hi), reduce=reduce)
+        if new is not None:
+            return new
+    grid = to_grid(scores.scores(), pattern, reduce) if isinstance(scores, LayerScoring) else scores
+    chosen = select_grids(grid, pattern=pattern, sparsity=sparsity, scope=scope, lo=lo, hi=hi,
+                          previous=reduce_masks(previous, pattern=pattern), reduce=reduce, comm=comm)
+    expanded = expand_masks(chosen, pattern=pattern, shapes={n: previous[n].shape for n in chosen})
+    return {n: expanded[n] & previous[n] for n in grid}
+
+
+def update_scores(
+    criterion: Criterion, aux: _Tensors, params: _Tensors, grads: _Tensors | None
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """``criterion.update(aux, params, grads)``; by the eager accelerator for an accumulating
+    criterion with a layer score on the CPU (the same scores, into reused buffers)."""
+    fast = criterion.accumulation is not None and criterion.layer_score is not None and grads is not None
+    if fast and _eager.applies([*aux.values(), *params.values(), *grads.values()]):  # type: ignore[union-attr]
+        return _eager.accumulate(criterion, aux, params, grads)  # type: ignore[arg-type]
+    return criterion.update(aux, params, grads)
+
+
+def _on_shards(
+    func: str, tensors: _Tensors, previous: _Tensors | None,
+    compute: Callable[[_Tensors, _Tensors | None, sharded.Comm | None], dict[str, torch.Tensor]],
+    names: tuple[str, str] = ("scores", "previous"),
+) -> dict[str, torch.Tensor]:
+    """``compute(tensors, previous, comm)`` on plain tensors, or on ``Shard(0)`` DTensors'
+    local shards (their rows come in flat order) with the masks wrapped back."""
+    sharding = _sharded.detect(func, {names[0]: tensors, names[1]: previous})
+    if sharding is None:
+        return compute(tensors, previous, None)
+    local = compute(sharding.local(tensors), None if previous is None else sharding.local(previous), sharding.comm)
+    return sharding.wrap(local, {n: s.shape for n, s in tensors.items()})
 
 
 def grid_masks(
@@ -153,13 +210,13 @@ def grid_masks(
     if isinstance(pattern, NM):
         check_divisible(func, grid_scores, pattern, skip_indivisible=False)
     previous = _errors.previous_masks(func, previous, "grid_scores", grid_scores)
-    sharding = _sharded.detect(func, {"grid_scores": grid_scores, "previous": previous})
-    if sharding is None:
-        return _select(grid_scores, pattern, sparsity, scope, lo, hi, previous, reduce)
-    # grid rows are the units' rows: any Shard(0) split keeps units whole
-    local = _select(sharding.local(grid_scores), pattern, sparsity, scope, lo, hi,
-                    None if previous is None else sharding.local(previous), reduce, sharding.comm)
-    return sharding.wrap(local, {n: s.shape for n, s in grid_scores.items()})
+
+    def compute(g: _Tensors, p: _Tensors | None, comm: sharded.Comm | None) -> dict[str, torch.Tensor]:
+        # grid rows are the units' rows: any Shard(0) split keeps units whole
+        return select_grids(g, pattern=pattern, sparsity=sparsity, scope=scope, lo=lo, hi=hi, previous=p,
+                            reduce=reduce, comm=comm)
+
+    return _on_shards(func, grid_scores, previous, compute, ("grid_scores", "previous"))
 
 
 def masks(
@@ -216,7 +273,7 @@ def masks(
         func, pattern, sparsity, scope, min_layer_sparsity, max_layer_sparsity, reduce
     )
     scores = _errors.tensor_dict(func, "scores", scores)
-    _ndim_at_least_2(func, scores)
+    check_weights(func, scores)
     previous = _errors.previous_masks(func, previous, "scores", scores)
     skipped = check_divisible(func, scores, pattern, skip_indivisible=skip_indivisible)
     sharding = _sharded.detect(func, {"scores": scores, "previous": previous})
@@ -230,12 +287,118 @@ def masks(
     if active:
         grid = to_grid(active, pattern, reduce)  # validated above
         prev = None if previous is None else reduce_masks({n: previous[n] for n in active}, pattern=pattern)
-        chosen = _select(grid, pattern, sparsity, scope, lo, hi, prev, reduce, comm)
+        chosen = select_grids(grid, pattern=pattern, sparsity=sparsity, scope=scope, lo=lo, hi=hi, previous=prev,
+                              reduce=reduce, comm=comm)
         out = expand_masks(chosen, pattern=pattern, shapes={n: s.shape for n, s in active.items()})
     for n in skipped:  # left dense, or as they were
         out[n] = torch.ones_like(scores[n], dtype=torch.bool) if previous is None else previous[n]
     out = {n: out[n] for n in scores}
     return out if sharding is None else sharding.wrap(out, shapes)
+
+
+def _selection_inputs(
+    func: str, scores: object, previous: object, sparsity: object
+) -> tuple[_Tensors, _Tensors | None, float | torch.Tensor]:
+    scores = _errors.tensor_dict(func, "scores", scores)
+    previous = _errors.previous_masks(func, previous, "scores", scores)
+    return scores, previous, _errors.fraction(func, "sparsity", sparsity)
+
+
+def _flat_select(
+    scores: _Tensors, previous: _Tensors | None, *, scope: str, sparsity: float | torch.Tensor,
+    lo: float | torch.Tensor, hi: float | torch.Tensor, comm: sharded.Comm | None,
+) -> dict[str, torch.Tensor]:
+    """Kept masks of scores of any shapes, each layer's units in flat order."""
+    flat = {n: s.reshape(1, -1) for n, s in scores.items()}  # one row: any shape, flat order
+    prev = None if previous is None else {n: p.reshape(1, -1) for n, p in previous.items()}
+    kept = select_grids(flat, pattern=_UNITS, sparsity=sparsity, scope=scope, lo=lo, hi=hi, previous=prev,
+                        reduce="mean", comm=comm)
+    return {n: kept[n].reshape(s.shape) for n, s in scores.items()}
+
+
+_UNITS = parse_pattern("1x1")  # a grid's own entries are the units
+
+
+def local_masks(
+    scores: Mapping[str, torch.Tensor],
+    *,
+    sparsity: float | torch.Tensor,
+    previous: Mapping[str, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Prune each layer separately: exactly ``floor(sparsity * n_l + 1e-9)`` units of each.
+
+    Args:
+        scores: floating tensors (grids of unit scores) keyed by name; lower is pruned first.
+        sparsity: fraction of units to prune in every layer, in [0, 1); a 0-d float tensor
+            is used as data (clamped, not checked).
+        previous: bool masks shaped like ``scores`` (True = kept); their pruned units rank
+            first, so masks are nested when ``sparsity`` does not decrease.
+
+    Returns:
+        Bool masks shaped like ``scores``, True = kept, in the input's key order.
+
+    Example:
+        >>> s = {"w": torch.tensor([[3., 1.], [2., 1.]])}
+        >>> local_masks(s, sparsity=0.5)["w"].tolist()   # the tie at 1.0 fills by index
+        [[True, False], [True, False]]
+    """
+    scores, previous, sparsity = _selection_inputs("local_masks", scores, previous, sparsity)
+
+    def compute(s: _Tensors, p: _Tensors | None, comm: sharded.Comm | None) -> dict[str, torch.Tensor]:
+        return _flat_select(s, p, scope="local", sparsity=sparsity, lo=0.0, hi=1.0, comm=comm)
+
+    return _on_shards("local_masks", scores, previous, compute)
+
+
+def global_masks(
+    scores: Mapping[str, torch.Tensor],
+    *,
+    sparsity: float | torch.Tensor,
+    min_layer_sparsity: float | torch.Tensor = 0.0,
+    max_layer_sparsity: float | torch.Tensor = 1.0,
+    previous: Mapping[str, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Prune the lowest-ranked units across all layers, with per-layer bounds.
+
+    Exactly ``K = floor(sparsity * N + 1e-9)`` units are pruned (``N`` = all units). Layer
+    ``l`` with ``n_l`` units prunes between ``floor(min_layer_sparsity * n_l + 1e-9)`` and
+    ``floor(max_layer_sparsity * n_l + 1e-9)`` of them: each layer first takes its minimum
+    (its lowest-ranked units), and the rest of the budget goes to the lowest-ranked units
+    still allowed, so capped layers stop at their maximum and the others absorb the rest.
+    If the maxima cannot hold ``K`` units (only possible with ``max_layer_sparsity`` at or
+    near ``sparsity``), every layer ends at its maximum.
+
+    Args:
+        scores: floating tensors (grids of unit scores) keyed by name; lower is pruned first.
+        sparsity: fraction of all units to prune, in [0, 1).
+        min_layer_sparsity: per-layer lower bound, ``<= sparsity``.
+        max_layer_sparsity: per-layer upper bound, ``>= sparsity``, at most 1.
+        previous: bool masks shaped like ``scores`` (True = kept); their pruned units rank
+            first. 0-d float tensors for the three fractions are used as data (clamped).
+
+    Returns:
+        Bool masks shaped like ``scores``, True = kept, in the input's key order.
+
+    Raises:
+        ValueError: a fraction is out of range, or ``min > sparsity``, or ``sparsity > max``.
+
+    Example:
+        >>> s = {"a": torch.tensor([1., 2., 3., 4.]), "b": torch.tensor([5., 6., 7., 8.])}
+        >>> m = global_masks(s, sparsity=0.5)
+        >>> m["a"].tolist(), m["b"].tolist()
+        ([False, False, False, False], [True, True, True, True])
+        >>> m = global_masks(s, sparsity=0.5, max_layer_sparsity=0.5)
+        >>> m["a"].tolist(), m["b"].tolist()
+        ([False, False, True, True], [False, False, True, True])
+    """
+    func = "global_masks"
+    scores, previous, sparsity = _selection_inputs(func, scores, previous, sparsity)
+    lo, hi = check_bounds(func, sparsity, min_layer_sparsity, max_layer_sparsity)
+
+    def compute(s: _Tensors, p: _Tensors | None, comm: sharded.Comm | None) -> dict[str, torch.Tensor]:
+        return _flat_select(s, p, scope="global", sparsity=sparsity, lo=lo, hi=hi, comm=comm)
+
+    return _on_shards(func, scores, previous, compute)
 
 
 def pattern_lock_masks(
@@ -264,7 +427,7 @@ def pattern_lock_masks(
     func = "pattern_lock_masks"
     pattern = parse_pattern(pattern)
     params = _errors.tensor_dict(func, "params", params)
-    _ndim_at_least_2(func, params)
+    check_weights(func, params)
     skipped = check_divisible(func, params, pattern, skip_indivisible=skip_indivisible)
     nonzero = {n: p != 0 for n, p in params.items() if n not in skipped}
     # A block is kept iff any entry is: the same reduction as reducing masks to the grid.

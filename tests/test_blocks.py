@@ -26,33 +26,6 @@ def test_reduce_blocks_matches_loops(block_and_shape, data):
     torch.testing.assert_close(got, want, equal_nan=True, rtol=1e-6, atol=0)
 
 
-@given(blocks.flatmap(lambda b: st.tuples(st.just(b), strategies.divisible_shape(*b))),
-       st.sampled_from(["mean", "sum", "max"]), st.integers(1, 40), st.data())
-def test_reduce_scored_in_pieces_equals_reducing_the_whole_score(block_and_shape, reduce, piece, data):
-    """Scored and reduced a few block rows at a time (pieces of any size, the last one short),
-    an element-wise score's block grid equals the whole score's, bit for bit, in every
-    dtype (16-bit reduced in float32), with specials; and the pieces write only ``out``.
-    NaN: only NaN-ness (a 16-bit NaN widens to another payload in a short tensor's scalar
-    conversion than in a long one's vectorized one, and every NaN ranks alike)."""
-    from fprune import blocks as blocks_module
-    from fprune._scratch import Scratch
-
-    block, shape = block_and_shape
-    w = data.draw(strategies.tensors(shape))
-    want = reduce_blocks(w.abs(), block, reduce=reduce)
-    out = torch.full_like(want, 7.0)
-    saved = blocks_module.PIECE
-    blocks_module.PIECE = piece
-    try:
-        got = blocks_module.reduce_scored(lambda x, g, buf: torch.abs(x, out=buf), w, None, block, reduce,
-                                          Scratch([w]), out)
-    finally:
-        blocks_module.PIECE = saved
-    nan = torch.isnan(want)
-    assert got is out and torch.equal(torch.isnan(got), nan)
-    assert same_bits({"s": got[~nan]}, {"s": want[~nan]})
-
-
 def test_reduce_blocks_golden():
     x = torch.tensor([[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]])
     assert reduce_blocks(x, (2, 2)).tolist() == [[3.5, 5.5]]
@@ -128,19 +101,3 @@ def test_indivisible_layers_lists_sorted_names():
     params = {"b": torch.zeros(6, 8), "a": torch.zeros(2, 6), "c": torch.zeros(8, 8)}
     assert fprune.indivisible_layers(params, pattern="4x1") == ["a", "b"]
     assert fprune.indivisible_layers(params, pattern="2:4") == ["a"]
-
-
-@given(
-    st.sampled_from([(1, 2), (2, 1), (4, 1), (2, 2), (1, 4)]), st.sampled_from(["mean", "sum", "max"]),
-    st.sampled_from(strategies.FLOAT_DTYPES), st.data(),
-)
-def test_reduce_into_equals_reduce_blocks_bit_for_bit(block, reduce, dtype, data):
-    """The pruner reduces eager grids into a reused buffer; the bits must not change."""
-    from fprune.blocks import reduce_into
-
-    shape = data.draw(strategies.divisible_shape(*block))
-    view = data.draw(strategies.tensors(shape, dtype=dtype))
-    want = reduce_blocks(view, block, reduce=reduce)
-    buffer = torch.full((want.numel() + 3,), 7.0, dtype=want.dtype)  # stale values, larger than needed
-    got = reduce_into(view, block, reduce, buffer[: want.numel()].view(want.shape))
-    assert same_bits({"g": got}, {"g": want})

@@ -6,7 +6,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import fprune
-from fprune._dtypes import widen
 from fprune.blocks import block_scores
 from tests import strategies
 from tests.strategies import same_bits
@@ -78,37 +77,6 @@ def test_snip_momentum_rounds_the_decay_and_the_sum_apart(pattern, acc_dtype, mo
     decayed = momentum * before.to(torch.float32)  # rounded on its own
     assert same_bits(new, {"w": (decayed + term).to(acc_dtype)}) and same_bits(scores, new)
     assert same_bits(aux, {"w": before})  # pure: the old accumulator is untouched
-
-
-@given(st.sampled_from(["4x1", "2x2", "1x4", "8x1", "2x1", "channelx1", "1xchannel"]), st.integers(1, 9),
-       st.integers(1, 4), st.sampled_from(strategies.FLOAT_DTYPES), st.sampled_from(["mean", "sum", "max"]),
-       st.integers(1, 64), st.data())
-def test_block_term_in_pieces_equals_the_whole_product_reduced(pattern, blocks_down, blocks_across, dtype, reduce,
-                                                               piece, data):
-    """An eager 2-D layer's ``R(|w * g|)`` is computed a few block rows at a time (each piece
-    reduced while in cache); with pieces of any size, the last one short, it equals the
-    reduction of the whole product bit for bit (specials, 16-bit weights widened; NaN: only
-    NaN-ness, as a 16-bit NaN's payload after widening depends on the tensor's length)."""
-    from fprune import blocks
-
-    block = fprune.parse_pattern(pattern).block_shape((8 * blocks_down, 4 * blocks_across))
-    shape = (8 * blocks_down, 4 * blocks_across)
-    w, g = data.draw(strategies.tensors(shape, dtype=dtype)), data.draw(strategies.tensors(shape, dtype=dtype))
-    crit = fprune.snip_momentum(pattern=pattern, reduce=reduce, momentum=0.0)
-    aux = crit.init({"w": w})
-    saved = blocks.PIECE
-    blocks.PIECE = piece  # weights a piece: from one block row (or less) up
-    try:
-        got, _ = crit.update(aux, {"w": w}, {"w": g})
-    finally:
-        blocks.PIECE = saved
-    prod = widen(w) * widen(g)
-    want = block_scores({"w": prod.abs()}, pattern=pattern, reduce=reduce)["w"]
-    assert want.shape == (shape[0] // block[0], shape[1] // block[1])
-    want = 0.0 * aux["w"] + want
-    nan = torch.isnan(want)
-    assert torch.equal(torch.isnan(got["w"]), nan)
-    assert same_bits({"w": got["w"][~nan]}, {"w": want[~nan]})
 
 
 @given(st.sampled_from(["4x1", "2x2", "channelx1", "1xchannel"]).flatmap(

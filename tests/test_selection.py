@@ -9,7 +9,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fprune.selection import global_masks, local_masks, rank_keys
+from fprune.masking import global_masks, local_masks
+from fprune.selection import rank_keys
 from tests import reference, strategies
 from tests.strategies import same_bits
 

@@ -12,8 +12,10 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fprune import _sharded, _sharded_select
-from fprune.masking import _select
+from fprune import _radix, _sharded
+from fprune._sharded import select as sharded
+from fprune._tuning import tuned
+from fprune.masking import select_grids
 from fprune.patterns import parse_pattern
 from fprune.selection import flat_keys, rank_keys, select
 from tests import reference, strategies
@@ -42,7 +44,7 @@ def _run_sharded(scores, previous, splits, world, **kw):
     def rank(comm, r):
         mine = {n: s[splits[n][r][0]:splits[n][r][1]] for n, s in scores.items()}
         prev = None if previous is None else {n: p[splits[n][r][0]:splits[n][r][1]] for n, p in previous.items()}
-        got = select(flat_keys(mine, prev), comm=comm, **kw)
+        got = sharded.select(flat_keys(mine, prev), comm=comm, **{"lo": 0.0, "hi": 1.0, **kw})
         return {n: ~got[n].reshape(mine[n].shape) for n in mine}
 
     parts, calls = run_ranks(world, rank)
@@ -51,8 +53,7 @@ def _run_sharded(scores, previous, splits, world, **kw):
 
 def small_samples():
     """Sample small layers too, so the bracket (and its misses) run on hypothesis' sizes."""
-    return mock.patch.multiple(_sharded_select, _SAMPLE=8, _LAYER_SAMPLE=4, _DENSITY=1,
-                               _Z=1.0)  # a narrow bracket: misses happen too
+    return tuned(shard_sample=8, shard_layer_sample=4, shard_density=1, shard_z=1.0)  # a narrow bracket: misses
 
 
 @given(strategies.score_dicts(conv=False), bound_pairs, st.integers(1, 4), st.sampled_from(["global", "local"]),
@@ -82,11 +83,12 @@ def test_sharded_nm_selection_equals_the_single_process_one(scores, sparsity, wo
     splits = data.draw(row_splits(scores, world))
     fraction = sparsity * 0.5
     scope = data.draw(st.sampled_from(["global", "local"]))
-    want = _select(scores, pattern, fraction, scope, 0.0, 1.0, None, "mean")
+    kwargs = dict(pattern=pattern, sparsity=fraction, scope=scope, lo=0.0, hi=1.0, previous=None, reduce="mean")
+    want = select_grids(scores, **kwargs)
 
     def rank(comm, r):
         mine = {n: s[splits[n][r][0]:splits[n][r][1]] for n, s in scores.items()}
-        return _select(mine, pattern, fraction, scope, 0.0, 1.0, None, "mean", comm)
+        return select_grids(mine, **kwargs, comm=comm)
 
     parts, _ = run_ranks(world, rank)
     assert same_bits({n: torch.cat([p[n] for p in parts]) for n in scores}, want)
@@ -116,8 +118,9 @@ def test_sharded_selection_exchanges_a_fixed_number_of_small_collectives():
             sizes.append(t.numel())
             return self.comm.before(t)
 
-    run_ranks(2, lambda comm, r: select(flat_keys({n: s[splits[n][r][0]:splits[n][r][1]] for n, s in scores.items()},
-                                                  None), comm=Recorder(comm), scope="global", sparsity=0.7))
+    run_ranks(2, lambda comm, r: sharded.select(
+        flat_keys({n: s[splits[n][r][0]:splits[n][r][1]] for n, s in scores.items()}, None), comm=Recorder(comm),
+        scope="global", sparsity=0.7, lo=0.0, hi=1.0))
     assert max(sizes) == 2 * 256  # two layers' histograms of one radix digit
 
 
@@ -150,20 +153,17 @@ def test_the_bracket_narrows_the_search_on_large_layers():
     scores = {"a": torch.randn(1024, 512, generator=g).abs(), "b": torch.randn(512, 1024, generator=g).abs()}
     splits = {n: [(0, 300), (300, s.shape[0])] for n, s in scores.items()}
     counted = []
-    search = _sharded_select._radix.search
+    search = _radix.search
 
     def spy(keys, *args, **kw):
         if kw.get("combine") is not None:
             counted.append(sum(k.numel() for k in keys))
         return search(keys, *args, **kw)
 
-    _sharded_select._radix.search = spy
-    try:
+    with mock.patch.object(_radix, "search", spy):  # counts the keys each search reads
         for scope in ("global", "local"):
             counted.clear()
             got, _ = _run_sharded(scores, None, splits, 2, scope=scope, sparsity=0.8, lo=0.0, hi=1.0)
             pruned = select(flat_keys(scores, None), scope=scope, sparsity=0.8)  # one process, tested elsewhere
             assert same_bits(got, {n: ~p.reshape(scores[n].shape) for n, p in pruned.items()})
             assert counted and max(counted) < 0.1 * sum(s.numel() for s in scores.values())  # keys counted
-    finally:
-        _sharded_select._radix.search = search

@@ -1,4 +1,4 @@
-"""Run a function on several threads that share :class:`fprune._sharded_select.Comm` collectives.
+"""Run a function on several threads that share :class:`fprune._sharded.select.Comm` collectives.
 
 Each thread plays one rank of a sharded selection: ``sum`` and ``before`` meet at a barrier
 and combine what every thread contributed. It checks the selection's arithmetic on any
@@ -8,6 +8,7 @@ split of the units in one process, quickly enough for hypothesis; the process-gr
 
 from __future__ import annotations
 
+import contextvars
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -62,7 +63,8 @@ def run_ranks(world: int, fn: Callable[[ThreadComm, int], Any]) -> tuple[list[An
             errors.append(e)
             meeting.barrier.abort()
 
-    threads = [threading.Thread(target=body, args=(r,)) for r in range(world)]
+    # each thread runs in a copy of this context, so settings made here (fprune._tuning.tuned) hold there
+    threads = [threading.Thread(target=contextvars.copy_context().run, args=(body, r)) for r in range(world)]
     for t in threads:
         t.start()
     for t in threads:

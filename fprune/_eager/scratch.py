@@ -12,6 +12,8 @@ from collections.abc import Iterable
 
 import torch
 
+__all__ = ["Scratch"]
+
 
 class Scratch:
     """Per-dtype buffers, each sized for the largest of ``tensors`` (or of what it is asked for)."""

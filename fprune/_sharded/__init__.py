@@ -7,7 +7,7 @@ one rank, and so does every block whose row count divides ``c``; a block cut by 
 boundary is rejected at ``init`` (scoring it would need its weights from two ranks).
 
 The pruners unwrap ``DTensor`` inputs to their local shards, score and reduce them where
-they are, and select with :class:`Collectives` (:mod:`fprune._sharded_select`): a gathered
+they are, and select with :class:`Collectives` (:mod:`fprune._sharded.select`): a gathered
 sample of rank keys places a bracket, then per-layer counts, histograms (256 bins per layer
 and radix digit) and tie counts are summed over the ranks. Nothing of weight size leaves a
 rank. Masks and accumulators are wrapped back as ``DTensor`` with the
@@ -27,9 +27,9 @@ from fprune import _errors
 from fprune.layout import shape_2d
 from fprune.patterns import NM, Pattern
 
-__all__ = ["Collectives", "Sharding", "detect", "rows_of"]
+__all__ = ["Collectives", "Sharding", "detect", "global_shapes", "meta", "rows_of"]
 
-Tensors = Mapping[str, torch.Tensor]
+_Tensors = Mapping[str, torch.Tensor]
 
 
 def _dtensor_type() -> type | None:
@@ -50,7 +50,7 @@ def rows_of(rows: int, world: int, rank: int) -> tuple[int, int]:
 
 @dataclasses.dataclass(frozen=True)
 class Collectives:
-    """:class:`fprune._sharded_select.Comm` over the process group of a 1-D mesh."""
+    """:class:`fprune._sharded.select.Comm` over the process group of a 1-D mesh."""
 
     group: Any
     rank: int
@@ -83,11 +83,11 @@ class Sharding:
     def comm(self) -> Collectives:
         return Collectives(self.mesh.get_group(), self.rank, self.world)
 
-    def local(self, tensors: Tensors) -> dict[str, torch.Tensor]:
+    def local(self, tensors: _Tensors) -> dict[str, torch.Tensor]:
         """Each DTensor's local shard (a view, no copy)."""
         return {n: cast(Any, t).to_local() for n, t in tensors.items()}
 
-    def wrap(self, local: Tensors, shapes: Mapping[str, Sequence[int]]) -> dict[str, torch.Tensor]:
+    def wrap(self, local: _Tensors, shapes: Mapping[str, Sequence[int]]) -> dict[str, torch.Tensor]:
         """Local shards as DTensors of the given global shapes, on this mesh and placements."""
         from torch.distributed.tensor import DTensor
 
@@ -132,7 +132,7 @@ def _contiguous_stride(shape: torch.Size) -> tuple[int, ...]:
     return tuple(reversed(stride))
 
 
-def detect(func: str, groups: Mapping[str, Tensors | None]) -> Sharding | None:
+def detect(func: str, groups: Mapping[str, _Tensors | None]) -> Sharding | None:
     """The sharding of the DTensors in ``groups`` (argument name -> tensors), or None if they
     are all plain tensors. Raises unless every tensor is a ``Shard(0)`` DTensor of one 1-D mesh
     with ``torch.chunk``'s row split."""
@@ -192,7 +192,7 @@ def detect(func: str, groups: Mapping[str, Tensors | None]) -> Sharding | None:
     return Sharding(mesh, tuple(first.placements), rank, world)
 
 
-def global_shapes(shapes: Mapping[str, Sequence[int]], local: Tensors, sharding: Sharding, func: str,
+def global_shapes(shapes: Mapping[str, Sequence[int]], local: _Tensors, sharding: Sharding, func: str,
                   what: str) -> dict[str, tuple[int, ...]]:
     """Check that ``local`` tensors are this rank's ``Shard(0)`` rows of ``shapes``; return them."""
     out = {}
@@ -210,6 +210,6 @@ def global_shapes(shapes: Mapping[str, Sequence[int]], local: Tensors, sharding:
     return out
 
 
-def meta(tensors: Tensors) -> dict[str, torch.Tensor]:
+def meta(tensors: _Tensors) -> dict[str, torch.Tensor]:
     """Storage-free stand-ins of the global tensors (to learn a criterion's state shapes)."""
     return {n: torch.empty(t.shape, dtype=t.dtype, device="meta") for n, t in tensors.items()}
