@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             opt.load_state_dict(fprune.nn.masked_optimizer_state(opt.state_dict(), masks, names=names))
         if step % max(steps // 10, 1) == 0 or step == end:
             achieved = float(fprune.total_sparsity(masks, pattern=args.pattern))
-            print(f"step {step:4d}  target {float(state.target):.4f}  sparsity {achieved:.4f}  loss {loss.item():.3f}")
+            print(f"step {step:4d}  target {float(state.current_target):.4f}  sparsity {achieved:.4f}  loss {loss.item():.3f}")
 
     # A checkpoint holds the pruner's state next to the model and the optimizer.
     checkpoint = {"model": model.state_dict(), "optimizer": opt.state_dict(), "prune": state.state_dict()}

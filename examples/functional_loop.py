@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         params, state, masks = train_step(params, state, x[batch], y[batch])
         if step % max(steps // 10, 1) == 0:
             achieved = float(fprune.total_sparsity(masks, pattern=args.pattern))
-            print(f"step {step:4d}  target {float(state.target):.4f}  sparsity {achieved:.4f}")
+            print(f"step {step:4d}  target {float(state.current_target):.4f}  sparsity {achieved:.4f}")
 
     result = {
         "target": args.sparsity,

@@ -10,17 +10,19 @@ from fprune import _errors
 from fprune._trace import tracing
 from fprune.state import PruneState, hash64, layout_text
 
-Tensors = Mapping[str, torch.Tensor]
+__all__ = ["check_fingerprint", "check_params", "check_state", "detached", "fingerprint", "scalar"]
+
+_Tensors = Mapping[str, torch.Tensor]
 
 
-def detached(tensors: Tensors) -> dict[str, torch.Tensor]:
+def detached(tensors: _Tensors) -> dict[str, torch.Tensor]:
     """Views that autograd does not track: scores and masks carry no graph from step to step
     (passing ``dict(model.named_parameters())`` directly would otherwise chain one graph per
     step through the accumulators)."""
     return {n: t.detach() for n, t in tensors.items()}
 
 
-def check_params(func: str, params: object, state: PruneState) -> Tensors:
+def check_params(func: str, params: object, state: PruneState) -> _Tensors:
     params = _errors.tensor_dict(func, "params", params)
     _errors.same_shapes(func, "params", params, "the params given to init (state.masks)", state.masks)
     return params
@@ -35,12 +37,12 @@ def check_state(func: str, state: object) -> PruneState:
     return state
 
 
-def fingerprint(config_hash: int, params: Tensors) -> torch.Tensor:
+def fingerprint(config_hash: int, params: _Tensors) -> torch.Tensor:
     """The state's int64 ``[2]`` fingerprint: the settings' hash and the params' layout hash."""
     return torch.tensor([config_hash, hash64(layout_text(params))], dtype=torch.int64)
 
 
-def check_fingerprint(func: str, state: PruneState, config_hash: int, params: Tensors) -> None:
+def check_fingerprint(func: str, state: PruneState, config_hash: int, params: _Tensors) -> None:
     if tracing(state.fingerprint):
         return  # values cannot be read while tracing; checked in eager calls
     stored = state.fingerprint.tolist()

@@ -6,7 +6,7 @@ Also registers the built-ins, so importing :mod:`fprune` fills the registries.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -18,8 +18,7 @@ from fprune.schedules import Decay, ramp
 from fprune.scores import Criterion, snip_momentum, stateless
 from fprune.scores import criterion as builtin_criterion
 
-Tensors = Mapping[str, torch.Tensor]
-Target = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+__all__ = ["criterion", "describe", "is_factory", "pattern"]
 
 
 def is_factory(obj: object) -> bool:

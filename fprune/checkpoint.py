@@ -32,6 +32,7 @@ __all__ = [
     "Checkpoint",
     "CheckpointError",
     "Selection",
+    "check_output",
     "eligible",
     "load",
     "prune",

@@ -11,14 +11,15 @@ import torch
 
 from fprune import _checks, _errors, _resolve, _sharded, registry
 from fprune.blocks import check_divisible
-from fprune.masking import _ndim_at_least_2, pattern_lock_masks
+from fprune.layout import check_weights
+from fprune.masking import pattern_lock_masks
 from fprune.patterns import Pattern
 from fprune.pruner import Pruner
 from fprune.state import PruneState, hash64
 
 __all__ = ["pattern_lock"]
 
-Tensors = Mapping[str, torch.Tensor]
+_Tensors = Mapping[str, torch.Tensor]
 
 
 def pattern_lock(*, pattern: str | Pattern = "4x1", skip_indivisible: bool = False) -> Pruner:
@@ -48,14 +49,14 @@ def pattern_lock(*, pattern: str | Pattern = "4x1", skip_indivisible: bool = Fal
     config_hash = hash64(f"pattern_lock:{pat}:{skip_indivisible}")
     settings["kind"] = "pattern_lock"
 
-    def init(params: Tensors, *, sparsity: None = None) -> PruneState:
+    def init(params: _Tensors, *, sparsity: None = None) -> PruneState:
         if sparsity is not None:
             raise _errors.value_error(
                 "init", "pattern_lock has no target sparsity to override", _errors.detail(repr(sparsity)),
                 "Call init(params) without sparsity; the masks come from the existing zeros.",
             )
         params = _checks.detached(_errors.tensor_dict("init", "params", params))
-        _ndim_at_least_2("init", params)
+        check_weights("init", params)
         sharding = _sharded.detect("init", {"params": params})
         if sharding is None:
             masks = pattern_lock_masks(params, pattern=pat, skip_indivisible=skip_indivisible)
@@ -70,12 +71,12 @@ def pattern_lock(*, pattern: str | Pattern = "4x1", skip_indivisible: bool = Fal
             )
         zero = _checks.scalar(0.0, torch.float64)
         return PruneState(
-            step=_checks.scalar(0, torch.int64), target=zero.clone(), initial=zero, masks=masks, aux={},
-            fingerprint=_checks.fingerprint(config_hash, params), sparsity=zero.clone(),
+            step=_checks.scalar(0, torch.int64), current_target=zero.clone(), initial_target=zero, masks=masks,
+            aux={}, fingerprint=_checks.fingerprint(config_hash, params), final_target=zero.clone(),
         )
 
     def step(
-        state: PruneState, params: Tensors, grads: Tensors | None = None
+        state: PruneState, params: _Tensors, grads: _Tensors | None = None
     ) -> tuple[PruneState, dict[str, torch.Tensor]]:
         state = _checks.check_state("step", state)
         params = _checks.detached(_checks.check_params("step", params, state))

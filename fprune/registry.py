@@ -49,6 +49,7 @@ __all__ = [
     "register_reg",
     "register_scheduler",
     "registered",
+    "set_check",
     "snapshot",
 ]
 

@@ -30,7 +30,19 @@ import torch
 
 from fprune import _errors
 
-__all__ = ["DECAYS", "Schedule", "is_prune_step", "iterative", "oneshot", "prune_steps"]
+__all__ = [
+    "DECAYS",
+    "Decay",
+    "Schedule",
+    "Step",
+    "check_window",
+    "decay_curve",
+    "is_prune_step",
+    "iterative",
+    "oneshot",
+    "prune_steps",
+    "ramp",
+]
 
 Step = int | torch.Tensor
 Schedule = Callable[[Step], float | torch.Tensor]
@@ -61,7 +73,8 @@ _DECAY_FNS: dict[str, Decay] = {"exp": _exp, "cos": _cosine, "linear": _linear, 
 DECAYS = tuple(_DECAY_FNS)
 
 
-def _window(func: str, start_step: object, end_step: object, frequency: object) -> tuple[int, int, int]:
+def check_window(func: str, start_step: object, end_step: object, frequency: object) -> tuple[int, int, int]:
+    """Validate a prune window: ``0 <= start_step <= end_step`` and ``frequency >= 1``, as ints."""
     start = _errors.positive_int(func, "start_step", start_step, minimum=0)
     end = _errors.positive_int(func, "end_step", end_step, minimum=0)
     freq = _errors.positive_int(func, "frequency", frequency, minimum=1)
@@ -80,7 +93,7 @@ def prune_steps(*, start_step: int, end_step: int, frequency: int = 1) -> range:
         >>> list(prune_steps(start_step=2, end_step=9, frequency=3))
         [2, 5, 8]
     """
-    start, end, freq = _window("prune_steps", start_step, end_step, frequency)
+    start, end, freq = check_window("prune_steps", start_step, end_step, frequency)
     return range(start, end + 1, freq)
 
 
@@ -91,7 +104,7 @@ def is_prune_step(step: Step, *, start_step: int, end_step: int, frequency: int 
         >>> [is_prune_step(s, start_step=0, end_step=4, frequency=2) for s in range(6)]
         [True, False, True, False, True, False]
     """
-    start, end, freq = _window("is_prune_step", start_step, end_step, frequency)
+    start, end, freq = check_window("is_prune_step", start_step, end_step, frequency)
     inside = (step >= start) & (step <= end) if isinstance(step, torch.Tensor) else start <= step <= end
     return inside & ((step - start) % freq == 0)
 
@@ -154,7 +167,7 @@ def iterative(
             func, "initial_sparsity exceeds sparsity", _errors.detail(f"{initial} > {target}"),
             "The schedule only increases sparsity; lower initial_sparsity.",
         )
-    start, end, freq = _window(func, start_step, end_step, frequency)
+    start, end, freq = check_window(func, start_step, end_step, frequency)
     curve = decay_curve(func, decay)
     last = (end - start) // freq  # T: the index of the last prune step
 

@@ -18,10 +18,10 @@ from fprune.blocks import check_divisible, reduce_masks
 from fprune.layout import to_2d
 from fprune.patterns import NM, Pattern, parse_pattern
 
-__all__ = ["layer_sparsity", "total_sparsity"]
+__all__ = ["layer_sparsity", "pruned_units", "total_sparsity", "unit_fraction"]
 
 
-def _pruned_units(
+def pruned_units(
     func: str, masks: Mapping[str, torch.Tensor], pattern: str | Pattern | None
 ) -> tuple[dict[str, torch.Tensor], dict[str, int], float]:
     """Per layer: pruned units (int64), total units, and the weight of a unit in sparsity."""
@@ -61,7 +61,7 @@ def layer_sparsity(
         >>> float(layer_sparsity(m)["w"]), float(layer_sparsity(m, pattern="2x1")["w"])
         (0.75, 0.5)
     """
-    pruned, totals, unit = _pruned_units("layer_sparsity", masks, pattern)
+    pruned, totals, unit = pruned_units("layer_sparsity", masks, pattern)
     return {n: pruned[n].to(torch.float64) * unit / max(totals[n], 1) for n in pruned}
 
 
@@ -78,10 +78,10 @@ def total_sparsity(
         >>> float(total_sparsity(m))
         0.25
     """
-    return _fraction(*_pruned_units("total_sparsity", masks, pattern))
+    return unit_fraction(*pruned_units("total_sparsity", masks, pattern))
 
 
-def _fraction(
+def unit_fraction(
     pruned: Mapping[str, torch.Tensor], totals: Mapping[str, int], unit: float,
     combine: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:

@@ -1,9 +1,8 @@
 """The pruner's state: a frozen dataclass of tensors, registered as a pytree.
 
 ``PruneState`` holds everything that changes during a run, and nothing else: the step
-counter, the current target, the initial sparsity (non-zero only with
-``lock_init_sparsity``), the masks, the criterion's accumulators and a fingerprint of the
-pruner that made it. Static settings live in the :class:`~fprune.pruner.Pruner` closure.
+counter, the schedule's initial, current and final targets, the masks, the criterion's
+accumulators and a fingerprint of the pruner that made it. Static settings live in the :class:`~fprune.pruner.Pruner` closure.
 
 Because the state is a pytree of tensors, it passes through ``torch.compile``,
 ``torch.func`` transforms and ``torch.utils._pytree`` utilities, and
@@ -23,10 +22,12 @@ import torch.utils._pytree as pytree
 
 from fprune import _errors
 
-__all__ = ["PruneState"]
+__all__ = ["PruneState", "hash64", "layout_text"]
 
-_SCALARS = ("step", "target", "initial", "fingerprint", "sparsity")
+_SCALARS = ("step", "current_target", "initial_target", "fingerprint", "final_target")
 _DICTS = ("masks", "aux")
+# the keys of fprune 0.1.0.dev states saved before the targets were renamed, still read
+_RENAMED = {"target": "current_target", "initial": "initial_target", "sparsity": "final_target"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,32 +36,35 @@ class PruneState:
 
     Attributes:
         step: int64 0-d tensor, the index of the next step ``step`` will process.
-        target: float64 0-d tensor, the target the current masks were computed for.
-        initial: float64 0-d tensor, the sparsity the schedule starts from (the existing
-            zeros with ``lock_init_sparsity``, else 0).
+        current_target: float64 0-d tensor, the target the current masks were computed for.
+        initial_target: float64 0-d tensor, the sparsity the schedule starts from (the
+            existing zeros with ``lock_init_sparsity``, else 0).
         masks: bool masks keyed by parameter name, shaped like the parameters, True = kept.
         aux: the criterion's accumulators (empty for stateless criteria).
         fingerprint: int64 tensor ``[2]``: a hash of the pruner's settings and one of the
             parameter names, shapes and dtypes given to ``init``. ``step`` rejects a state
             whose fingerprint does not match.
-        sparsity: float64 0-d tensor, the final target: the pruner's ``sparsity``, or the
-            value given to ``init(params, sparsity=...)`` (data, so ``vmap`` can sweep it).
+        final_target: float64 0-d tensor, the schedule's last target: the pruner's
+            ``sparsity``, or the value given to ``init(params, sparsity=...)`` (data, so
+            ``vmap`` can sweep it).
 
     Example:
         >>> import fprune
         >>> prune = fprune.pruner(0.5, pattern="1x1", criterion="magnitude")
         >>> state = prune.init({"w": torch.ones(2, 2)})
-        >>> int(state.step), float(state.target), sorted(state.state_dict())
-        (0, 0.0, ['fingerprint', 'initial', 'masks/w', 'sparsity', 'step', 'target'])
+        >>> int(state.step), float(state.current_target), float(state.final_target)
+        (0, 0.0, 0.5)
+        >>> sorted(state.state_dict())
+        ['current_target', 'final_target', 'fingerprint', 'initial_target', 'masks/w', 'step']
     """
 
     step: torch.Tensor
-    target: torch.Tensor
-    initial: torch.Tensor
+    current_target: torch.Tensor
+    initial_target: torch.Tensor
     masks: dict[str, torch.Tensor]
     aux: dict[str, torch.Tensor]
     fingerprint: torch.Tensor
-    sparsity: torch.Tensor
+    final_target: torch.Tensor
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """A flat ``dict[str, Tensor]``: the five scalars, ``masks/<name>``, ``aux/<name>``.
@@ -76,6 +80,9 @@ class PruneState:
     def from_state_dict(cls, state_dict: Mapping[str, torch.Tensor]) -> PruneState:
         """Rebuild a state from :meth:`state_dict`'s output (e.g. after ``torch.load``).
 
+        States saved by fprune 0.1.0.dev before the targets were renamed (keys ``target``,
+        ``initial`` and ``sparsity``) are read too.
+
         Raises:
             ValueError: a scalar is missing, or a key has no known prefix.
             TypeError: a value is not a tensor.
@@ -90,12 +97,13 @@ class PruneState:
             True
         """
         func = "PruneState.from_state_dict"
-        state_dict = _errors.tensor_dict(func, "state_dict", state_dict, floating=False)
+        state_dict = _renamed(func, _errors.tensor_dict(func, "state_dict", state_dict, floating=False))
         missing = [k for k in _SCALARS if k not in state_dict]
-        if missing == ["sparsity"]:  # saved before the final target was part of the state
+        if missing == ["final_target"]:  # saved before the final target was part of the state
             raise _errors.value_error(
-                func, "state_dict lacks the final target 'sparsity'", missing,
-                "Add it: state_dict['sparsity'] = torch.tensor(<the pruner's sparsity>, dtype=torch.float64).",
+                func, "state_dict lacks the final target 'final_target'", missing,
+                "Add it: state_dict['final_target'] = torch.tensor(<the pruner's sparsity>, "
+                "dtype=torch.float64).",
             )
         if missing:
             raise _errors.value_error(
@@ -114,10 +122,24 @@ class PruneState:
                 )
             fields[prefix][name] = value
         return cls(
-            step=state_dict["step"], target=state_dict["target"], initial=state_dict["initial"],
-            masks=fields["masks"], aux=fields["aux"], fingerprint=state_dict["fingerprint"],
-            sparsity=state_dict["sparsity"],
+            step=state_dict["step"], current_target=state_dict["current_target"],
+            initial_target=state_dict["initial_target"], masks=fields["masks"], aux=fields["aux"],
+            fingerprint=state_dict["fingerprint"], final_target=state_dict["final_target"],
         )
+
+
+def _renamed(func: str, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state_dict`` with the keys of earlier 0.1.0.dev states under their current names."""
+    out = dict(state_dict)
+    for old, new in _RENAMED.items():
+        if old in out:
+            if new in out:
+                raise _errors.value_error(
+                    func, f"state_dict has both {old!r} and its current name {new!r}", sorted(out),
+                    f"Keep {new!r} only.",
+                )
+            out[new] = out.pop(old)
+    return out
 
 
 def _flatten(state: PruneState) -> tuple[list[object], None]:

@@ -97,7 +97,7 @@ def check(mesh) -> dict[str, object]:
                 largest = max(largest, traffic.largest)
                 equal &= all(torch.equal(m, s_masks[n]) for n, m in full(d_masks).items())
                 equal &= all(tuple(m.placements) == (Shard(0),) for m in d_masks.values())
-                equal &= bool(d_state.target == s_state.target) and bool(d_state.step == s_state.step)
+                equal &= bool(d_state.current_target == s_state.current_target) and bool(d_state.step == s_state.step)
                 equal &= all(torch.equal(a, s_state.aux[n]) for n, a in full(d_state.aux).items())
             results.append({"case": f"{pattern} {scope} {sparsity} {criterion} [{lo}, {hi}]", "equal": equal})
     # 2^20 units: enough that the selection narrows its search with a gathered sample
@@ -148,7 +148,7 @@ def lock(mesh) -> bool:
     for prune in (fprune.pruner(0.8, pattern="1x8", criterion="magnitude", end_step=2, lock_init_sparsity=True),
                   fprune.pattern_lock(pattern="1x8")):
         single, sharded = prune.init(whole), prune.init(shard(whole, mesh))
-        ok &= bool(single.initial == sharded.initial)
+        ok &= bool(single.initial_target == sharded.initial_target)
         for _ in range(3):
             single, s_masks = prune.step(single, whole)
             sharded, d_masks = prune.step(sharded, shard(whole, mesh))

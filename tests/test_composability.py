@@ -81,12 +81,12 @@ def test_compiled_step_equals_eager_and_compiles_once(criterion, pattern, scope,
         assert _same_state(eager_state, compiled_state)
         assert all(torch.equal(eager_masks[n], compiled_masks[n]) for n in params)
         frames.append(counter.frame_count)
-        targets.add(float(compiled_state.target))
+        targets.add(float(compiled_state.current_target))
     # iterative: 9 prune steps, the first at 0.0, so 9 values; oneshot: 0.0, then the target
     assert len(targets) == (9 if schedule == "iterative" else 2)
     assert frames[-1] <= 2 and set(frames) == {frames[0]}  # all compiled at the first call
     assert _nonempty_graphs(counter) == 1
-    assert float(compiled_state.target) == prune.settings["sparsity"]
+    assert float(compiled_state.current_target) == prune.settings["sparsity"]
 
 
 @pytest.mark.compile_inductor
@@ -105,7 +105,7 @@ def test_step_compiled_with_inductor_equals_eager(criterion, pattern, scope):
         eager_state, _ = prune.step(eager_state, params, grads)
         compiled_state, _ = compiled(compiled_state, params, grads)
         assert all(torch.equal(eager_state.masks[n], compiled_state.masks[n]) for n in params)
-        assert float(eager_state.target) == float(compiled_state.target)
+        assert float(eager_state.current_target) == float(compiled_state.current_target)
     # inductor's float rounding may differ from eager in the accumulators, never in the masks
     for n, v in eager_state.aux.items():
         torch.testing.assert_close(compiled_state.aux[n], v)
@@ -232,7 +232,7 @@ def test_vmapped_ensemble_equals_a_loop(criterion, pattern, scope, seed):
         for g in grads:
             alone, alone_masks = prune.step(alone, params, {n: t[member] for n, t in g.items()})
         assert all(torch.equal(masks[n][member], alone_masks[n]) for n in names)
-        assert float(state.target[member]) == float(alone.target) == 0.5
+        assert float(state.current_target[member]) == float(alone.current_target) == 0.5
         assert all(torch.equal(state.aux[k][member], v) for k, v in alone.aux.items())
 
 
@@ -260,7 +260,7 @@ def test_vmapped_sparsity_sweep_equals_separate_pruners(pattern, scope, criterio
         for g in grads:
             alone, alone_masks = own.step(alone, params, g)
         assert all(torch.equal(masks[n][i], alone_masks[n]) for n in params)
-        assert float(state.target[i]) == float(alone.target) == target
+        assert float(state.current_target[i]) == float(alone.current_target) == target
         assert float(fprune.total_sparsity({n: m[i] for n, m in masks.items()}, pattern=pattern)) == pytest.approx(
             target, abs=0.02)
 
@@ -278,13 +278,13 @@ def test_init_sparsity_override_equals_a_pruner_built_for_it():
             a, masks_a = base.step(a, params, g)
             b, masks_b = own.step(b, params, g)
             assert all(torch.equal(masks_a[n], masks_b[n]) for n in params)
-            assert float(a.target) == float(b.target)
-        assert a.sparsity.dtype == torch.float64 and float(a.sparsity) == pytest.approx(0.6)
+            assert float(a.current_target) == float(b.current_target)
+        assert a.final_target.dtype == torch.float64 and float(a.final_target) == pytest.approx(0.6)
     single = base.init(params, sparsity=torch.tensor(0.6))  # float32 data, widened as it is
-    assert single.sparsity.dtype == torch.float64 and float(single.sparsity) == float(torch.tensor(0.6))
+    assert single.final_target.dtype == torch.float64 and float(single.final_target) == float(torch.tensor(0.6))
     state = base.init(params, sparsity=0.6)
     again = fprune.PruneState.from_state_dict(state.state_dict())
-    assert float(again.sparsity) == pytest.approx(0.6)
+    assert float(again.final_target) == pytest.approx(0.6)
 
 
 @pytest.mark.parametrize(
@@ -313,8 +313,8 @@ def test_pattern_lock_init_rejects_a_target():
 
 def test_state_dict_without_the_final_target_says_how_to_fix_it():
     state = fprune.pruner(0.5).init(_params()).state_dict()
-    del state["sparsity"]
-    with pytest.raises(ValueError, match=r"lacks the final target 'sparsity'.*torch.tensor"):
+    del state["final_target"]
+    with pytest.raises(ValueError, match=r"lacks the final target 'final_target'.*torch.tensor"):
         fprune.PruneState.from_state_dict(state)
 
 
@@ -360,5 +360,5 @@ def test_compiled_vmapped_step_equals_eager_vmapped():
         eager_state, _ = batched_step(eager_state, params, g)
         compiled_state, _ = compiled(compiled_state, params, g)
         assert _same_state(eager_state, compiled_state)
-    assert compiled_state.target.tolist() == targets.tolist()
+    assert compiled_state.current_target.tolist() == targets.tolist()
     assert counter.frame_count <= 2 and _nonempty_graphs(counter) == 1

@@ -85,7 +85,7 @@ def test_pruner_on_cuda_equals_cpu(criterion, pattern, low_memory_usage):
     cuda_state, cuda_masks = run("cuda")
     assert all(m.device.type == "cuda" for m in cuda_masks.values())
     assert same_bits({n: m.cpu() for n, m in cuda_masks.items()}, cpu_masks)
-    assert float(cuda_state.target) == float(cpu_state.target) == 0.5
+    assert float(cuda_state.current_target) == float(cpu_state.current_target) == 0.5
     on_device = {n: v.cuda() for n, v in params.items()}
     fprune.nn.apply_masks_(on_device, cuda_masks)  # in place, on the device
     assert all(bool((on_device[n][~cuda_masks[n]] == 0).all()) for n in params)
@@ -108,7 +108,7 @@ def test_compiled_step_on_cuda_equals_eager_cpu(backend):
         cpu_state, cpu_masks = prune.step(cpu_state, params, g)
         cuda_state, cuda_masks = compiled(cuda_state, cuda_params, {n: v.cuda() for n, v in g.items()})
         assert same_bits({n: m.cpu() for n, m in cuda_masks.items()}, cpu_masks)
-        assert float(cuda_state.target) == float(cpu_state.target)
+        assert float(cuda_state.current_target) == float(cpu_state.current_target)
     assert counter.frame_count <= 2 and sum(len(g.graph.nodes) > 0 for g in counter.graphs) == 1
 
 

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import math
-from unittest import mock
 
 import hypothesis.strategies as st
 import pytest
@@ -13,8 +10,6 @@ import torch
 from hypothesis import given
 
 import fprune
-from fprune import _fast
-from fprune.blocks import grid_shape
 from fprune.layout import to_2d
 from tests.models import MLP, ConvNet, train
 
@@ -61,9 +56,9 @@ def test_pruner_matrix(criterion, pattern, scope, schedule, model_cls):
 
     def check(s, state, masks):
         # the per-step target is the schedule's (its tensor path; the float path agrees to 1 ulp)
-        assert float(state.target) == float(expected(torch.tensor(s)))
-        assert float(state.target) == pytest.approx(expected(s), rel=1e-14, abs=1e-15)
-        seen["targets"].append(float(state.target))
+        assert float(state.current_target) == float(expected(torch.tensor(s)))
+        assert float(state.current_target) == pytest.approx(expected(s), rel=1e-14, abs=1e-15)
+        seen["targets"].append(float(state.current_target))
         if seen["previous"] is not None:  # nested: nothing pruned before revives
             assert all(bool((masks[n] <= seen["previous"][n]).all()) for n in names)
         seen["previous"] = masks
@@ -80,7 +75,7 @@ def test_pruner_matrix(criterion, pattern, scope, schedule, model_cls):
         assert sum(p for p, _ in units.values()) == _count(fraction, total)
     else:
         assert all(p == _count(fraction, u) for p, u in units.values())
-    assert float(state.target) == sparsity and int(state.step) == 9
+    assert float(state.current_target) == sparsity and int(state.step) == 9
 
 
 @pytest.mark.parametrize("criterion", CRITERIA)
@@ -99,82 +94,6 @@ def test_pruner_matches_the_masks_primitive(criterion):
     else:
         want = fprune.masks(scores, pattern="4x1", sparsity=0.6)
     assert all(torch.equal(got[n], want[n]) for n in params)
-
-
-@given(
-    pattern=st.sampled_from(["2x1", "1x2", "4x1", "channelx1", "1xchannel"]),
-    scope=st.sampled_from(["global", "local"]),
-    sparsity=st.floats(0.05, 0.95),
-    kept=st.floats(0.3, 1.0),
-    seed=st.integers(0, 2**16),
-    strided=st.booleans(),
-)
-def test_block_steps_from_earlier_masks_match_the_masks_primitive(pattern, scope, sparsity, kept, seed, strided):
-    """An eager block-pattern step from partly pruned masks equals ``masks(|w|, previous=...)``
-    within the earlier masks, ties included: the 2-D layers get their weight-shaped masks during the pass (kept
-    candidates set in them afterwards), the conv layer is expanded afterwards. ``strided``: samples small enough
-    that the step samples every few units from the weights, as on a large model."""
-    g = torch.Generator().manual_seed(seed)
-    params = {
-        "a": torch.randint(0, 4, (8, 16), generator=g).float(),  # heavy ties and zeros
-        "b": torch.randn(16, 8, generator=g),
-        "c": torch.randn(8, 4, 2, 2, generator=g),
-    }
-    pat = fprune.parse_pattern(pattern)
-    grids = {n: torch.rand(grid_shape(pat, p.shape), generator=g) < kept for n, p in params.items()}
-    previous = fprune.expand_masks(grids, pattern=pat, shapes={n: p.shape for n, p in params.items()})
-    prune = fprune.pruner(sparsity, pattern=pattern, criterion="magnitude", scope=scope)
-    state = dataclasses.replace(prune.init(params), masks=previous)
-    sizes = {"_SAMPLE": 8, "_ALONE_SAMPLE": 4, "_LOCAL_SAMPLE": 4} if strided else {}
-    with mock.patch.multiple(_fast, **sizes) if strided else contextlib.nullcontext():
-        _, got = prune.step(state, params)
-    want = fprune.masks({n: p.abs() for n, p in params.items()}, pattern=pattern, sparsity=sparsity, scope=scope,
-                        previous=previous)
-    assert all(torch.equal(got[n], want[n] & previous[n]) for n in params)  # nothing revives
-
-
-@given(
-    pattern=st.sampled_from(["1x1", "2x1", "4x1", "1x2", "2x2"]),
-    criterion=st.sampled_from(["magnitude", "gradient", "snip"]),
-    rows=st.integers(1, 6),
-    cols=st.integers(1, 40),
-    strides=st.lists(st.sampled_from([1, 2, 3, 4, 5, 8, 16, 32, 64]), min_size=1, max_size=4),
-    seed=st.integers(0, 2**16),
-    transposed=st.booleans(),
-)
-def test_the_weight_sampler_reads_every_stride_th_unit_score(pattern, criterion, rows, cols, strides, seed,
-                                                             transposed):
-    """The sampler an eager step hands the selection gives the layer's unit scores at the units
-    ``_fast.grid_sample`` takes from its grid: on diagonals where the stride divides both sides
-    of the grid, else at flat positions 0, stride, 2 * stride, ..., read as one strided view
-    where the stride divides a block row and gathered where it does not; bit for bit for
-    blocks along one axis (a block along both may sum its weights in another order: the sample
-    only places the bracket). ``transposed``: non-contiguous gradients."""
-    pat = fprune.parse_pattern(pattern)
-    bn, bm = pat.block_shape((4, 4))
-    g = torch.Generator().manual_seed(seed)
-    w = torch.randn(rows * bn, cols * bm, generator=g)
-    grad = torch.randn(w.shape[::-1], generator=g).t() if transposed else torch.randn(w.shape, generator=g)
-    grads = {"w": grad}
-    prune = fprune.pruner(0.5, pattern=pattern, criterion=criterion)
-    seen = {}
-
-    def spy(*args, **kwargs):
-        seen["sampler"] = kwargs["sampler"]
-        return fast_select(*args, **kwargs)
-
-    fast_select = fprune.pruner.__globals__["fast_select"]
-    with mock.patch.dict(fprune.pruner.__globals__, fast_select=spy):
-        prune.step(prune.init({"w": w}), {"w": w}, grads)
-    scores = {"magnitude": w.abs(), "gradient": grads["w"].abs(), "snip": (w * grads["w"]).abs()}[criterion]
-    grid = fprune.block_scores({"w": scores}, pattern=pattern)["w"]
-    for stride in strides:
-        sample = seen["sampler"]("w", stride)
-        want = _fast.grid_sample(grid, stride)
-        if bn == 1 or bm == 1:
-            assert torch.equal(sample, want)
-        else:
-            torch.testing.assert_close(sample, want, rtol=1e-6, atol=0)
 
 
 def test_step_folds_grads_before_pruning():
@@ -217,7 +136,7 @@ def test_pruner_global_bounds_ramp_with_the_schedule(sparsity, lo, hi, seed):
     state = prune.init(params)
     for _ in range(5):
         state, masks = prune.step(state, params)
-        r = float(state.target)
+        r = float(state.current_target)
         per = {n: _units(m, "4x1") for n, m in masks.items()}
         total = sum(u for _, u in per.values())
         room = sum(_count(hi, u) for _, u in per.values())  # the caps can hold less than K
@@ -242,11 +161,11 @@ def test_lock_init_sparsity_starts_from_existing_zeros():
     prune = fprune.pruner(0.5, pattern="4x1", criterion="magnitude", start_step=0, end_step=2,
                           decay="linear", lock_init_sparsity=True)
     state = prune.init({"w": w})
-    assert float(state.initial) == 0.25 and bool((~state.masks["w"][:4, :4]).all())
+    assert float(state.initial_target) == 0.25 and bool((~state.masks["w"][:4, :4]).all())
     targets = []
     for _ in range(3):
         state, masks = prune.step(state, {"w": w})
-        targets.append(float(state.target))
+        targets.append(float(state.current_target))
         assert bool((~masks["w"][:4, :4]).all())  # the existing zeros stay pruned
     assert targets == [0.25, 0.375, 0.5]
 
@@ -311,14 +230,14 @@ def test_callable_and_registered_schedules():
                           schedule=lambda s: 0.1 * s + 0.9)  # clamped to the target
     state = prune.init(params)
     state, _ = prune.step(state, params)
-    assert float(state.target) == 0.5
+    assert float(state.current_target) == 0.5
     prune = fprune.pruner(0.5, pattern="1x1", criterion="magnitude", end_step=3,
                           schedule=fprune.iterative(0.5, start_step=0, end_step=3, decay="linear"))
     state = prune.init(params)
     targets = []
     for _ in range(4):
         state, _ = prune.step(state, params)
-        targets.append(round(float(state.target), 6))
+        targets.append(round(float(state.current_target), 6))
     assert targets == [0.0, 0.166667, 0.333333, 0.5]
 
 
@@ -411,13 +330,13 @@ def test_pruner_properties(pattern, scope, decay, start, length, frequency, frac
     for s in range(end + 3):
         grads = {n: torch.randn(p.shape, generator=g) for n, p in params.items()}
         state, masks = prune.step(state, params, grads)
-        assert float(state.target) == float(schedule(torch.tensor(s)))
+        assert float(state.current_target) == float(schedule(torch.tensor(s)))
         assert all(bool((masks[n] <= previous[n]).all()) for n in params)
         if not fprune.is_prune_step(s, start_step=start, end_step=end, frequency=frequency):
             assert all(torch.equal(masks[n], previous[n]) for n in params)
         previous = masks
     units = {n: _units(masks[n], pattern) for n in params}
-    assert float(state.target) == sparsity  # the last prune step is exactly on the target
+    assert float(state.current_target) == sparsity  # the last prune step is exactly on the target
     r = sparsity * pat.m / pat.n if isinstance(pat, fprune.NM) else sparsity
     if scope == "global":  # exact, unless the per-layer caps (default 0.98) cannot hold that many
         cap = sum(_count(0.98, u) for _, u in units.values())
@@ -458,7 +377,7 @@ def test_step_takes_parameters_that_require_grad_without_building_graphs():
         model(torch.randn(2, 16)).sum().backward()
         state, masks = prune.step(state, params, {"weight": model.weight.grad})
         model.weight.grad = None
-    leaves = [*state.masks.values(), *state.aux.values(), state.target]
+    leaves = [*state.masks.values(), *state.aux.values(), state.current_target]
     assert not any(t.requires_grad or t.grad_fn is not None for t in leaves)
     assert float(fprune.total_sparsity(masks, pattern="4x1")) == 0.5
 

@@ -100,7 +100,7 @@ def test_registered_scheduler_drives_the_pruner():
     state, targets = prune.init(params), []
     for _ in range(5):
         state, _ = prune.step(state, params)
-        targets.append(float(state.target))
+        targets.append(float(state.current_target))
     assert targets == [0.0, 0.0, 0.5, 0.5, 0.5]
 
 
