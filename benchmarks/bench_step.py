@@ -287,6 +287,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--layers", type=int, default=72, help="weights in the workload (72 = the full one)")
     parser.add_argument("--skip-peers", default="", help="comma-separated peer name prefixes to skip")
     parser.add_argument("--no-scaling", action="store_true")
+    parser.add_argument("--allocator", choices=("both", *ALLOCATORS), default="both",
+                        help="the C allocator settings the scaling run measures under")
     parser.add_argument("--json", default=None)
     parser.add_argument("--memory-child", nargs=3, metavar=("LAYERS", "PATTERN", "SCOPE"), help=argparse.SUPPRESS)
     parser.add_argument("--scaling-child", nargs=2, type=int, metavar=("LAYERS", "REPEATS"), help=argparse.SUPPRESS)
@@ -364,7 +366,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         sizes = (max(1, args.layers // 10), args.layers, 4 * args.layers)  # 7, 72, 288 for the workload
         print(f"\nscaling (each size in a fresh process, {repeats} rounds round-robin with torch.mul(w, g, out=...)"
               " over the same weights into outputs allocated once; x mul paired; medians):")
-        for allocator, tunables in ALLOCATORS.items():
+        chosen = {k: v for k, v in ALLOCATORS.items() if args.allocator in ("both", k)}
+        for allocator, tunables in chosen.items():
             print(f"  C allocator {allocator}" + (f" (GLIBC_TUNABLES={tunables})" if tunables else "") + ":")
             for layers in sizes:
                 child = _scaling(layers, repeats, tunables)

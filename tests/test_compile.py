@@ -17,6 +17,9 @@ FEW = settings(max_examples=8)
 
 
 def compiled(fn, backend="aot_eager"):
+    """``fn`` compiled whole; the hypothesis cases use dynamo alone (backend "eager": each
+    example has new shapes, so AOT tracing would run again for every one), the fixed cases
+    AOT autograd too."""
     torch._dynamo.reset()
     return torch.compile(fn, fullgraph=True, backend=backend)
 
@@ -41,7 +44,7 @@ def test_masks_compiled_equal_eager(pattern, scope, fraction, data):
 
     lo = sparsity / 2
     want = fn(scores, previous, sparsity, lo)
-    got = compiled(fn)(scores, previous, f64(sparsity), f64(lo))
+    got = compiled(fn, "eager")(scores, previous, f64(sparsity), f64(lo))
     assert same_bits(got, want)
 
 
@@ -49,12 +52,13 @@ def test_masks_compiled_equal_eager(pattern, scope, fraction, data):
 @given(strategies.score_dicts(conv=False, max_layers=3), strategies.sparsities, st.data())
 def test_selection_compiled_equal_eager(scores, sparsity, data):
     previous = data.draw(strategies.previous_masks(scores))
-    glob = compiled(lambda s, p, r: fprune.global_masks(s, sparsity=r, previous=p, max_layer_sparsity=f64(0.995)))
+    glob = compiled(lambda s, p, r: fprune.global_masks(s, sparsity=r, previous=p, max_layer_sparsity=f64(0.995)),
+                    "eager")
     assert same_bits(glob(scores, previous, f64(sparsity)),
                      fprune.global_masks(scores, sparsity=sparsity, previous=previous, max_layer_sparsity=0.995))
-    loc = compiled(lambda s, p, r: fprune.local_masks(s, sparsity=r, previous=p))
+    loc = compiled(lambda s, p, r: fprune.local_masks(s, sparsity=r, previous=p), "eager")
     assert same_bits(loc(scores, previous, f64(sparsity)), fprune.local_masks(scores, sparsity=sparsity, previous=previous))
-    keys = compiled(lambda s: {n: fprune.rank_keys(v) for n, v in s.items()})
+    keys = compiled(lambda s: {n: fprune.rank_keys(v) for n, v in s.items()}, "eager")
     assert same_bits(keys(scores), {n: fprune.rank_keys(v) for n, v in scores.items()})
 
 
@@ -115,7 +119,7 @@ def test_schedules_compile(decay):
 
 
 @pytest.mark.compile_inductor
-@pytest.mark.parametrize(("pattern", "scope"), [("4x1", "global"), ("2:4", "local")])
+@pytest.mark.parametrize(("pattern", "scope"), [("2:4", "local")])  # 4x1 global: the step's inductor case
 def test_masks_compiled_with_inductor_equal_eager(pattern, scope):
     gen = torch.Generator().manual_seed(2)
     scores = {

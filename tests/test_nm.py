@@ -43,6 +43,7 @@ def test_nm_groups_are_dense_or_exactly_n_sparse_with_exact_group_count(case, sc
         assert sum(converted.values()) == reference.count(fraction, sum(groups.values()))
 
 
+@pytest.mark.usefixtures("math_only")  # the accelerator: tests/test_eager.py
 @given(nm_case(), st.sampled_from(["global", "local"]), st.sampled_from(["mean", "sum", "max"]), st.data())
 def test_nm_masks_equal_sort_reference(case, scope, reduce, data):
     pattern, scores, sparsity = case
