@@ -27,7 +27,9 @@ def workload(layers: int = 72, *, seed: int = 0) -> dict[str, torch.Tensor]:
     params = {}
     for i in range(layers):
         out_f, in_f = SHAPES[i % 6]
-        params[f"block{i // 6}.{NAMES[i % 6]}.weight"] = torch.nn.Linear(in_f, out_f, bias=False).weight.detach()
+        params[f"block{i // 6}.{NAMES[i % 6]}.weight"] = torch.nn.Linear(
+            in_f, out_f, bias=False
+        ).weight.detach()
     return params
 
 
@@ -37,7 +39,9 @@ def gradients(params: dict[str, torch.Tensor], *, seed: int = 1) -> dict[str, to
     return {n: torch.randn_like(p) for n, p in params.items()}
 
 
-def median_seconds(fn: Callable[[], object], *, repeats: int, warmup: int = 1) -> tuple[float, list[float]]:
+def median_seconds(
+    fn: Callable[[], object], *, repeats: int, warmup: int = 1
+) -> tuple[float, list[float]]:
     """Median wall time of ``fn()`` over ``repeats`` calls, after ``warmup`` untimed calls."""
     for _ in range(warmup):
         fn()
@@ -49,7 +53,9 @@ def median_seconds(fn: Callable[[], object], *, repeats: int, warmup: int = 1) -
     return statistics.median(times), times
 
 
-def round_robin(fns: dict[str, Callable[[], object]], *, repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+def round_robin(
+    fns: dict[str, Callable[[], object]], *, repeats: int, warmup: int = 1
+) -> dict[str, list[float]]:
     """Wall times of ``repeats`` calls of each function, taken in rounds that call every
     function once (after ``warmup`` untimed calls each): a slow spell of a shared machine then
     lands on every row alike, instead of on whichever rows it happens to overlap."""

@@ -52,12 +52,16 @@ def _count_compiles(prune: fprune.Pruner, params, grads, backend: str) -> tuple[
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--layers", type=int, default=12, help="weights of the workload (72 = 84.9M values)")
+    parser.add_argument(
+        "--layers", type=int, default=12, help="weights of the workload (72 = 84.9M values)"
+    )
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--backends", default="aot_eager,inductor")
-    parser.add_argument("--json", default=None, help="output path (default benchmarks/results/bench_compile.json)")
+    parser.add_argument(
+        "--json", default=None, help="output path (default benchmarks/results/bench_compile.json)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     params = {n: p.to(args.device) for n, p in workload(args.layers).items()}
@@ -68,6 +72,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         def call():
             fn()
             _sync(args.device)
+
         return median_seconds(call, repeats=args.repeats)[0]
 
     rows: list[dict[str, object]] = []
@@ -87,28 +92,51 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             first_call = time.perf_counter() - started
             prune_s = timed(lambda step=step, state=at_prune: step(state, params, grads))
             keep_s = timed(lambda step=step, state=at_keep: step(state, params, grads))
-            row = dict(pruner=label, mode=mode, prune_step_s=prune_s, non_prune_step_s=keep_s,
-                       non_prune_over_prune=keep_s / prune_s, non_prune_over_mul=keep_s / mul,
-                       first_call_s=first_call)
+            row = dict(
+                pruner=label,
+                mode=mode,
+                prune_step_s=prune_s,
+                non_prune_step_s=keep_s,
+                non_prune_over_prune=keep_s / prune_s,
+                non_prune_over_mul=keep_s / mul,
+                first_call_s=first_call,
+            )
             if mode != "eager":
                 frames, graphs, _ = _count_compiles(prune, params, grads, mode)
                 row.update(frames_50_steps=frames, graphs_50_steps=graphs)
             rows.append(row)
 
-    print(f"{n_weights:,} weights in {len(params)} layers, {args.device}, {args.threads} threads; "
-          f"medians of {args.repeats}; one torch.mul(w, g) pass: {mul * 1e3:.1f} ms")
-    header = f"{'pruner':26} {'mode':10} {'prune ms':>9} {'non-prune ms':>13} {'ratio':>7} {'x mul':>6} {'frames':>7}"
+    print(
+        f"{n_weights:,} weights in {len(params)} layers, {args.device}, {args.threads} threads; "
+        f"medians of {args.repeats}; one torch.mul(w, g) pass: {mul * 1e3:.1f} ms"
+    )
+    header = (
+        f"{'pruner':26} {'mode':10} {'prune ms':>9} {'non-prune ms':>13} {'ratio':>7} "
+        f"{'x mul':>6} {'frames':>7}"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:
         frames = f"{r['frames_50_steps']}/{r['graphs_50_steps']}" if "frames_50_steps" in r else "-"
-        print(f"{r['pruner']:26} {r['mode']:10} {r['prune_step_s'] * 1e3:9.1f} {r['non_prune_step_s'] * 1e3:13.2f} "
-              f"{r['non_prune_over_prune']:7.3f} {r['non_prune_over_mul']:6.2f} {frames:>7}")
-    print("ratio = non-prune / prune step; x mul = non-prune step / one torch.mul(w, g) pass;\n"
-          "frames = frames compiled / non-empty graphs over a 50-step run (a frame with an empty graph "
-          "is Dynamo restarting its analysis, not a recompile)")
-    payload = dict(machine=machine(), weights=n_weights, layers=len(params), mul_s=mul, rows=rows,
-                   command="python benchmarks/bench_compile.py " + " ".join(argv or sys.argv[1:]))
+        print(
+            f"{r['pruner']:26} {r['mode']:10} {r['prune_step_s'] * 1e3:9.1f} "
+            f"{r['non_prune_step_s'] * 1e3:13.2f} "
+            f"{r['non_prune_over_prune']:7.3f} {r['non_prune_over_mul']:6.2f} {frames:>7}"
+        )
+    print(
+        "ratio = non-prune / prune step; x mul = non-prune step / one torch.mul(w, g) pass;\n"
+        "frames = frames compiled / non-empty graphs over a 50-step run "
+        "(a frame with an empty graph "
+        "is Dynamo restarting its analysis, not a recompile)"
+    )
+    payload = dict(
+        machine=machine(),
+        weights=n_weights,
+        layers=len(params),
+        mul_s=mul,
+        rows=rows,
+        command="python benchmarks/bench_compile.py " + " ".join(argv or sys.argv[1:]),
+    )
     print("wrote", write_json("bench_compile.json", payload, args.json))
     return payload
 

@@ -45,9 +45,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         torch.ge(x, 0.49, out=inside)
         inside.__ixor__(sure)
 
-    def kept_2_4(packed: bool):  # a 2:4 layer's flags: packed int32 ranks (eager), or the math's uint8 ranks
+    def kept_2_4(
+        packed: bool,
+    ):  # a 2:4 layer's flags: packed int32 ranks (eager), or the math's uint8 ranks
         if packed:
-            return lambda: eager_nm.within_groups(scores_2d, NM(2, 4), pruned=None, reduce=None, complement=True)
+            return lambda: eager_nm.within_groups(
+                scores_2d, NM(2, 4), pruned=None, reduce=None, complement=True
+            )
         return lambda: nm.within_groups(scores_2d, NM(2, 4), pruned=None, reduce=None)
 
     rows = {
@@ -56,14 +60,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "uint8 rank < 2 by comparison": lambda: ranks < 2,
         "int32 keys compared (a <= b)": lambda: kx <= ky,
         "the same, written as int32 (0 or 1)": lambda: torch.le(kx, ky, out=iout),
-        "a strided int32 column copied (every 4th)": lambda: iout[: n // 4].copy_(kx.view(-1, 4)[:, 0]),
+        "a strided int32 column copied (every 4th)": lambda: iout[: n // 4].copy_(
+            kx.view(-1, 4)[:, 0]
+        ),
         "2:4 flags, the math's uint8 ranks (per weight)": kept_2_4(False),
         "2:4 kept mask, eager packed int32 ranks (per weight)": kept_2_4(True),
         "float32 compared with a scalar (x > 0.5)": lambda: x > 0.5,
         "the same, written as float32 (0 or 1)": lambda: torch.gt(x, 0.5, out=fout),
         "float32 (0 or 1) copied to bool": lambda: sure.copy_(fout),
         "bracket (x > b, a <= x <= b) into bool": bracket_into_bool,
-        "the same through a float buffer (compare_into)": lambda: compare_into(sure, inside, x, 0.49, 0.5, buf),
+        "the same through a float buffer (compare_into)": lambda: compare_into(
+            sure, inside, x, 0.49, 0.5, buf
+        ),
         "float32 abs": lambda: torch.abs(x),
         "int32 aminmax (read only)": lambda: torch.aminmax(kx),
         "bool Tensor.all()": lambda: bool(mask.all()),

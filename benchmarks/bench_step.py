@@ -8,8 +8,8 @@ Workload: 12 blocks of Linear(768, 768) x 4 + Linear(768, 3072) + Linear(3072, 7
 init after ``torch.manual_seed(0)``: 72 weights, 84,934,656 values; gradients
 ``torch.randn_like`` after ``torch.manual_seed(1)``; CPU, 2 threads.
 
-Rows, each the median (and minimum) of ``--repeats`` (at least 5) calls in this one run, timed round-robin
-(each round calls every row once, after one warm-up call each), so that the shared
+Rows, each the median (and minimum) of ``--repeats`` (at least 5) calls in this one run, timed
+round-robin (each round calls every row once, after one warm-up call each), so that the shared
 machine's slow spells fall on all rows alike. Ratios are printed two ways: of the medians, and
 paired (the median over rounds of the ratio within one round, steadier under drifting load);
 with each row's minor page faults a call (fresh pages the allocator had returned to the
@@ -60,9 +60,17 @@ from _common import gradients, machine, round_robin, workload, write_json
 import fprune
 
 FPRUNE_ROWS = [
-    ("global", "1x1", 0.8), ("global", "4x1", 0.8), ("global", "2:4", 0.5),
-    ("local", "1x1", 0.8), ("local", "4x1", 0.8), ("local", "2:4", 0.5),
-    ("global", "2:4", 0.3),  # an iterative N:M step: 60% of the groups convert, chosen by their scores
+    ("global", "1x1", 0.8),
+    ("global", "4x1", 0.8),
+    ("global", "2:4", 0.5),
+    ("local", "1x1", 0.8),
+    ("local", "4x1", 0.8),
+    ("local", "2:4", 0.5),
+    (
+        "global",
+        "2:4",
+        0.3,
+    ),  # an iterative N:M step: 60% of the groups convert, chosen by their scores
 ]
 
 
@@ -91,12 +99,15 @@ def _non_prune_snip_momentum(params, grads, *, advance: bool):
     def run():
         state = current[0]
         if fprune.schedules.is_prune_step(int(state.step), **NON_PRUNE_SCHEDULE):
-            raise RuntimeError(f"the non-prune row reached prune step {int(state.step)}: "
-                               f"use at most --repeats {MAX_REPEATS}")
+            raise RuntimeError(
+                f"the non-prune row reached prune step {int(state.step)}: "
+                f"use at most --repeats {MAX_REPEATS}"
+            )
         new, masks = prune.step(state, params, grads)
         if advance:
             current[0] = new
         return masks
+
     return run
 
 
@@ -106,6 +117,7 @@ def _cat_kthvalue(params, grads):
         k = int(0.8 * scores.numel())
         threshold = scores.kthvalue(k).values
         return {n: p.abs() > threshold for n, p in params.items()}
+
     return run
 
 
@@ -125,10 +137,12 @@ def _torch_prune(params, grads):
     mods = _modules(params)
 
     def run():
-        tprune.global_unstructured([(m, "weight") for m in mods.values()],
-                                   pruning_method=tprune.L1Unstructured, amount=0.8)
+        tprune.global_unstructured(
+            [(m, "weight") for m in mods.values()], pruning_method=tprune.L1Unstructured, amount=0.8
+        )
         for m in mods.values():  # back to plain weights for the next call (not timed separately)
             tprune.remove(m, "weight")
+
     return run
 
 
@@ -136,7 +150,9 @@ def _torch_ao(params, grads):
     from torch.ao.pruning import WeightNormSparsifier
 
     mods = torch.nn.ModuleDict({n.replace(".", "_"): m for n, m in _modules(params).items()})
-    sparsifier = WeightNormSparsifier(sparsity_level=0.8, sparse_block_shape=(1, 1), zeros_per_block=1)
+    sparsifier = WeightNormSparsifier(
+        sparsity_level=0.8, sparse_block_shape=(1, 1), zeros_per_block=1
+    )
     sparsifier.prepare(mods, [{"tensor_fqn": f"{k}.weight"} for k in mods])
     return sparsifier.step
 
@@ -162,11 +178,13 @@ def _mul_into(params, grads):
 
 def _faults(fn, sink: list[int]):
     """``fn``, appending the minor page faults of each call to ``sink`` (the warm-up call too)."""
+
     def run():
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         out = fn()
         sink.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
         return out
+
     return run
 
 
@@ -188,7 +206,9 @@ def _passes_4x1(params, grads):
     largest = max(p.numel() for p in params.values())
     scratch, grid = Scratch(params.values()), torch.empty(largest // 4)
     magnitude = fprune.scores.LAYER_SCORES["magnitude"]  # the pruner's own score of one layer
-    means = torch.cat([p.abs().view(p.shape[0] // 4, 4, -1).mean(1).reshape(-1) for p in params.values()])
+    means = torch.cat(
+        [p.abs().view(p.shape[0] // 4, 4, -1).mean(1).reshape(-1) for p in params.values()]
+    )
     threshold = float(torch.kthvalue(means, int(0.8 * means.numel())).values)
     del means
 
@@ -197,10 +217,19 @@ def _passes_4x1(params, grads):
         for name, w in params.items():
             all_true(previous[name])
             rows, cols = w.shape
-            block = reduce_scored(magnitude, w, None, (4, 1), "mean", scratch, grid[: w.numel() // 4].view(rows // 4, cols))
+            block = reduce_scored(
+                magnitude,
+                w,
+                None,
+                (4, 1),
+                "mean",
+                scratch,
+                grid[: w.numel() // 4].view(rows // 4, cols),
+            )
             kept = torch.gt(block, threshold)
             masks[name] = kept[:, None, :].expand(rows // 4, 4, cols).reshape(rows, cols)
         return masks
+
     return run
 
 
@@ -241,14 +270,30 @@ def memory_child(layers: int, pattern: str, scope: str) -> None:
     with open("/proc/self/status") as f:
         hwm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM"))
     weights = sum(p.numel() for p in params.values())
-    print(json.dumps(dict(pattern=pattern, scope=scope, weights=weights, rss_before=before, peak=peak,
-                          vm_hwm=hwm, extra_bytes_per_weight=(peak - before) / weights,
-                          masks_bytes_per_weight=sum(m.numel() * m.element_size() for m in masks.values()) / weights)))
+    print(
+        json.dumps(
+            dict(
+                pattern=pattern,
+                scope=scope,
+                weights=weights,
+                rss_before=before,
+                peak=peak,
+                vm_hwm=hwm,
+                extra_bytes_per_weight=(peak - before) / weights,
+                masks_bytes_per_weight=sum(m.numel() * m.element_size() for m in masks.values())
+                / weights,
+            )
+        )
+    )
 
 
 def _memory(layers: int, pattern: str, scope: str) -> dict[str, object]:
-    out = subprocess.run([sys.executable, __file__, "--memory-child", str(layers), pattern, scope],
-                         check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--memory-child", str(layers), pattern, scope],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -264,38 +309,67 @@ def scaling_child(layers: int, repeats: int) -> None:
     torch.set_num_threads(2)
     params = workload(layers)
     grads = gradients(params)
-    fns = {pattern: _fprune_update(params, grads, "global", pattern, 0.8) for pattern in SCALING_PATTERNS}
+    fns = {
+        pattern: _fprune_update(params, grads, "global", pattern, 0.8)
+        for pattern in SCALING_PATTERNS
+    }
     fns["mul"] = _mul_into(params, grads)
     faults: dict[str, list[int]] = {name: [] for name in fns}
-    times = round_robin({name: _faults(fn, faults[name]) for name, fn in fns.items()}, repeats=repeats)
+    times = round_robin(
+        {name: _faults(fn, faults[name]) for name, fn in fns.items()}, repeats=repeats
+    )
     weights = sum(p.numel() for p in params.values())
-    print(json.dumps(dict(weights=weights, times_s=times, minor_faults={k: v[1:] for k, v in faults.items()})))
+    print(
+        json.dumps(
+            dict(weights=weights, times_s=times, minor_faults={k: v[1:] for k, v in faults.items()})
+        )
+    )
 
 
 def _scaling(layers: int, repeats: int, tunables: str | None) -> dict[str, Any]:
     env = dict(os.environ)
     if tunables is not None:
         env["GLIBC_TUNABLES"] = tunables
-    out = subprocess.run([sys.executable, __file__, "--scaling-child", str(layers), str(repeats)],
-                         check=True, capture_output=True, text=True, env=env)
+    out = subprocess.run(
+        [sys.executable, __file__, "--scaling-child", str(layers), str(repeats)],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--layers", type=int, default=72, help="weights in the workload (72 = the full one)")
-    parser.add_argument("--skip-peers", default="", help="comma-separated peer name prefixes to skip")
+    parser.add_argument(
+        "--layers", type=int, default=72, help="weights in the workload (72 = the full one)"
+    )
+    parser.add_argument(
+        "--skip-peers", default="", help="comma-separated peer name prefixes to skip"
+    )
     parser.add_argument("--no-scaling", action="store_true")
-    parser.add_argument("--allocator", choices=("both", *ALLOCATORS), default="both",
-                        help="the C allocator settings the scaling run measures under")
+    parser.add_argument(
+        "--allocator",
+        choices=("both", *ALLOCATORS),
+        default="both",
+        help="the C allocator settings the scaling run measures under",
+    )
     parser.add_argument("--json", default=None)
-    parser.add_argument("--memory-child", nargs=3, metavar=("LAYERS", "PATTERN", "SCOPE"), help=argparse.SUPPRESS)
-    parser.add_argument("--scaling-child", nargs=2, type=int, metavar=("LAYERS", "REPEATS"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--memory-child", nargs=3, metavar=("LAYERS", "PATTERN", "SCOPE"), help=argparse.SUPPRESS
+    )
+    parser.add_argument(
+        "--scaling-child", nargs=2, type=int, metavar=("LAYERS", "REPEATS"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args(argv)
     if not 5 <= args.repeats <= MAX_REPEATS:
-        parser.error(f"--repeats must be between 5 and {MAX_REPEATS} (each row's median of at least 5 calls; "
-                     f"the non-prune row reaches its pruner's next prune step after {MAX_REPEATS}), got {args.repeats}")
+        parser.error(
+            f"--repeats must be between 5 and {MAX_REPEATS} (each row's median of at least 5 "
+            f"calls; the non-prune row reaches its pruner's next prune step after "
+            f"{MAX_REPEATS}), got {args.repeats}"
+        )
     if args.memory_child:
         memory_child(int(args.memory_child[0]), args.memory_child[1], args.memory_child[2])
         return {}
@@ -310,26 +384,47 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     weights = sum(p.numel() for p in params.values())
     print(f"workload: {weights:,} weights in {len(params)} layers", flush=True)
     calls = {
-        f"fprune {scope} {pattern} {sparsity:.0%}": _fprune_update(params, grads, scope, pattern, sparsity)
+        f"fprune {scope} {pattern} {sparsity:.0%}": _fprune_update(
+            params, grads, scope, pattern, sparsity
+        )
         for scope, pattern, sparsity in FPRUNE_ROWS
     }
-    calls["fprune snip_momentum 4x1 non-prune step"] = _non_prune_snip_momentum(params, grads, advance=True)
-    calls["fprune snip_momentum 4x1 non-prune step, same state"] = _non_prune_snip_momentum(params, grads, advance=False)
+    calls["fprune snip_momentum 4x1 non-prune step"] = _non_prune_snip_momentum(
+        params, grads, advance=True
+    )
+    calls["fprune snip_momentum 4x1 non-prune step, same state"] = _non_prune_snip_momentum(
+        params, grads, advance=False
+    )
     skip = [s for s in args.skip_peers.split(",") if s]
-    calls.update({name: make(params, grads) for name, make in PEERS.items()
-                  if not any(name.startswith(s) for s in skip)})
+    calls.update(
+        {
+            name: make(params, grads)
+            for name, make in PEERS.items()
+            if not any(name.startswith(s) for s in skip)
+        }
+    )
     faults: dict[str, list[int]] = {name: [] for name in calls}  # the warm-up call's first
-    times = round_robin({name: _faults(fn, faults[name]) for name, fn in calls.items()},
-                        repeats=args.repeats)  # every row once per round
+    times = round_robin(
+        {name: _faults(fn, faults[name]) for name, fn in calls.items()}, repeats=args.repeats
+    )  # every row once per round
     adamw_t, mul_t = times.get("AdamW(foreach) step"), times.get("one torch.mul(w, g) pass")
 
     def paired(t: list[float], ref: list[float] | None) -> float | None:
         """The median over rounds of this row's time over the reference's in the same round."""
-        return None if ref is None else statistics.median(a / b for a, b in zip(t, ref, strict=True))
+        return (
+            None if ref is None else statistics.median(a / b for a, b in zip(t, ref, strict=True))
+        )
 
     rows: list[dict[str, object]] = [
-        dict(name=name, median_s=statistics.median(t), min_s=min(t), times_s=t,
-             paired_x_adamw=paired(t, adamw_t), paired_x_mul=paired(t, mul_t), minor_faults=faults[name][1:])
+        dict(
+            name=name,
+            median_s=statistics.median(t),
+            min_s=min(t),
+            times_s=t,
+            paired_x_adamw=paired(t, adamw_t),
+            paired_x_mul=paired(t, mul_t),
+            minor_faults=faults[name][1:],
+        )
         for name, t in times.items()
     ]
     by_name = {r["name"]: r["median_s"] for r in rows}
@@ -339,36 +434,64 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         return f"{value:{width}.2f}" if isinstance(value, float) else f"{'-':>{width}}"
 
     print(f"\n{weights:,} weights, CPU, 2 threads, {args.repeats} rounds (each row once per round)")
-    print("x AdamW, x mul: ratios of the medians; paired: the median over rounds of the ratio within a round;"
-          " faults: minor page faults a call (median)")
-    print(f"{'':58} {'median s':>9} {'min s':>7} {'x AdamW':>8} {'paired':>7} {'x mul':>7} {'paired':>7} {'faults':>7}")
+    print(
+        "x AdamW, x mul: ratios of the medians; paired: the median over rounds of the ratio "
+        "within a round;"
+        " faults: minor page faults a call (median)"
+    )
+    print(
+        f"{'':58} {'median s':>9} {'min s':>7} {'x AdamW':>8} {'paired':>7} {'x mul':>7} "
+        f"{'paired':>7} {'faults':>7}"
+    )
     for r in rows:
         median = float(r["median_s"])  # type: ignore[arg-type]
-        print(f"{r['name']:58} {median:9.3f} {float(r['min_s']):7.3f} "  # type: ignore[arg-type]
-              f"{ratio(median / adamw if adamw else None, 8)} {ratio(r['paired_x_adamw'], 7)} "
-              f"{ratio(median / mul if mul else None, 7)} {ratio(r['paired_x_mul'], 7)} "
-              f"{statistics.median(r['minor_faults']):7,.0f}")  # type: ignore[arg-type]
+        print(
+            f"{r['name']:58} {median:9.3f} {float(r['min_s']):7.3f} "  # type: ignore[arg-type]
+            f"{ratio(median / adamw if adamw else None, 8)} {ratio(r['paired_x_adamw'], 7)} "
+            f"{ratio(median / mul if mul else None, 7)} {ratio(r['paired_x_mul'], 7)} "
+            f"{statistics.median(r['minor_faults']):7,.0f}"
+        )  # type: ignore[arg-type]
     kth = times.get("cat + kthvalue, global 1x1 80%")
     if kth:
         one = times["fprune global 1x1 80%"]
-        print(f"cat + kthvalue / fprune global 1x1: {statistics.median(kth) / statistics.median(one):.1f}x "
-              f"(paired: {paired(kth, one):.1f}x)")
+        print(
+            "cat + kthvalue / fprune global 1x1: "
+            f"{statistics.median(kth) / statistics.median(one):.1f}x "
+            f"(paired: {paired(kth, one):.1f}x)"
+        )
 
-    print("\npeak extra memory of a global magnitude update beyond init (ru_maxrss, fresh process):")
+    print(
+        "\npeak extra memory of a global magnitude update beyond init (ru_maxrss, fresh process):"
+    )
     for m in memory:
-        print(f"  {m['pattern']}: {m['extra_bytes_per_weight']:.3f} bytes/weight "
-              f"(of which the new masks: {m['masks_bytes_per_weight']:.3f})")
+        print(
+            f"  {m['pattern']}: {m['extra_bytes_per_weight']:.3f} bytes/weight "
+            f"(of which the new masks: {m['masks_bytes_per_weight']:.3f})"
+        )
 
-    del calls  # the rows' states (AdamW's moments, the peers' modules) are freed before the children run
+    del (
+        calls
+    )  # the rows' states (AdamW's moments, the peers' modules) are freed before the children run
     scaling: list[dict[str, Any]] = []
     if not args.no_scaling:
         repeats = max(5, min(args.repeats, 9))
-        sizes = (max(1, args.layers // 10), args.layers, 4 * args.layers)  # 7, 72, 288 for the workload
-        print(f"\nscaling (each size in a fresh process, {repeats} rounds round-robin with torch.mul(w, g, out=...)"
-              " over the same weights into outputs allocated once; x mul paired; medians):")
+        sizes = (
+            max(1, args.layers // 10),
+            args.layers,
+            4 * args.layers,
+        )  # 7, 72, 288 for the workload
+        print(
+            f"\nscaling (each size in a fresh process, {repeats} rounds round-robin with "
+            "torch.mul(w, g, out=...)"
+            " over the same weights into outputs allocated once; x mul paired; medians):"
+        )
         chosen = {k: v for k, v in ALLOCATORS.items() if args.allocator in ("both", k)}
         for allocator, tunables in chosen.items():
-            print(f"  C allocator {allocator}" + (f" (GLIBC_TUNABLES={tunables})" if tunables else "") + ":")
+            print(
+                f"  C allocator {allocator}"
+                + (f" (GLIBC_TUNABLES={tunables})" if tunables else "")
+                + ":"
+            )
             for layers in sizes:
                 child = _scaling(layers, repeats, tunables)
                 n, at, faults = child["weights"], child["times_s"], child["minor_faults"]
@@ -376,22 +499,59 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
                     median = statistics.median(at[pattern])
                     x_mul = paired(at[pattern], at["mul"])
                     minflt = statistics.median(faults[pattern])
-                    scaling.append(dict(allocator=allocator, layers=layers, weights=n, pattern=pattern,
-                                        median_s=median, ns_per_weight=median / n * 1e9, paired_x_mul=x_mul,
-                                        times_s=at[pattern], mul_times_s=at["mul"], minor_faults=faults[pattern]))
-                    print(f"    {n:>11,} weights, global {pattern} 80%: {median:.3f} s, {median / n * 1e9:.2f} ns/weight,"
-                          f" {x_mul:.2f}x mul, {minflt:,.0f} page faults a call", flush=True)
-                print(f"    {n:>11,} weights, the mul pass: {statistics.median(at['mul']):.3f} s", flush=True)
+                    scaling.append(
+                        dict(
+                            allocator=allocator,
+                            layers=layers,
+                            weights=n,
+                            pattern=pattern,
+                            median_s=median,
+                            ns_per_weight=median / n * 1e9,
+                            paired_x_mul=x_mul,
+                            times_s=at[pattern],
+                            mul_times_s=at["mul"],
+                            minor_faults=faults[pattern],
+                        )
+                    )
+                    print(
+                        f"    {n:>11,} weights, global {pattern} 80%: {median:.3f} s, "
+                        f"{median / n * 1e9:.2f} ns/weight,"
+                        f" {x_mul:.2f}x mul, {minflt:,.0f} page faults a call",
+                        flush=True,
+                    )
+                print(
+                    f"    {n:>11,} weights, the mul pass: {statistics.median(at['mul']):.3f} s",
+                    flush=True,
+                )
             for pattern in SCALING_PATTERNS:
-                one, four = (next(r for r in scaling if r["allocator"] == allocator and r["layers"] == k
-                                  and r["pattern"] == pattern) for k in sizes[1:])
+                one, four = (
+                    next(
+                        r
+                        for r in scaling
+                        if r["allocator"] == allocator
+                        and r["layers"] == k
+                        and r["pattern"] == pattern
+                    )
+                    for k in sizes[1:]
+                )
                 growth = four["median_s"] / one["median_s"]
-                mul_growth = statistics.median(four["mul_times_s"]) / statistics.median(one["mul_times_s"])
-                print(f"    {pattern}, 1x -> 4x the weights: time {growth:.2f}x (linear: 4x; the mul pass "
-                      f"{mul_growth:.2f}x), x mul {one['paired_x_mul']:.2f} -> {four['paired_x_mul']:.2f}")
+                mul_growth = statistics.median(four["mul_times_s"]) / statistics.median(
+                    one["mul_times_s"]
+                )
+                print(
+                    f"    {pattern}, 1x -> 4x the weights: time {growth:.2f}x "
+                    f"(linear: 4x; the mul pass {mul_growth:.2f}x), "
+                    f"x mul {one['paired_x_mul']:.2f} -> {four['paired_x_mul']:.2f}"
+                )
 
-    payload = dict(machine=machine(), weights=weights, rows=rows, memory=memory, scaling=scaling,
-                   command="python benchmarks/bench_step.py " + " ".join(argv or sys.argv[1:]))
+    payload = dict(
+        machine=machine(),
+        weights=weights,
+        rows=rows,
+        memory=memory,
+        scaling=scaling,
+        command="python benchmarks/bench_step.py " + " ".join(argv or sys.argv[1:]),
+    )
     print("wrote", write_json("bench_step.json", payload, args.json))
     return payload
 

@@ -18,8 +18,13 @@ import torch.multiprocessing as mp
 def join(rank: int, world: int, rendezvous: str) -> None:
     """Join the gloo process group through a rendezvous file (no port to pick: one picked
     free can be taken before rank 0 binds it), failing after 2 minutes rather than hanging."""
-    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=120))
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{rendezvous}",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=120),
+    )
 
 
 def leave() -> None:
@@ -43,13 +48,19 @@ def spawn(worker: Callable[..., None], ranks: int, *args: Any) -> dict[str, Any]
         mp.set_forkserver_preload(["torch", "torch.distributed", "fprune"])
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "result.json")
-        mp.start_processes(worker, args=(ranks, os.path.join(tmp, "rendezvous"), out, tmp, *args), nprocs=ranks,
-                           start_method=method)
+        mp.start_processes(
+            worker,
+            args=(ranks, os.path.join(tmp, "rendezvous"), out, tmp, *args),
+            nprocs=ranks,
+            start_method=method,
+        )
         with open(out) as f:
             return json.load(f)
 
 
-def arguments(description: str, argv: list[str] | None, **more: dict[str, Any]) -> argparse.Namespace:
+def arguments(
+    description: str, argv: list[str] | None, **more: dict[str, Any]
+) -> argparse.Namespace:
     """The distributed examples' options (``--ranks --pattern --sparsity --steps --quick
     --json``, plus ``more``: option name -> ``add_argument`` keywords); ``--quick`` is 40 steps."""
     parser = argparse.ArgumentParser(description=description)
@@ -60,7 +71,9 @@ def arguments(description: str, argv: list[str] | None, **more: dict[str, Any]) 
         parser.add_argument(f"--{name}", **kwargs)
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--quick", action="store_true", help="40 steps, for tests")
-    parser.add_argument("--json", action="store_true", help="print one JSON object on the last line")
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON object on the last line"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.steps = 40

@@ -24,7 +24,10 @@ def data(gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
 def mlp() -> torch.nn.Sequential:
     """Linear(32, 128) -> ReLU -> Linear(128, 128) -> ReLU -> Linear(128, 8) (the head)."""
     return torch.nn.Sequential(
-        torch.nn.Linear(32, 128), torch.nn.ReLU(), torch.nn.Linear(128, 128), torch.nn.ReLU(),
+        torch.nn.Linear(32, 128),
+        torch.nn.ReLU(),
+        torch.nn.Linear(128, 128),
+        torch.nn.ReLU(),
         torch.nn.Linear(128, 8),
     )
 

@@ -41,8 +41,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print(f"pruning {', '.join(selection.names)}; classifier head {selection.head!r} left dense")
     start, end = steps // 4, 3 * steps // 4
     prune = fprune.pruner(
-        args.sparsity, pattern=args.pattern, criterion=args.criterion, scope=args.scope,
-        start_step=start, end_step=end, frequency=max(steps // 20, 1),
+        args.sparsity,
+        pattern=args.pattern,
+        criterion=args.criterion,
+        scope=args.scope,
+        start_step=start,
+        end_step=end,
+        frequency=max(steps // 20, 1),
     )
     params = dict(model.named_parameters())
     state = prune.init({n: params[n].detach() for n in selection.names})
@@ -57,20 +62,30 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         opt.zero_grad()
         loss.backward()
         state, masks = prune.step(
-            state, {n: params[n].detach() for n in selection.names},
+            state,
+            {n: params[n].detach() for n in selection.names},
             {n: params[n].grad for n in selection.names},
         )
         opt.step()
         fprune.nn.apply_masks_(model, masks)  # pruned weights stay exactly zero
         if step == end:  # pruning is over: drop the momentum the pruned weights still carry
             names = [n for n, _ in model.named_parameters()]
-            opt.load_state_dict(fprune.nn.masked_optimizer_state(opt.state_dict(), masks, names=names))
+            opt.load_state_dict(
+                fprune.nn.masked_optimizer_state(opt.state_dict(), masks, names=names)
+            )
         if step % max(steps // 10, 1) == 0 or step == end:
             achieved = float(fprune.total_sparsity(masks, pattern=args.pattern))
-            print(f"step {step:4d}  target {float(state.current_target):.4f}  sparsity {achieved:.4f}  loss {loss.item():.3f}")
+            print(
+                f"step {step:4d}  target {float(state.current_target):.4f}  "
+                f"sparsity {achieved:.4f}  loss {loss.item():.3f}"
+            )
 
     # A checkpoint holds the pruner's state next to the model and the optimizer.
-    checkpoint = {"model": model.state_dict(), "optimizer": opt.state_dict(), "prune": state.state_dict()}
+    checkpoint = {
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "prune": state.state_dict(),
+    }
     state = fprune.PruneState.from_state_dict(checkpoint["prune"])
 
     result = {

@@ -39,11 +39,15 @@ def _digest(tensors: dict[str, torch.Tensor]) -> int:
     h = hashlib.sha256()
     for name in sorted(tensors):
         h.update(name.encode())
-        h.update(tensors[name].detach().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+        h.update(
+            tensors[name].detach().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes()
+        )
     return int.from_bytes(h.digest()[:8], "little") >> 1
 
 
-def worker(rank: int, world: int, rendezvous: str, out: str, tmp: str, args: argparse.Namespace) -> None:
+def worker(
+    rank: int, world: int, rendezvous: str, out: str, tmp: str, args: argparse.Namespace
+) -> None:
     join(rank, world, rendezvous)
     torch.set_num_threads(1)
     torch.manual_seed(0)  # the same initial model on every rank (DDP also broadcasts rank 0's)
@@ -54,8 +58,13 @@ def worker(rank: int, world: int, rendezvous: str, out: str, tmp: str, args: arg
     selection = fprune.nn.prunable(model)  # names of the plain module (DDP adds "module.")
     steps = args.steps
     prune = fprune.pruner(
-        args.sparsity, pattern=args.pattern, criterion="snip_momentum", scope="global",
-        start_step=steps // 4, end_step=3 * steps // 4, frequency=max(steps // 20, 1),
+        args.sparsity,
+        pattern=args.pattern,
+        criterion="snip_momentum",
+        scope="global",
+        start_step=steps // 4,
+        end_step=3 * steps // 4,
+        frequency=max(steps // 20, 1),
     )
     params = dict(model.named_parameters())
     state = prune.init({n: params[n].detach() for n in selection.names})
@@ -66,18 +75,26 @@ def worker(rank: int, world: int, rendezvous: str, out: str, tmp: str, args: arg
     for _ in range(steps):
         batch = torch.randint(0, x.shape[0], (64,), generator=gen)
         opt.zero_grad()
-        torch.nn.functional.cross_entropy(ddp(x[batch]), y[batch]).backward()  # DDP all-reduces grads
+        torch.nn.functional.cross_entropy(
+            ddp(x[batch]), y[batch]
+        ).backward()  # DDP all-reduces grads
         with CommDebugMode() as comm:
             state, masks = prune.step(
-                state, {n: params[n].detach() for n in selection.names}, {n: params[n].grad for n in selection.names}
+                state,
+                {n: params[n].detach() for n in selection.names},
+                {n: params[n].grad for n in selection.names},
             )
         collectives += comm.get_total_counts()
         opt.step()
         fprune.nn.apply_masks_(model, masks)
     # The check (not pruning): every rank's masks, pruner state and weights must be identical.
-    mine = torch.tensor([
-        _digest(state.masks), _digest(state.state_dict()), _digest({n: p for n, p in params.items()}),
-    ])
+    mine = torch.tensor(
+        [
+            _digest(state.masks),
+            _digest(state.state_dict()),
+            _digest({n: p for n, p in params.items()}),
+        ]
+    )
     everyone = [torch.zeros_like(mine) for _ in range(world)]
     dist.all_gather(everyone, mine)
     if rank == 0:
@@ -97,13 +114,23 @@ def worker(rank: int, world: int, rendezvous: str, out: str, tmp: str, args: arg
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
-    args = arguments("Prune under DDP: identical masks on every rank, no extra communication.", argv)
+    args = arguments(
+        "Prune under DDP: identical masks on every rank, no extra communication.", argv
+    )
     result = spawn(worker, args.ranks, args)
-    print(f"{result['ranks']} ranks (gloo), {args.steps} steps, snip_momentum {args.pattern} global to {args.sparsity}:")
-    print(f"  collectives inside prune.step: {result['collectives_in_prune_step']} "
-          f"(the same counter saw {result['collectives_counted_in_control']} for one all_reduce)")
-    print(f"  masks identical on every rank: {result['masks_equal']}; pruner state: {result['state_equal']}; "
-          f"weights: {result['weights_equal']}")
+    print(
+        f"{result['ranks']} ranks (gloo), {args.steps} steps, "
+        f"snip_momentum {args.pattern} global to {args.sparsity}:"
+    )
+    print(
+        f"  collectives inside prune.step: {result['collectives_in_prune_step']} "
+        f"(the same counter saw {result['collectives_counted_in_control']} for one all_reduce)"
+    )
+    print(
+        f"  masks identical on every rank: {result['masks_equal']}; "
+        f"pruner state: {result['state_equal']}; "
+        f"weights: {result['weights_equal']}"
+    )
     print(f"  sparsity {result['sparsity']:.4f}, test accuracy {result['accuracy']:.4f}")
     if args.json:
         print(json.dumps(result))

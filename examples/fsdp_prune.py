@@ -8,8 +8,8 @@ as DTensors with the parameters' placements. This script trains the examples' ML
 on real gloo processes, and checks three claims while it trains:
 
 * **traffic**: every collective issued inside ``prune.step`` is recorded with its payload
-  (:class:`fprune.distributed.Traffic`); the largest is a few KiB, far below one weight. As a control, the
-  same recorder sees one weight's worth of bytes when a weight is gathered on purpose;
+  (:class:`fprune.distributed.Traffic`); the largest is a few KiB, far below one weight. As a
+  control, the same recorder sees one weight's worth of bytes when a weight is gathered on purpose;
 * **exactness**: at every prune step the script gathers the full parameters, gradients and
   state (its own check, outside the recorder) and compares the masks with a single-process
   ``prune.step`` on them;
@@ -47,7 +47,9 @@ def _full(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {n: t.full_tensor() if isinstance(t, DTensor) else t for n, t in tensors.items()}
 
 
-def worker(rank: int, world: int, rendezvous: str, out: str, tmp: str, args: argparse.Namespace) -> None:
+def worker(
+    rank: int, world: int, rendezvous: str, out: str, tmp: str, args: argparse.Namespace
+) -> None:
     join(rank, world, rendezvous)
     torch.set_num_threads(1)
     mesh = init_device_mesh("cpu", (world,))
@@ -62,8 +64,13 @@ def worker(rank: int, world: int, rendezvous: str, out: str, tmp: str, args: arg
     selection = fprune.nn.prunable(model)
     steps = args.steps
     prune = fprune.pruner(
-        args.sparsity, pattern=args.pattern, criterion="snip_momentum", scope=args.scope,
-        start_step=steps // 4, end_step=3 * steps // 4, frequency=max(steps // 20, 1),
+        args.sparsity,
+        pattern=args.pattern,
+        criterion="snip_momentum",
+        scope=args.scope,
+        start_step=steps // 4,
+        end_step=3 * steps // 4,
+        frequency=max(steps // 20, 1),
     )
     params = dict(model.named_parameters())
     state = prune.init({n: params[n].detach() for n in selection.names})
@@ -74,11 +81,15 @@ def worker(rank: int, world: int, rendezvous: str, out: str, tmp: str, args: arg
     for s in range(steps):
         batch = torch.randint(0, x.shape[0], (64,), generator=gen)
         opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()  # grads reduce-scattered
+        torch.nn.functional.cross_entropy(
+            model(x[batch]), y[batch]
+        ).backward()  # grads reduce-scattered
         weights = {n: params[n].detach() for n in selection.names}
         grads = {n: params[n].grad for n in selection.names}
-        pruning = prune.settings["start_step"] <= s <= prune.settings["end_step"] and (
-            s - prune.settings["start_step"]) % prune.settings["frequency"] == 0
+        pruning = (
+            prune.settings["start_step"] <= s <= prune.settings["end_step"]
+            and (s - prune.settings["start_step"]) % prune.settings["frequency"] == 0
+        )
         if pruning:  # the check: the single-process step on the gathered inputs
             whole = fprune.PruneState.from_state_dict(_full(state.state_dict()))
             _, expected = prune.step(whole, _full(weights), _full(grads))
@@ -92,7 +103,8 @@ def worker(rank: int, world: int, rendezvous: str, out: str, tmp: str, args: arg
             torch.save(state.state_dict(), path)
             loaded = fprune.PruneState.from_state_dict(torch.load(path, weights_only=True))
             resumed = all(
-                type(v) is type(loaded.state_dict()[k]) and torch.equal(_full({k: v})[k], _full({k: loaded.state_dict()[k]})[k])
+                type(v) is type(loaded.state_dict()[k])
+                and torch.equal(_full({k: v})[k], _full({k: loaded.state_dict()[k]})[k])
                 for k, v in state.state_dict().items()
             )
             state = loaded
@@ -103,7 +115,10 @@ def worker(rank: int, world: int, rendezvous: str, out: str, tmp: str, args: arg
     if rank == 0:
         weights = sum(params[n].numel() for n in selection.names)
         result = {
-            "ranks": world, "pattern": args.pattern, "scope": args.scope, "steps": steps,
+            "ranks": world,
+            "pattern": args.pattern,
+            "scope": args.scope,
+            "steps": steps,
             "prune_steps": prune_steps,
             "masks_placements": sorted({str(tuple(m.placements)) for m in state.masks.values()}),
             "masks_equal_single_process": exact,
@@ -112,7 +127,9 @@ def worker(rank: int, world: int, rendezvous: str, out: str, tmp: str, args: arg
             "bytes_per_prune_step": traffic.bytes / max(prune_steps, 1),
             "largest_collective_bytes": traffic.largest,
             "control_bytes_for_one_weight": control.largest,
-            "smallest_weight_bytes": min(params[n].numel() * params[n].element_size() for n in selection.names),
+            "smallest_weight_bytes": min(
+                params[n].numel() * params[n].element_size() for n in selection.names
+            ),
             "pruned_weights": weights,
             "sparsity": sparsity,
             "accuracy": acc,
@@ -123,15 +140,27 @@ def worker(rank: int, world: int, rendezvous: str, out: str, tmp: str, args: arg
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
-    args = arguments("Prune under FSDP2: selection on local shards, small counts exchanged.", argv, scope=dict(default="global", choices=("global", "local")))
+    args = arguments(
+        "Prune under FSDP2: selection on local shards, small counts exchanged.",
+        argv,
+        scope=dict(default="global", choices=("global", "local")),
+    )
     result = spawn(worker, args.ranks, args)
-    print(f"{result['ranks']} ranks (gloo, FSDP2), {args.steps} steps, snip_momentum {args.pattern} "
-          f"{args.scope} to {args.sparsity}:")
-    print(f"  inside prune.step: {result['collectives_per_prune_step']:.0f} collectives and "
-          f"{result['bytes_per_prune_step']:,.0f} bytes per prune step; largest {result['largest_collective_bytes']:,} "
-          f"bytes (gathering one weight: {result['control_bytes_for_one_weight']:,})")
-    print(f"  masks equal to the single-process step at all {result['prune_steps']} prune steps: "
-          f"{result['masks_equal_single_process']}; placements {', '.join(result['masks_placements'])}")
+    print(
+        f"{result['ranks']} ranks (gloo, FSDP2), {args.steps} steps, snip_momentum {args.pattern} "
+        f"{args.scope} to {args.sparsity}:"
+    )
+    print(
+        f"  inside prune.step: {result['collectives_per_prune_step']:.0f} collectives and "
+        f"{result['bytes_per_prune_step']:,.0f} bytes per prune step; "
+        f"largest {result['largest_collective_bytes']:,} "
+        f"bytes (gathering one weight: {result['control_bytes_for_one_weight']:,})"
+    )
+    print(
+        f"  masks equal to the single-process step at all {result['prune_steps']} prune steps: "
+        f"{result['masks_equal_single_process']}; "
+        f"placements {', '.join(result['masks_placements'])}"
+    )
     print(f"  state saved per rank and resumed exactly: {result['state_resumed_exactly']}")
     print(f"  sparsity {result['sparsity']:.4f}, test accuracy {result['accuracy']:.4f}")
     if args.json:

@@ -37,24 +37,34 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     params = {n: p.detach() for n, p in model.named_parameters()}
     pruned = fprune.nn.prunable(model).names
 
-    def loss_fn(params: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+    def loss_fn(
+        params: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor
+    ) -> torch.Tensor:
         return torch.nn.functional.cross_entropy(functional_call(model, params, (xb,)), yb)
 
     def evaluate(params: dict[str, torch.Tensor]) -> float:
         with torch.no_grad():
-            return float((functional_call(model, params, (x_test,)).argmax(1) == y_test).float().mean())
+            return float(
+                (functional_call(model, params, (x_test,)).argmax(1) == y_test).float().mean()
+            )
 
     grad_fn = grad(loss_fn)
     prune = fprune.pruner(
-        args.sparsity, pattern=args.pattern, criterion=args.criterion,
-        start_step=steps // 4, end_step=3 * steps // 4, frequency=max(steps // 20, 1),
+        args.sparsity,
+        pattern=args.pattern,
+        criterion=args.criterion,
+        start_step=steps // 4,
+        end_step=3 * steps // 4,
+        frequency=max(steps // 20, 1),
     )
     state = prune.init({n: params[n] for n in pruned})
     lr = 0.1
 
     def train_step(params, state, xb, yb):  # one pure step: params, state -> params, state
         grads = grad_fn(params, xb, yb)
-        state, masks = prune.step(state, {n: params[n] for n in pruned}, {n: grads[n] for n in pruned})
+        state, masks = prune.step(
+            state, {n: params[n] for n in pruned}, {n: grads[n] for n in pruned}
+        )
         params = {n: p - lr * grads[n] for n, p in params.items()}
         return fprune.apply_masks(params, masks), state, masks
 
@@ -67,12 +77,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         params, state, masks = train_step(params, state, x[batch], y[batch])
         if step % max(steps // 10, 1) == 0:
             achieved = float(fprune.total_sparsity(masks, pattern=args.pattern))
-            print(f"step {step:4d}  target {float(state.current_target):.4f}  sparsity {achieved:.4f}")
+            print(
+                f"step {step:4d}  target {float(state.current_target):.4f}  sparsity {achieved:.4f}"
+            )
 
     result = {
         "target": args.sparsity,
         "sparsity": float(fprune.total_sparsity(masks, pattern=args.pattern)),
-        "zero_weights": sum(int((params[n] == 0).sum()) for n in pruned) / sum(params[n].numel() for n in pruned),
+        "zero_weights": sum(int((params[n] == 0).sum()) for n in pruned)
+        / sum(params[n].numel() for n in pruned),
         "dense_accuracy": dense_accuracy,
         "sparse_accuracy": evaluate(params),
     }

@@ -38,14 +38,71 @@ import torch
 import fprune
 
 MODULES = (
-    "argparse", "asyncio", "base64", "bisect", "calendar", "collections", "configparser", "contextlib",
-    "csv", "datetime", "decimal", "difflib", "email.message", "fractions", "ftplib", "functools",
-    "gettext", "glob", "gzip", "hashlib", "heapq", "hmac", "html.parser", "http.client", "imaplib",
-    "inspect", "io", "ipaddress", "itertools", "json", "logging", "mailbox", "mimetypes", "os",
-    "pathlib", "pickle", "pprint", "queue", "random", "re", "shlex", "shutil", "smtplib", "socket",
-    "sqlite3", "ssl", "statistics", "string", "subprocess", "tarfile", "tempfile", "textwrap",
-    "threading", "tokenize", "traceback", "typing", "unittest", "urllib.parse", "urllib.request",
-    "uuid", "warnings", "wave", "weakref", "xml.dom.minidom", "zipfile",
+    "argparse",
+    "asyncio",
+    "base64",
+    "bisect",
+    "calendar",
+    "collections",
+    "configparser",
+    "contextlib",
+    "csv",
+    "datetime",
+    "decimal",
+    "difflib",
+    "email.message",
+    "fractions",
+    "ftplib",
+    "functools",
+    "gettext",
+    "glob",
+    "gzip",
+    "hashlib",
+    "heapq",
+    "hmac",
+    "html.parser",
+    "http.client",
+    "imaplib",
+    "inspect",
+    "io",
+    "ipaddress",
+    "itertools",
+    "json",
+    "logging",
+    "mailbox",
+    "mimetypes",
+    "os",
+    "pathlib",
+    "pickle",
+    "pprint",
+    "queue",
+    "random",
+    "re",
+    "shlex",
+    "shutil",
+    "smtplib",
+    "socket",
+    "sqlite3",
+    "ssl",
+    "statistics",
+    "string",
+    "subprocess",
+    "tarfile",
+    "tempfile",
+    "textwrap",
+    "threading",
+    "tokenize",
+    "traceback",
+    "typing",
+    "unittest",
+    "urllib.parse",
+    "urllib.request",
+    "uuid",
+    "warnings",
+    "wave",
+    "weakref",
+    "xml.dom.minidom",
+    "zipfile",
 )
 LAYERS = r"^encoder\.layer\.\d+\."  # the Linear modules of the 6 layers
 SETTINGS = [("1x1", 0.5), ("2:4", 0.5), ("4x1", 0.5)]
@@ -65,14 +122,21 @@ def _scan() -> list[tuple[str, str, str]]:
             module = importlib.import_module(module_name)
         except ImportError:  # a module missing from this Python build
             continue
-        objects = [(f"{module_name}.{n}", o) for n, o in vars(module).items() if not n.startswith("_")]
+        objects = [
+            (f"{module_name}.{n}", o) for n, o in vars(module).items() if not n.startswith("_")
+        ]
         objects += [
             (f"{module_name}.{cls}.{n}", o)
-            for cls, c in vars(module).items() if inspect.isclass(c) and not cls.startswith("_")
-            for n, o in vars(c).items() if not n.startswith("_")
+            for cls, c in vars(module).items()
+            if inspect.isclass(c) and not cls.startswith("_")
+            for n, o in vars(c).items()
+            if not n.startswith("_")
         ]
         for name, obj in objects:
-            if not (inspect.isfunction(obj) or inspect.isclass(obj)) or getattr(obj, "__module__", None) != module_name:
+            if (
+                not (inspect.isfunction(obj) or inspect.isclass(obj))
+                or getattr(obj, "__module__", None) != module_name
+            ):
                 continue
             doc = inspect.getdoc(obj) or ""
             parts = [" ".join(p.split()) for p in doc.split("\n\n")]
@@ -113,7 +177,9 @@ def _embed(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def _batches(tokenizer, texts: list[str], size: int):
     for i in range(0, len(texts), size):
-        yield tokenizer(texts[i : i + size], padding=True, truncation=True, max_length=128, return_tensors="pt")
+        yield tokenizer(
+            texts[i : i + size], padding=True, truncation=True, max_length=128, return_tensors="pt"
+        )
 
 
 @torch.no_grad()
@@ -122,8 +188,11 @@ def encode(model, tokenizer, texts: list[str]) -> torch.Tensor:
     return torch.cat([_embed(model, b) for b in _batches(tokenizer, texts, 64)])
 
 
-def snip_gradients(model, tokenizer, texts: list[str], *, batches: int, size: int = 32) -> dict[str, torch.Tensor]:
-    """Gradients of an in-batch contrastive loss between two dropout passes (SimCSE), summed over batches."""
+def snip_gradients(
+    model, tokenizer, texts: list[str], *, batches: int, size: int = 32
+) -> dict[str, torch.Tensor]:
+    """Gradients of an in-batch contrastive loss between two dropout passes (SimCSE), summed
+    over batches."""
     model.train()
     model.zero_grad()
     gen = torch.Generator().manual_seed(0)
@@ -145,8 +214,12 @@ def retrieval(queries: torch.Tensor, docs: torch.Tensor) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description="One-shot pruning of the pretrained MiniLM-L6 encoder.")
-    parser.add_argument("--quick", action="store_true", help="64 held-out pairs, 2 SNIP batches, local scope only")
+    parser = argparse.ArgumentParser(
+        description="One-shot pruning of the pretrained MiniLM-L6 encoder."
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="64 held-out pairs, 2 SNIP batches, local scope only"
+    )
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     start = time.perf_counter()
@@ -159,18 +232,33 @@ def main(argv: list[str] | None = None) -> dict:
         test = test[:64]
     summaries, bodies = [p[1] for p in test], [p[2] for p in test]
     texts = summaries + bodies
-    print(f"{len(pairs)} docstring pairs from {len(MODULES)} standard-library modules "
-          f"(Python {sys.version.split()[0]}): {len(calib)} calibrate, {len(test)} held out")
+    print(
+        f"{len(pairs)} docstring pairs from {len(MODULES)} standard-library modules "
+        f"(Python {sys.version.split()[0]}): {len(calib)} calibrate, {len(test)} held out"
+    )
 
     dense_state = {n: p.detach().clone() for n, p in model.named_parameters()}
     names = fprune.nn.prunable(model, op_names=(LAYERS,), exclude_head=False).names
     dense = encode(model, tokenizer, texts)
     n = len(test)
-    rows = [{"criterion": "dense", "pattern": "-", "scope": "-", "sparsity": 0.0, "cosine": 1.0,
-             "retrieval": retrieval(dense[:n], dense[n:])}]
-    grads = snip_gradients(model, tokenizer, [t for p in calib for t in p[1:]], batches=2 if args.quick else 16)
+    rows = [
+        {
+            "criterion": "dense",
+            "pattern": "-",
+            "scope": "-",
+            "sparsity": 0.0,
+            "cosine": 1.0,
+            "retrieval": retrieval(dense[:n], dense[n:]),
+        }
+    ]
+    grads = snip_gradients(
+        model, tokenizer, [t for p in calib for t in p[1:]], batches=2 if args.quick else 16
+    )
     params = {k: dense_state[k] for k in names}
-    criteria = {"magnitude": fprune.magnitude(params), "snip": fprune.snip(params, {k: grads[k] for k in names})}
+    criteria = {
+        "magnitude": fprune.magnitude(params),
+        "snip": fprune.snip(params, {k: grads[k] for k in names}),
+    }
     scopes = ("local",) if args.quick else ("local", "global")
     for scope in scopes:
         for pattern, sparsity in SETTINGS:
@@ -179,21 +267,29 @@ def main(argv: list[str] | None = None) -> dict:
                 model.load_state_dict(dense_state)
                 fprune.nn.apply_masks_(model, masks)
                 emb = encode(model, tokenizer, texts)
-                rows.append({
-                    "criterion": criterion, "pattern": pattern, "scope": scope,
-                    "sparsity": float(fprune.total_sparsity(masks)),
-                    "cosine": float((emb * dense).sum(dim=1).mean()),
-                    "retrieval": retrieval(emb[:n], emb[n:]),
-                })
+                rows.append(
+                    {
+                        "criterion": criterion,
+                        "pattern": pattern,
+                        "scope": scope,
+                        "sparsity": float(fprune.total_sparsity(masks)),
+                        "cosine": float((emb * dense).sum(dim=1).mean()),
+                        "retrieval": retrieval(emb[:n], emb[n:]),
+                    }
+                )
     model.load_state_dict(dense_state)
 
-    print(f"\n{len(names)} encoder weights, {sum(params[k].numel() for k in names):,} values; "
-          f"{n} held-out pairs ({2 * n} sentences)\n")
+    print(
+        f"\n{len(names)} encoder weights, {sum(params[k].numel() for k in names):,} values; "
+        f"{n} held-out pairs ({2 * n} sentences)\n"
+    )
     print("| criterion | pattern | scope | sparsity | cosine to dense | retrieval top-1 |")
     print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['criterion']} | {r['pattern']} | {r['scope']} | {r['sparsity']:.3f} | "
-              f"{r['cosine']:.4f} | {r['retrieval']:.4f} |")
+        print(
+            f"| {r['criterion']} | {r['pattern']} | {r['scope']} | {r['sparsity']:.3f} | "
+            f"{r['cosine']:.4f} | {r['retrieval']:.4f} |"
+        )
     print(f"\ntook {time.perf_counter() - start:.0f} s")
     return {"rows": rows, "pairs": len(pairs), "held_out": n}
 

@@ -40,7 +40,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     shapes = {n: w.shape for n, w in weights.items()}
 
     start, end, freq = steps // 4, 3 * steps // 4, max(steps // 20, 1)
-    schedule = fprune.iterative(args.sparsity, start_step=start, end_step=end, frequency=freq, decay="exp")
+    schedule = fprune.iterative(
+        args.sparsity, start_step=start, end_step=end, frequency=freq, decay="exp"
+    )
     criterion = fprune.snip_momentum(pattern=args.pattern)
     aux = criterion.init({n: w.detach() for n, w in weights.items()})
     grid = None
@@ -57,13 +59,20 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         params = {n: w.detach() for n, w in weights.items()}
         scores, aux = criterion.update(aux, params, {n: w.grad for n, w in weights.items()})
         if fprune.is_prune_step(step, start_step=start, end_step=end, frequency=freq):
-            grid = fprune.grid_masks(scores, pattern=args.pattern, sparsity=schedule(step), previous=grid)
+            grid = fprune.grid_masks(
+                scores, pattern=args.pattern, sparsity=schedule(step), previous=grid
+            )
             masks = fprune.expand_masks(grid, pattern=args.pattern, shapes=shapes)
             achieved = float(fprune.total_sparsity(masks, pattern=args.pattern))
-            print(f"step {step:4d}  target {schedule(step):.4f}  block sparsity {achieved:.4f}  loss {loss.item():.3f}")
+            print(
+                f"step {step:4d}  target {schedule(step):.4f}  "
+                f"block sparsity {achieved:.4f}  loss {loss.item():.3f}"
+            )
         opt.step()
         with torch.no_grad():  # keep pruned weights at zero after every update
-            for n, w in fprune.apply_masks({n: w.detach() for n, w in weights.items()}, masks).items():
+            for n, w in fprune.apply_masks(
+                {n: w.detach() for n, w in weights.items()}, masks
+            ).items():
                 weights[n].copy_(w)
 
     result = {

@@ -45,8 +45,12 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     params = {n: p.detach().expand(members, *p.shape).clone() for n, p in model.named_parameters()}
     momentum = {n: torch.zeros_like(p) for n, p in params.items()}
     prune = fprune.pruner(
-        float(targets.max()), pattern=args.pattern, criterion=args.criterion,
-        start_step=steps // 4, end_step=3 * steps // 4, frequency=max(steps // 20, 1),
+        float(targets.max()),
+        pattern=args.pattern,
+        criterion=args.criterion,
+        start_step=steps // 4,
+        end_step=3 * steps // 4,
+        frequency=max(steps // 20, 1),
     )
     state = vmap(lambda t, p: prune.init(p, sparsity=t))(targets, {n: params[n] for n in names})
     state = torch.utils._pytree.tree_map(torch.Tensor.contiguous, state)  # no broadcast strides
@@ -86,7 +90,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             "accuracy": float(accuracy[i]),
         }
         rows.append(row)
-        print(f"{target:7.2f} {row['sparsity']:9.4f} {row['zero_weights']:13.4f} {row['accuracy']:14.4f}")
+        print(
+            f"{target:7.2f} {row['sparsity']:9.4f} {row['zero_weights']:13.4f} "
+            f"{row['accuracy']:14.4f}"
+        )
     mode = "compiled vmap, compile time included" if args.compile else "eager vmap"
     print(f"{members} members x {steps} steps in {seconds:.1f} s ({mode})")
     return {"rows": rows, "seconds": seconds}

@@ -24,14 +24,18 @@ def detached(tensors: _Tensors) -> dict[str, torch.Tensor]:
 
 def check_params(func: str, params: object, state: PruneState) -> _Tensors:
     params = _errors.tensor_dict(func, "params", params)
-    _errors.same_shapes(func, "params", params, "the params given to init (state.masks)", state.masks)
+    _errors.same_shapes(
+        func, "params", params, "the params given to init (state.masks)", state.masks
+    )
     return params
 
 
 def check_state(func: str, state: object) -> PruneState:
     if not isinstance(state, PruneState):
         raise _errors.type_error(
-            func, "state must be a PruneState", type(state).__name__,
+            func,
+            "state must be a PruneState",
+            type(state).__name__,
             "Pass the state returned by init or by the previous step.",
         )
     return state
@@ -48,14 +52,17 @@ def check_fingerprint(func: str, state: PruneState, config_hash: int, params: _T
     stored = state.fingerprint.tolist()
     if stored[0] != config_hash:
         raise _errors.value_error(
-            func, "state was made by a pruner with different settings",
+            func,
+            "state was made by a pruner with different settings",
             _errors.detail(f"fingerprint {stored[0]}, this pruner {config_hash}"),
             "Use the state from this pruner's init (or rebuild the pruner with the same settings).",
         )
     if stored[1] != hash64(layout_text(params)):
         dtypes = {n: str(p.dtype) for n, p in params.items()}
         raise _errors.value_error(
-            func, "params dtypes differ from those given to init", dtypes,
+            func,
+            "params dtypes differ from those given to init",
+            dtypes,
             "Step with params of the same dtypes as at init (or call init again).",
         )
 

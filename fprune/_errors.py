@@ -61,9 +61,7 @@ def choice(func: str, arg: str, value: Any, choices: Iterable[str]) -> str:
     raise value_error(func, f"unknown {arg}", value, f"{hint}Valid names: {', '.join(options)}.")
 
 
-def fraction(
-    func: str, arg: str, value: Any, *, allow_one: bool = False
-) -> float | torch.Tensor:
+def fraction(func: str, arg: str, value: Any, *, allow_one: bool = False) -> float | torch.Tensor:
     """Check a sparsity-like number: in [0, 1) (or [0, 1]); 0-d tensors pass unchecked.
 
     A 0-d floating tensor is data (it may change between calls without recompiling), so
@@ -72,7 +70,8 @@ def fraction(
     if isinstance(value, torch.Tensor):
         if value.ndim != 0 or not value.is_floating_point():
             raise type_error(
-                func, f"{arg} as a tensor must be a 0-d floating tensor",
+                func,
+                f"{arg} as a tensor must be a 0-d floating tensor",
                 detail(f"{value.dtype} tensor of shape {tuple(value.shape)}"),
                 "Pass a Python float or torch.tensor(x, dtype=torch.float64).",
             )
@@ -84,7 +83,9 @@ def fraction(
     inside = 0.0 <= value <= 1.0 if allow_one else 0.0 <= value < 1.0
     if not math.isfinite(value) or not inside:
         raise value_error(
-            func, f"{arg} must be a fraction in [0, {upper}", value,
+            func,
+            f"{arg} must be a fraction in [0, {upper}",
+            value,
             f"Sparsity is the fraction of zeros; pass a value in [0, {upper}.",
         )
     return value
@@ -95,57 +96,80 @@ def positive_int(func: str, arg: str, value: Any, *, minimum: int = 1) -> int:
         raise type_error(func, f"{arg} must be an int", value, f"Pass an integer >= {minimum}.")
     value = int(value)
     if value < minimum:
-        raise value_error(func, f"{arg} must be >= {minimum}", value, f"Pass an integer >= {minimum}.")
+        raise value_error(
+            func, f"{arg} must be >= {minimum}", value, f"Pass an integer >= {minimum}."
+        )
     return value
 
 
-def tensor_dict(func: str, arg: str, value: Any, *, floating: bool = True) -> Mapping[str, torch.Tensor]:
-    """Check a non-empty ``Mapping[str, Tensor]``; with ``floating``, reject int and bool tensors."""
+def tensor_dict(
+    func: str, arg: str, value: Any, *, floating: bool = True
+) -> Mapping[str, torch.Tensor]:
+    """Check a non-empty ``Mapping[str, Tensor]``; with ``floating``, reject int and bool."""
     if not isinstance(value, Mapping):
         raise type_error(
-            func, f"{arg} must be a mapping of parameter names to tensors", type(value).__name__,
+            func,
+            f"{arg} must be a mapping of parameter names to tensors",
+            type(value).__name__,
             "Pass a dict such as dict(model.named_parameters()).",
         )
     if len(value) == 0:
         raise value_error(
-            func, f"{arg} is empty", {}, "Pass at least one tensor to prune.",
+            func,
+            f"{arg} is empty",
+            {},
+            "Pass at least one tensor to prune.",
         )
     for name, tensor in value.items():
         if not isinstance(name, str):
-            raise type_error(func, f"{arg} keys must be strings", name, "Key tensors by parameter name.")
+            raise type_error(
+                func, f"{arg} keys must be strings", name, "Key tensors by parameter name."
+            )
         if not isinstance(tensor, torch.Tensor):
             raise type_error(
-                func, f"{arg}[{name!r}] must be a torch.Tensor", type(tensor).__name__,
+                func,
+                f"{arg}[{name!r}] must be a torch.Tensor",
+                type(tensor).__name__,
                 "Pass tensors, e.g. dict(model.named_parameters()).",
             )
         if floating and not tensor.is_floating_point():
             raise type_error(
-                func, f"{arg}[{name!r}] must be a floating tensor", detail(str(tensor.dtype)),
+                func,
+                f"{arg}[{name!r}] must be a floating tensor",
+                detail(str(tensor.dtype)),
                 "Only float16, bfloat16, float32 and float64 tensors can be scored; "
                 "leave integer and bool tensors out of the dict.",
             )
     return value
 
 
-def same_keys(func: str, arg: str, value: Mapping[str, Any], ref_arg: str, ref: Mapping[str, Any]) -> None:
+def same_keys(
+    func: str, arg: str, value: Mapping[str, Any], ref_arg: str, ref: Mapping[str, Any]
+) -> None:
     missing = sorted(set(ref) - set(value))
     unexpected = sorted(set(value) - set(ref))
     if missing or unexpected:
         raise value_error(
-            func, f"{arg} and {ref_arg} have different keys",
+            func,
+            f"{arg} and {ref_arg} have different keys",
             detail(f"missing {missing}, unexpected {unexpected}"),
             f"Give {arg} exactly the keys of {ref_arg}.",
         )
 
 
 def same_shapes(
-    func: str, arg: str, value: Mapping[str, torch.Tensor], ref_arg: str, ref: Mapping[str, torch.Tensor]
+    func: str,
+    arg: str,
+    value: Mapping[str, torch.Tensor],
+    ref_arg: str,
+    ref: Mapping[str, torch.Tensor],
 ) -> None:
     same_keys(func, arg, value, ref_arg, ref)
     for name, tensor in value.items():
         if tensor.shape != ref[name].shape:
             raise value_error(
-                func, f"{arg}[{name!r}] has a different shape from {ref_arg}[{name!r}]",
+                func,
+                f"{arg}[{name!r}] has a different shape from {ref_arg}[{name!r}]",
                 detail(f"{tuple(tensor.shape)} vs {tuple(ref[name].shape)}"),
                 f"Give {arg} tensors shaped like {ref_arg}.",
             )
@@ -167,7 +191,9 @@ def bool_masks(func: str, arg: str, value: Any) -> Mapping[str, torch.Tensor]:
     for name, mask in masks.items():
         if mask.dtype != torch.bool:
             raise type_error(
-                func, f"{arg}[{name!r}] must be a torch.bool mask", detail(str(mask.dtype)),
+                func,
+                f"{arg}[{name!r}] must be a torch.bool mask",
+                detail(str(mask.dtype)),
                 "Masks are bool tensors with True = kept; convert with mask != 0.",
             )
     return masks

@@ -48,9 +48,11 @@ class Found(NamedTuple):
 
 
 def _histogram(digit: torch.Tensor, bins: int) -> torch.Tensor:
-    """Counts of the digits ``0 .. bins - 1`` in a 1-D tensor (the extra bin ``bins`` is dropped)."""
+    """Counts of the digits ``0 .. bins - 1`` in a 1-D tensor (the extra bin ``bins`` goes)."""
     ones = torch.ones((), dtype=torch.int64, device=digit.device).expand(digit.shape)
-    return torch.zeros(bins + 1, dtype=torch.int64, device=digit.device).index_add(0, digit, ones)[:bins]
+    return torch.zeros(bins + 1, dtype=torch.int64, device=digit.device).index_add(0, digit, ones)[
+        :bins
+    ]
 
 
 def kth_key(
@@ -100,7 +102,11 @@ def search(
     bins, half = 1 << bits, 1 << (bits - 1)
     zero = torch.zeros((), dtype=torch.int64, device=device)
     below = torch.stack(list(base)) if base is not None else zero.expand(len(keys))
-    bounds = None if lo is None or hi is None else (torch.stack(list(lo))[:, None], torch.stack(list(hi))[:, None])
+    bounds = (
+        None
+        if lo is None or hi is None
+        else (torch.stack(list(lo))[:, None], torch.stack(list(hi))[:, None])
+    )
     tau = torch.zeros(len(keys) if separate else (), dtype=dtype, device=device)
     top = width - bits
     hist = mine = torch.zeros((len(keys), bins), dtype=torch.int64, device=device)
@@ -129,7 +135,9 @@ def search(
         else:
             d = (count.sum(0) < k).sum().clamp(max=bins - 1)
         step = (d - half) if shift == top else d
-        tau = (step.to(dtype) * (1 << shift)) if shift == top else tau + step.to(dtype) * (1 << shift)
+        tau = (
+            (step.to(dtype) * (1 << shift)) if shift == top else tau + step.to(dtype) * (1 << shift)
+        )
         index = (d if separate else d.expand(len(keys)))[:, None]
         at = hist.gather(1, index)[:, 0]
         below = below + running.gather(1, index)[:, 0] - at

@@ -52,18 +52,24 @@ def criterion(
         return spec
     if not callable(spec):
         raise _errors.type_error(
-            "pruner", "criterion must be a name, a Criterion or a function", type(spec).__name__,
+            "pruner",
+            "criterion must be a name, a Criterion or a function",
+            type(spec).__name__,
             "Pass e.g. 'snip_momentum', or f(params, grads) -> scores.",
         )
     if is_factory(spec):
         made = spec(pattern=pattern, reduce=reduce, dtype=dtype)
         if not isinstance(made, Criterion):
             raise _errors.type_error(
-                "pruner", "a criterion factory must return a Criterion", type(made).__name__,
+                "pruner",
+                "a criterion factory must return a Criterion",
+                type(made).__name__,
                 "Return fprune.Criterion(init, update).",
             )
         return made
-    needs = getattr(spec, "needs_grads", False)  # a plain function gets grads as given, None included
+    needs = getattr(
+        spec, "needs_grads", False
+    )  # a plain function gets grads as given, None included
     return stateless(spec, bool(needs))  # type: ignore[arg-type]
 
 
@@ -80,8 +86,14 @@ def pattern(spec: object) -> Pattern:
 
 
 def _oneshot(
-    step: torch.Tensor, *, initial: torch.Tensor, sparsity: torch.Tensor, start_step: int,
-    end_step: int, frequency: int, decay: Decay,
+    step: torch.Tensor,
+    *,
+    initial: torch.Tensor,
+    sparsity: torch.Tensor,
+    start_step: int,
+    end_step: int,
+    frequency: int,
+    decay: Decay,
 ) -> torch.Tensor:
     """Straight to the target at ``start_step``."""
     goal = torch.maximum(initial.to(torch.float64), sparsity.to(torch.float64))
@@ -89,12 +101,25 @@ def _oneshot(
 
 
 def _iterative(
-    step: torch.Tensor, *, initial: torch.Tensor, sparsity: torch.Tensor, start_step: int,
-    end_step: int, frequency: int, decay: Decay,
+    step: torch.Tensor,
+    *,
+    initial: torch.Tensor,
+    sparsity: torch.Tensor,
+    start_step: int,
+    end_step: int,
+    frequency: int,
+    decay: Decay,
 ) -> torch.Tensor:
     """INC's iterative ramp (see :func:`fprune.iterative`)."""
-    return ramp(step, start=start_step, end=end_step, frequency=frequency, curve=decay,
-                initial=initial, target=sparsity)
+    return ramp(
+        step,
+        start=start_step,
+        end=end_step,
+        frequency=frequency,
+        curve=decay,
+        initial=initial,
+        target=sparsity,
+    )
 
 
 def _builtin_factory(name: str) -> Callable[..., Criterion]:
@@ -107,23 +132,31 @@ def _builtin_factory(name: str) -> Callable[..., Criterion]:
     return make
 
 
-def _snip_momentum_factory(*, pattern: Pattern, reduce: str, dtype: torch.dtype | None) -> Criterion:
+def _snip_momentum_factory(
+    *, pattern: Pattern, reduce: str, dtype: torch.dtype | None
+) -> Criterion:
     # Accumulate on the block grid (INC does); N:M keeps elementwise scores.
-    return snip_momentum(pattern=pattern if isinstance(pattern, Blocks) else None, reduce=reduce, dtype=dtype)
+    return snip_momentum(
+        pattern=pattern if isinstance(pattern, Blocks) else None, reduce=reduce, dtype=dtype
+    )
 
 
 def _check_criterion(func: str, name: str, obj: Any) -> None:
     if not (isinstance(obj, Criterion) or callable(obj)):
         raise _errors.type_error(
-            func, f"criterion {name!r} must be a Criterion, a scoring function or a factory",
-            type(obj).__name__, "See fprune.registry for the protocol.",
+            func,
+            f"criterion {name!r} must be a Criterion, a scoring function or a factory",
+            type(obj).__name__,
+            "See fprune.registry for the protocol.",
         )
 
 
 def _check_pattern(func: str, name: str, obj: Any) -> None:
     if not isinstance(obj, Pattern):
         raise _errors.type_error(
-            func, f"pattern {name!r} must be a Blocks or NM value", type(obj).__name__,
+            func,
+            f"pattern {name!r} must be a Blocks or NM value",
+            type(obj).__name__,
             "Register e.g. fprune.NM(2, 4).",
         )
     try:
@@ -131,7 +164,10 @@ def _check_pattern(func: str, name: str, obj: Any) -> None:
     except ValueError:
         return
     raise _errors.value_error(
-        func, "the name is already a pattern string", name, "Choose a name such as 'tensor_core'.",
+        func,
+        "the name is already a pattern string",
+        name,
+        "Choose a name such as 'tensor_core'.",
     )
 
 

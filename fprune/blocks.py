@@ -34,7 +34,9 @@ __all__ = [
 REDUCTIONS = ("mean", "sum", "max")
 
 
-def reduce_blocks(view: torch.Tensor, block: tuple[int, int], *, reduce: str = "mean") -> torch.Tensor:
+def reduce_blocks(
+    view: torch.Tensor, block: tuple[int, int], *, reduce: str = "mean"
+) -> torch.Tensor:
     """Reduce each ``block`` of a 2-D tensor to one value: the block grid.
 
     ``B[i, j] = R(view[i*bn:(i+1)*bn, j*bm:(j+1)*bm])`` with ``R`` in {mean, sum, max};
@@ -60,8 +62,10 @@ def reduce_blocks(view: torch.Tensor, block: tuple[int, int], *, reduce: str = "
     bn, bm = block
     if rows % bn or cols % bm:
         raise _errors.value_error(
-            "reduce_blocks", "the block does not divide the tensor",
-            _errors.detail(f"block {block} on shape {tuple(view.shape)}"), "Use a block whose sides divide the shape.",
+            "reduce_blocks",
+            "the block does not divide the tensor",
+            _errors.detail(f"block {block} on shape {tuple(view.shape)}"),
+            "Use a block whose sides divide the shape.",
         )
     if (bn, bm) == (1, 1):
         return widen(view)
@@ -118,11 +122,14 @@ def check_divisible(
         name = bad[0]
         shape = tuple(params[name].shape)
         view = shape_2d(shape)
-        need = f"inputs divisible by {pattern.m}" if isinstance(pattern, NM) else (
-            f"a 2-D view tiled by blocks of {pattern.block_shape(view)}"
+        need = (
+            f"inputs divisible by {pattern.m}"
+            if isinstance(pattern, NM)
+            else (f"a 2-D view tiled by blocks of {pattern.block_shape(view)}")
         )
         raise _errors.value_error(
-            func, f"pattern {str(pattern)!r} does not divide layer {name!r}",
+            func,
+            f"pattern {str(pattern)!r} does not divide layer {name!r}",
             _errors.detail(f"shape {shape}, 2-D view {view}"),
             f"The pattern needs {need}; pick another pattern, leave the layer out, "
             "or pass skip_indivisible=True to leave such layers dense.",
@@ -159,7 +166,9 @@ def block_scores(
     return to_grid(scores, pattern, reduce)
 
 
-def to_grid(scores: Mapping[str, torch.Tensor], pattern: Pattern, reduce: str) -> dict[str, torch.Tensor]:
+def to_grid(
+    scores: Mapping[str, torch.Tensor], pattern: Pattern, reduce: str
+) -> dict[str, torch.Tensor]:
     """:func:`block_scores` without the checks, for callers that have validated already."""
     out = {}
     for name, score in scores.items():
@@ -171,7 +180,9 @@ def to_grid(scores: Mapping[str, torch.Tensor], pattern: Pattern, reduce: str) -
     return out
 
 
-def reduce_masks(masks: Mapping[str, torch.Tensor], *, pattern: str | Pattern) -> dict[str, torch.Tensor]:
+def reduce_masks(
+    masks: Mapping[str, torch.Tensor], *, pattern: str | Pattern
+) -> dict[str, torch.Tensor]:
     """Map weight-shaped masks to grid masks: a block is pruned iff all its weights are.
 
     For N:M the grid is the 2-D view, so this is the 2-D view of each mask.

@@ -124,7 +124,13 @@ def _aliases(tensors: Mapping[str, torch.Tensor]) -> dict[str, str]:
     for name, t in tensors.items():
         if t.device.type == "meta" or t.numel() == 0:
             continue
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+        key = (
+            t.untyped_storage().data_ptr(),
+            t.storage_offset(),
+            tuple(t.shape),
+            t.stride(),
+            t.dtype,
+        )
         if key in seen:
             aliases[name] = seen[key]
         else:
@@ -152,14 +158,17 @@ def load(path: str | os.PathLike[str]) -> Checkpoint:
             except CheckpointError:
                 raise
             except Exception as e:
-                raise CheckpointError(f"{path}: not a valid safetensors file ({_reason(e)})") from None
+                raise CheckpointError(
+                    f"{path}: not a valid safetensors file ({_reason(e)})"
+                ) from None
             ckpt = Checkpoint("safetensors", tensors, metadata=dict(metadata) if metadata else None)
         else:
             try:
                 tree = torch.load(str(path), map_location="cpu", weights_only=True)
             except Exception as e:
                 raise CheckpointError(
-                    f"{path}: not a safetensors file or a weights-only PyTorch checkpoint ({_reason(e)})"
+                    f"{path}: not a safetensors file or a weights-only PyTorch checkpoint "
+                    f"({_reason(e)})"
                 ) from None
             tensors: dict[str, torch.Tensor] = {}
             _walk(tree, "", tensors)
@@ -167,7 +176,9 @@ def load(path: str | os.PathLike[str]) -> Checkpoint:
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read ({e.strerror or e})") from None
     if not ckpt.tensors:
-        raise CheckpointError(f"{path}: the file holds no tensors, so there is nothing to prune or report")
+        raise CheckpointError(
+            f"{path}: the file holds no tensors, so there is nothing to prune or report"
+        )
     ckpt.aliases = _aliases(ckpt.tensors)
     return ckpt
 
@@ -203,8 +214,11 @@ def save(ckpt: Checkpoint, path: str | os.PathLike[str]) -> None:
         raise
 
 
-def check_output(source: str | os.PathLike[str], output: str | os.PathLike[str], fmt: str, *, force: bool) -> None:
-    """Refuse to overwrite the input or an existing file (unless ``force``) or to write a misleading suffix.
+def check_output(
+    source: str | os.PathLike[str], output: str | os.PathLike[str], fmt: str, *, force: bool
+) -> None:
+    """Refuse to overwrite the input or an existing file (unless ``force``), or to write a
+    misleading suffix.
 
     Raises:
         CheckpointError: with the flag or name that fixes it.
@@ -212,9 +226,14 @@ def check_output(source: str | os.PathLike[str], output: str | os.PathLike[str],
     source, output = Path(source), Path(output)
     suffix = output.suffix.lower()
     if fmt == "safetensors" and suffix in _TORCH_SUFFIXES:
-        raise CheckpointError(f"{output}: the input is safetensors, so the output is too; name it *.safetensors")
+        raise CheckpointError(
+            f"{output}: the input is safetensors, so the output is too; name it *.safetensors"
+        )
     if fmt == "torch" and suffix == ".safetensors":
-        raise CheckpointError(f"{output}: the input is a PyTorch checkpoint, so the output is too; name it *.pt or *.bin")
+        raise CheckpointError(
+            f"{output}: the input is a PyTorch checkpoint, so the output is too; "
+            "name it *.pt or *.bin"
+        )
     if output.exists() and not force:
         same = output.resolve() == source.resolve() or os.path.samefile(source, output)
         what = "is the input file" if same else "exists"
@@ -234,8 +253,8 @@ def select(
     By default: every floating tensor with 2 or more dims whose name contains none of
     :data:`DEFAULT_EXCLUDE` (case-insensitive). ``include`` (regexes, any may match with
     ``re.search``) replaces that name test: exactly the matching eligible tensors are chosen.
-    ``exclude`` (regexes) leaves matching names dense, in place of :data:`DEFAULT_EXCLUDE`. Aliases of a chosen tensor are
-    pruned with it, so they are skipped.
+    ``exclude`` (regexes) leaves matching names dense, in place of :data:`DEFAULT_EXCLUDE`.
+    Aliases of a chosen tensor are pruned with it, so they are skipped.
 
     Raises:
         CheckpointError: a regex does not compile, or nothing is chosen.
@@ -258,7 +277,10 @@ def select(
             continue
         if not eligible(t):
             if inc:
-                skipped[name] = f"not a floating tensor with 2+ dims ({str(t.dtype).removeprefix('torch.')}, shape {tuple(t.shape)})"
+                skipped[name] = (
+                    f"not a floating tensor with 2+ dims "
+                    f"({str(t.dtype).removeprefix('torch.')}, shape {tuple(t.shape)})"
+                )
             continue
         if name in ckpt.aliases:
             skipped[name] = f"shares storage with {ckpt.aliases[name]}, pruned with it"
@@ -312,15 +334,21 @@ def prune(
         )
     names = list(names)
     params = {n: ckpt.tensors[n] for n in names}
-    left = dict.fromkeys(fprune.indivisible_layers(params, pattern=pattern), f"{pattern} does not divide it")
+    left = dict.fromkeys(
+        fprune.indivisible_layers(params, pattern=pattern), f"{pattern} does not divide it"
+    )
     names = [n for n in names if n not in left]
     if not names:
-        raise CheckpointError(f"no selected tensor is divisible by the pattern {pattern}; nothing was pruned")
+        raise CheckpointError(
+            f"no selected tensor is divisible by the pattern {pattern}; nothing was pruned"
+        )
     with torch.no_grad():  # a saved nn.Parameter loads as a leaf that requires grad
         if scope == "local":
             for name in progress(names):
                 w = ckpt.tensors[name]
-                mask = fprune.masks({name: w.abs()}, pattern=pattern, sparsity=sparsity, scope="local")[name]
+                mask = fprune.masks(
+                    {name: w.abs()}, pattern=pattern, sparsity=sparsity, scope="local"
+                )[name]
                 w.masked_fill_(~mask, 0)  # not a multiply: a pruned NaN or inf becomes 0 too
         else:
             scores = {n: ckpt.tensors[n].abs() for n in progress(names)}

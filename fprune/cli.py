@@ -24,48 +24,112 @@ _LARGE = 1 << 24  # weights; above this the per-layer loops show a progress bar 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="fprune", description="Functional, exact pruning for PyTorch: a demo and tools for checkpoint files."
+        prog="fprune",
+        description="Functional, exact pruning for PyTorch: a demo and tools for checkpoint files.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,prune,report}")
+    _demo_args(sub)
+    _prune_args(sub)
+    _report_args(sub)
+    return parser
 
-    demo = sub.add_parser("demo", help="train and prune an MLP on scikit-learn's digits (needs the demo extra)")
-    demo.add_argument("--pattern", default="4x1", help="pruning pattern, e.g. 4x1, 1x1, channelx1, 2:4 (default 4x1)")
-    demo.add_argument("--criterion", default="snip_momentum", help="magnitude, gradient, snip or snip_momentum (default snip_momentum)")
+
+def _demo_args(sub: Any) -> None:
+    demo = sub.add_parser(
+        "demo", help="train and prune an MLP on scikit-learn's digits (needs the demo extra)"
+    )
+    demo.add_argument(
+        "--pattern",
+        default="4x1",
+        help="pruning pattern, e.g. 4x1, 1x1, channelx1, 2:4 (default 4x1)",
+    )
+    demo.add_argument(
+        "--criterion",
+        default="snip_momentum",
+        help="magnitude, gradient, snip or snip_momentum (default snip_momentum)",
+    )
     demo.add_argument("--sparsity", type=float, default=0.9, help="final sparsity (default 0.9)")
-    demo.add_argument("--scope", choices=("global", "local"), default="global", help="default global")
-    demo.add_argument("--seed", type=int, default=0, help="seed for the split, the init and the batches (default 0)")
-    demo.add_argument("--plot", default="fprune-demo.png", help="PNG to write (default fprune-demo.png); 'none' to skip")
+    demo.add_argument(
+        "--scope", choices=("global", "local"), default="global", help="default global"
+    )
+    demo.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed for the split, the init and the batches (default 0)",
+    )
+    demo.add_argument(
+        "--plot",
+        default="fprune-demo.png",
+        help="PNG to write (default fprune-demo.png); 'none' to skip",
+    )
     demo.add_argument("--fast", action="store_true", help="a few steps only (for smoke tests)")
     demo.add_argument("--json", action="store_true", help="print one JSON object on the last line")
 
-    prune = sub.add_parser("prune", help="prune a checkpoint one-shot and write it in the same format")
-    prune.add_argument("input", metavar="IN", help="a .safetensors file or a torch state dict (.pt/.pth/.bin)")
-    prune.add_argument("-o", "--output", required=True, metavar="OUT", help="where to write the pruned checkpoint")
-    prune.add_argument("--pattern", required=True, help="e.g. 1x1, 4x1, channelx1, 2:4")
-    prune.add_argument("--sparsity", type=float, required=True, help="fraction of units to prune, in [0, 1)")
-    prune.add_argument("--criterion", default="magnitude", help="default magnitude (the only one that needs no gradients)")
-    prune.add_argument("--scope", choices=("local", "global"), default="local", help="default local")
-    _selection_args(prune)
-    prune.add_argument("--force", action="store_true", help="overwrite OUT if it exists, even when it is IN")
-    prune.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
 
+def _prune_args(sub: Any) -> None:
+    prune = sub.add_parser(
+        "prune", help="prune a checkpoint one-shot and write it in the same format"
+    )
+    prune.add_argument(
+        "input", metavar="IN", help="a .safetensors file or a torch state dict (.pt/.pth/.bin)"
+    )
+    prune.add_argument(
+        "-o", "--output", required=True, metavar="OUT", help="where to write the pruned checkpoint"
+    )
+    prune.add_argument("--pattern", required=True, help="e.g. 1x1, 4x1, channelx1, 2:4")
+    prune.add_argument(
+        "--sparsity", type=float, required=True, help="fraction of units to prune, in [0, 1)"
+    )
+    prune.add_argument(
+        "--criterion",
+        default="magnitude",
+        help="default magnitude (the only one that needs no gradients)",
+    )
+    prune.add_argument(
+        "--scope", choices=("local", "global"), default="local", help="default local"
+    )
+    _selection_args(prune)
+    prune.add_argument(
+        "--force", action="store_true", help="overwrite OUT if it exists, even when it is IN"
+    )
+    prune.add_argument(
+        "--json", action="store_true", help="print one JSON object instead of tables"
+    )
+
+
+def _report_args(sub: Any) -> None:
     report = sub.add_parser("report", help="per-layer sparsity of a checkpoint, and pattern checks")
-    report.add_argument("file", metavar="FILE", help="a .safetensors file or a torch state dict (.pt/.pth/.bin)")
-    report.add_argument("--pattern", help="check that each layer's zeros follow this pattern (exit 1 if not)")
+    report.add_argument(
+        "file", metavar="FILE", help="a .safetensors file or a torch state dict (.pt/.pth/.bin)"
+    )
+    report.add_argument(
+        "--pattern", help="check that each layer's zeros follow this pattern (exit 1 if not)"
+    )
     _selection_args(report)
-    report.add_argument("--all", action="store_true", help="report every floating tensor with 2+ dims")
-    report.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
-    return parser
+    report.add_argument(
+        "--all", action="store_true", help="report every floating tensor with 2+ dims"
+    )
+    report.add_argument(
+        "--json", action="store_true", help="print one JSON object instead of tables"
+    )
 
 
 def _selection_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--include", action="append", default=[], metavar="REGEX",
+        "--include",
+        action="append",
+        default=[],
+        metavar="REGEX",
         help="choose only tensors whose name matches (repeatable); replaces the default name test",
     )
     parser.add_argument(
-        "--exclude", action="append", default=None, metavar="REGEX",
-        help=f"leave tensors whose name matches dense (repeatable); replaces the default: {', '.join(checkpoint.DEFAULT_EXCLUDE)}",
+        "--exclude",
+        action="append",
+        default=None,
+        metavar="REGEX",
+        help="leave tensors whose name matches dense (repeatable); replaces the default: "
+        + ", ".join(checkpoint.DEFAULT_EXCLUDE),
     )
 
 
@@ -87,7 +151,10 @@ def _progress(total: int, desc: str) -> Callable[[Iterable[str]], Iterable[str]]
 
 def _table(rows: Sequence[Sequence[str]], head: Sequence[str]) -> str:
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [head, *rows]]
+    lines = [
+        "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+        for r in [head, *rows]
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -103,13 +170,19 @@ def _report_table(reports: Sequence[LayerReport], pattern: str | None) -> str:
             if r.note:
                 row += ["-", f"n/a: {r.note}"]
             else:
-                row += [f"{r.unit_sparsity:.4f}", "yes" if r.satisfies else f"no: first at {list(r.violation or ())}"]
+                row += [
+                    f"{r.unit_sparsity:.4f}",
+                    "yes" if r.satisfies else f"no: first at {list(r.violation or ())}",
+                ]
         rows.append(row)
     return _table(rows, head)
 
 
 def _total_line(total: dict[str, Any], pattern: str | None) -> str:
-    line = f"total: {total['zeros']:,} of {total['size']:,} weights are zero (sparsity {total['sparsity']:.4f}) in {total['layers']} layers"
+    line = (
+        f"total: {total['zeros']:,} of {total['size']:,} weights are zero "
+        f"(sparsity {total['sparsity']:.4f}) in {total['layers']} layers"
+    )
     if pattern:
         line += f"; {total['satisfying']} of {total['checked']} checked layers follow {pattern}"
     return line
@@ -121,8 +194,13 @@ def _prune(args: argparse.Namespace) -> int:
     chosen = checkpoint.select(ckpt, include=args.include, exclude=args.exclude)
     size = sum(ckpt.tensors[n].numel() for n in chosen.names)
     left = checkpoint.prune(
-        ckpt, chosen.names, pattern=args.pattern, sparsity=args.sparsity, scope=args.scope,
-        criterion=args.criterion, progress=_progress(size, "pruning"),
+        ckpt,
+        chosen.names,
+        pattern=args.pattern,
+        sparsity=args.sparsity,
+        scope=args.scope,
+        criterion=args.criterion,
+        progress=_progress(size, "pruning"),
     )
     pruned = [n for n in chosen.names if n not in left]
     skipped = {**chosen.skipped, **left}
@@ -130,14 +208,29 @@ def _prune(args: argparse.Namespace) -> int:
     checkpoint.save(ckpt, args.output)
     total = total_report(reports)
     if args.json:
-        print(json.dumps({
-            "input": str(args.input), "output": str(args.output), "format": ckpt.format,
-            "pattern": args.pattern, "sparsity": args.sparsity, "scope": args.scope, "criterion": args.criterion,
-            "pruned": pruned, "skipped": skipped, "layers": [r.as_dict() for r in reports], "total": total,
-        }))
+        print(
+            json.dumps(
+                {
+                    "input": str(args.input),
+                    "output": str(args.output),
+                    "format": ckpt.format,
+                    "pattern": args.pattern,
+                    "sparsity": args.sparsity,
+                    "scope": args.scope,
+                    "criterion": args.criterion,
+                    "pruned": pruned,
+                    "skipped": skipped,
+                    "layers": [r.as_dict() for r in reports],
+                    "total": total,
+                }
+            )
+        )
         return 0
     print(f"{args.input}: {ckpt.format}, {len(ckpt.tensors)} tensors")
-    print(f"pruning {len(pruned)} tensors ({size:,} weights) to {args.pattern} at {args.sparsity}, {args.scope} scope, {args.criterion}:")
+    print(
+        f"pruning {len(pruned)} tensors ({size:,} weights) to {args.pattern} at {args.sparsity}, "
+        f"{args.scope} scope, {args.criterion}:"
+    )
     for name in pruned:
         t = ckpt.tensors[name]
         print(f"  {name}  {tuple(t.shape)}  {str(t.dtype).removeprefix('torch.')}")
@@ -155,7 +248,9 @@ def _report(args: argparse.Namespace) -> int:
     if args.all:
         names = [n for n, t in ckpt.tensors.items() if checkpoint.eligible(t)]
         if not names:
-            raise checkpoint.CheckpointError(f"{args.file}: no floating tensor with 2 or more dims to report")
+            raise checkpoint.CheckpointError(
+                f"{args.file}: no floating tensor with 2 or more dims to report"
+            )
         skipped: dict[str, str] = {}
     else:
         chosen = checkpoint.select(ckpt, include=args.include, exclude=args.exclude)
@@ -164,10 +259,18 @@ def _report(args: argparse.Namespace) -> int:
     total = total_report(reports)
     broken = args.pattern is not None and total["satisfying"] < total["checked"]
     if args.json:
-        print(json.dumps({
-            "file": str(args.file), "format": ckpt.format, "pattern": args.pattern,
-            "layers": [r.as_dict() for r in reports], "skipped": skipped, "total": total,
-        }))
+        print(
+            json.dumps(
+                {
+                    "file": str(args.file),
+                    "format": ckpt.format,
+                    "pattern": args.pattern,
+                    "layers": [r.as_dict() for r in reports],
+                    "skipped": skipped,
+                    "total": total,
+                }
+            )
+        )
     else:
         print(f"{args.file}: {ckpt.format}, {len(ckpt.tensors)} tensors, {len(reports)} reported")
         print(_report_table(reports, args.pattern))

@@ -26,7 +26,9 @@ _STRUCTURE = ("pruning_configs", "parameters")
 
 def _unsupported(key: str, value: object) -> ValueError:
     return _errors.value_error(
-        _FUNC, f"{key} names an INC feature fprune does not support", value,
+        _FUNC,
+        f"{key} names an INC feature fprune does not support",
+        value,
         "fprune implements magnitude, gradient, snip, snip_momentum and pattern_lock pruning "
         "(plus registered criteria); see docs/divergences.md.",
     )
@@ -35,30 +37,41 @@ def _unsupported(key: str, value: object) -> ValueError:
 def _normalize(where: str, entry: object) -> dict[str, Any]:
     """Legacy names -> 3.x names; unknown keys are an error; ``parameters`` is flattened."""
     if not isinstance(entry, Mapping):
-        raise _errors.type_error(_FUNC, f"{where} must be a dict", type(entry).__name__, "Pass a dict of INC keys.")
+        raise _errors.type_error(
+            _FUNC, f"{where} must be a dict", type(entry).__name__, "Pass a dict of INC keys."
+        )
     out: dict[str, Any] = {}
     for key, value in entry.items():
         if key == "parameters":
             if not isinstance(value, Mapping) or set(value) - {"reg_coeff"}:
                 raise _errors.value_error(
-                    _FUNC, f"{where}['parameters'] may only hold reg_coeff", value,
+                    _FUNC,
+                    f"{where}['parameters'] may only hold reg_coeff",
+                    value,
                     "Pass parameters={'reg_coeff': 0.01} or a top-level reg_coeff.",
                 )
             key, value = "reg_coeff", value.get("reg_coeff")
         name = LEGACY_NAMES.get(key, key)
-        if name == "excluded_op_names" and name in out and value is not None:  # INC joins both lists
+        if (
+            name == "excluded_op_names" and name in out and value is not None
+        ):  # INC joins both lists
             value = [*_strings(key, out[name]), *_strings(key, value)]
             out[name] = value
             continue
         if name not in DEFAULTS:
             valid = sorted([*DEFAULTS, *LEGACY_NAMES, *_STRUCTURE])
             raise _errors.value_error(
-                _FUNC, f"unknown key in {where}", key, f"Valid keys: {', '.join(valid)}.",
+                _FUNC,
+                f"unknown key in {where}",
+                key,
+                f"Valid keys: {', '.join(valid)}.",
             )
         if name in out and out[name] != value and value is not None:
             raise _errors.value_error(
-                _FUNC, f"{where} sets {name!r} twice with different values (a key and its legacy name)",
-                _errors.detail(f"{out[name]!r} and {value!r}"), "Keep one of the two keys.",
+                _FUNC,
+                f"{where} sets {name!r} twice with different values (a key and its legacy name)",
+                _errors.detail(f"{out[name]!r} and {value!r}"),
+                "Keep one of the two keys.",
             )
         if value is not None:
             out[name] = value
@@ -66,7 +79,11 @@ def _normalize(where: str, entry: object) -> dict[str, Any]:
 
 
 def _number(key: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(float(value))
+    ):
         raise _errors.type_error(_FUNC, f"{key} must be a finite number", value, "Pass e.g. 0.8.")
     return float(value)
 
@@ -85,9 +102,13 @@ def _type(key: str, value: object, kind: type, hint: str) -> Any:
 
 def _strings(key: str, value: object) -> tuple[str, ...]:
     if isinstance(value, str):
-        raise _errors.type_error(_FUNC, f"{key} must be a list of strings", value, f"Wrap it in a list: [{value!r}].")
+        raise _errors.type_error(
+            _FUNC, f"{key} must be a list of strings", value, f"Wrap it in a list: [{value!r}]."
+        )
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-        raise _errors.type_error(_FUNC, f"{key} must be a list of strings", value, f"Pass e.g. {key}=['fc1'].")
+        raise _errors.type_error(
+            _FUNC, f"{key} must be a list of strings", value, f"Pass e.g. {key}=['fc1']."
+        )
     return tuple(value)
 
 
@@ -101,17 +122,26 @@ def _settings(where: str, cfg: Mapping[str, Any]) -> tuple[str, dict[str, Any], 
         raise _unsupported("pattern", pattern)
     if cfg["backend"] is not None:
         raise _errors.value_error(
-            _FUNC, "backend selects INC's Keras/TensorFlow pruner, which fprune does not support",
-            cfg["backend"], "Remove the key (fprune is for PyTorch).",
+            _FUNC,
+            "backend selects INC's Keras/TensorFlow pruner, which fprune does not support",
+            cfg["backend"],
+            "Remove the key (fprune is for PyTorch).",
         )
-    _type("resume_from_pruned_checkpoint", cfg["resume_from_pruned_checkpoint"], bool, "Pass True or False.")
+    _type(
+        "resume_from_pruned_checkpoint",
+        cfg["resume_from_pruned_checkpoint"],
+        bool,
+        "Pass True or False.",
+    )
     reg_type = cfg["reg_type"]
     if reg_type is not None:
         _type("reg_type", reg_type, str, "Pass 'group_lasso' or None.")
         registry.get_reg(reg_type)  # unknown names suggest the closest
     reg_coeff = _number("reg_coeff", cfg["reg_coeff"])
     if reg_coeff < 0:
-        raise _errors.value_error(_FUNC, "reg_coeff must be >= 0", reg_coeff, "Pass a non-negative coefficient.")
+        raise _errors.value_error(
+            _FUNC, "reg_coeff must be >= 0", reg_coeff, "Pass a non-negative coefficient."
+        )
     extras = {
         "op_names": _strings("op_names", cfg["op_names"]),
         "excluded_op_names": _strings("excluded_op_names", cfg["excluded_op_names"]),
@@ -129,14 +159,30 @@ def _settings(where: str, cfg: Mapping[str, Any]) -> tuple[str, dict[str, Any], 
         end_step=_int("end_step", cfg["end_step"]),
         frequency=_int("pruning_frequency", cfg["pruning_frequency"]),
         schedule=cfg["schedule"],
-        decay=_type("sparsity_decay_type", cfg["sparsity_decay_type"], str, "Pass 'exp', 'cos', 'linear' or 'cube'."),
+        decay=_type(
+            "sparsity_decay_type",
+            cfg["sparsity_decay_type"],
+            str,
+            "Pass 'exp', 'cos', 'linear' or 'cube'.",
+        ),
         scope=_type("pruning_scope", cfg["pruning_scope"], str, "Pass 'global' or 'local'."),
         min_layer_sparsity=_number("min_sparsity_ratio_per_op", cfg["min_sparsity_ratio_per_op"]),
         max_layer_sparsity=_number("max_sparsity_ratio_per_op", cfg["max_sparsity_ratio_per_op"]),
-        reduce=_type("criterion_reduce_type", cfg["criterion_reduce_type"], str, "Pass 'mean', 'sum' or 'max'."),
-        low_memory_usage=_type("low_memory_usage", cfg["low_memory_usage"], bool, "Pass True or False."),
-        lock_init_sparsity=_type("lock_init_sparsity", cfg["lock_init_sparsity"], bool, "Pass True or False."),
-        skip_indivisible=_type("skip_indivisible", cfg["skip_indivisible"], bool, "Pass True or False."),
+        reduce=_type(
+            "criterion_reduce_type",
+            cfg["criterion_reduce_type"],
+            str,
+            "Pass 'mean', 'sum' or 'max'.",
+        ),
+        low_memory_usage=_type(
+            "low_memory_usage", cfg["low_memory_usage"], bool, "Pass True or False."
+        ),
+        lock_init_sparsity=_type(
+            "lock_init_sparsity", cfg["lock_init_sparsity"], bool, "Pass True or False."
+        ),
+        skip_indivisible=_type(
+            "skip_indivisible", cfg["skip_indivisible"], bool, "Pass True or False."
+        ),
     )
     return kind, settings, extras
 
@@ -174,59 +220,84 @@ def from_config(config: Mapping[str, Any], model: Any = None) -> list[Pruner]:
 
     Example:
         >>> import fprune
+        >>> second = {"op_names": ["fc2"], "pattern": "2:4", "target_sparsity": 0.5,
+        ...           "pruning_type": "magnitude"}
         >>> cfg = {"target_sparsity": 0.8, "pattern": "4x1", "start_step": 0, "end_step": 100,
-        ...        "pruning_frequency": 10, "pruning_configs": [{"op_names": ["fc1"]},
-        ...        {"op_names": ["fc2"], "pattern": "2:4", "target_sparsity": 0.5, "pruning_type": "magnitude"}]}
-        >>> [(p.settings["pattern"], p.settings["sparsity"], p.settings["criterion"]) for p in fprune.from_config(cfg)]
+        ...        "pruning_frequency": 10, "pruning_configs": [{"op_names": ["fc1"]}, second]}
+        >>> [(p.settings["pattern"], p.settings["sparsity"], p.settings["criterion"])
+        ...  for p in fprune.from_config(cfg)]
         [('4x1', 0.8, 'snip_momentum'), ('2:4', 0.5, 'magnitude')]
     """
-    top = _normalize("config", {k: v for k, v in _mapping(config).items() if k != "pruning_configs"})
+    top = _normalize(
+        "config", {k: v for k, v in _mapping(config).items() if k != "pruning_configs"}
+    )
     entries = _mapping(config).get("pruning_configs", [{}])
     if not isinstance(entries, (list, tuple)):
-        raise _errors.type_error(_FUNC, "pruning_configs must be a list of dicts", entries, "Pass e.g. [{'op_names': ['fc1']}].")
-    if len(entries) == 0:
-        entries = [{}]
+        raise _errors.type_error(
+            _FUNC,
+            "pruning_configs must be a list of dicts",
+            entries,
+            "Pass e.g. [{'op_names': ['fc1']}].",
+        )
     pruners, owner = [], {}
-    for i, entry in enumerate(entries):
+    for i, entry in enumerate(entries or [{}]):
         where = f"pruning_configs[{i}]"
-        cfg = {**DEFAULTS, **top, **_normalize(where, entry)}
-        kind, settings, extras = _settings(where, cfg)
-        factory = registry.get_pruner(kind)
-        built = factory(**settings)
+        kind, settings, extras = _settings(where, {**DEFAULTS, **top, **_normalize(where, entry)})
+        built = registry.get_pruner(kind)(**settings)
         if not isinstance(built, Pruner):
-            raise _errors.type_error(_FUNC, f"pruner factory {kind!r} must return a Pruner", type(built).__name__, "Fix the registered factory.")
+            raise _errors.type_error(
+                _FUNC,
+                f"pruner factory {kind!r} must return a Pruner",
+                type(built).__name__,
+                "Fix the registered factory.",
+            )
         names = None
         if model is not None:
-            from fprune.nn import prunable  # integration layer, only when a model is given
-
-            chosen = prunable(
-                model, op_names=extras["op_names"], excluded_op_names=extras["excluded_op_names"],
-                op_types=extras["pruning_op_types"],
-            )
-            names = chosen.names
-            if not names:
-                raise _errors.value_error(
-                    _FUNC, f"{where} matches no prunable layer", list(extras["op_names"]) or [".*"],
-                    "Check op_names, excluded_op_names and pruning_op_types against model.named_modules().",
-                )
-            for name in names:
-                if name in owner:
-                    raise _errors.value_error(
-                        _FUNC, f"layer {name!r} is matched by two entries",
-                        _errors.detail(f"pruning_configs[{owner[name]}] and {where}"),
-                        "Make the entries' op_names disjoint (use excluded_op_names).",
-                    )
-                owner[name] = i
-            extras["head"] = chosen.head
-        settings = dict(built.settings)
-        pruners.append(Pruner(built.init, built.step, types.MappingProxyType(settings), names,
-                              types.MappingProxyType(extras)))
+            names, extras["head"] = _layers(model, where, extras, owner, i)
+        settings = types.MappingProxyType(dict(built.settings))
+        pruners.append(
+            Pruner(built.init, built.step, settings, names, types.MappingProxyType(extras))
+        )
     return pruners
+
+
+def _layers(
+    model: Any, where: str, extras: Mapping[str, Any], owner: dict[str, int], index: int
+) -> tuple[tuple[str, ...], str | None]:
+    """The weights of ``model`` an entry covers, and the head left out, as INC selects them;
+    ``owner`` (name -> entry index) catches a layer matched by two entries."""
+    from fprune.nn import prunable  # integration layer, only when a model is given
+
+    chosen = prunable(
+        model,
+        op_names=extras["op_names"],
+        excluded_op_names=extras["excluded_op_names"],
+        op_types=extras["pruning_op_types"],
+    )
+    if not chosen.names:
+        raise _errors.value_error(
+            _FUNC,
+            f"{where} matches no prunable layer",
+            list(extras["op_names"]) or [".*"],
+            "Check op_names, excluded_op_names and pruning_op_types against model.named_modules().",
+        )
+    for name in chosen.names:
+        if name in owner:
+            raise _errors.value_error(
+                _FUNC,
+                f"layer {name!r} is matched by two entries",
+                _errors.detail(f"pruning_configs[{owner[name]}] and {where}"),
+                "Make the entries' op_names disjoint (use excluded_op_names).",
+            )
+        owner[name] = index
+    return chosen.names, chosen.head
 
 
 def _mapping(config: object) -> Mapping[str, Any]:
     if not isinstance(config, Mapping):
-        raise _errors.type_error(_FUNC, "config must be a dict", type(config).__name__, "Pass a dict of INC keys.")
+        raise _errors.type_error(
+            _FUNC, "config must be a dict", type(config).__name__, "Pass a dict of INC keys."
+        )
     return config
 
 
@@ -246,5 +317,7 @@ def to_config(pruner: Pruner) -> dict[str, Any]:
         True
     """
     if not isinstance(pruner, Pruner):
-        raise _errors.type_error("to_config", "pruner must be a Pruner", type(pruner).__name__, "Pass a Pruner.")
+        raise _errors.type_error(
+            "to_config", "pruner must be a Pruner", type(pruner).__name__, "Pass a Pruner."
+        )
     return config_dict(pruner.settings, pruner.extra)

@@ -43,7 +43,9 @@ def _digits(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.
     except ImportError:
         raise _missing("scikit-learn") from None
     x, y = load_digits(return_X_y=True)
-    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.2, random_state=seed, stratify=y)
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, y, test_size=0.2, random_state=seed, stratify=y
+    )
     as_x = lambda a: torch.as_tensor(a, dtype=torch.float32) / 16.0  # noqa: E731
     as_y = lambda a: torch.as_tensor(a, dtype=torch.int64)  # noqa: E731
     return as_x(x_train), as_y(y_train), as_x(x_test), as_y(y_test)
@@ -82,17 +84,13 @@ def train(
     start = time.perf_counter()
     x, y, x_test, y_test = _digits(seed)
     torch.manual_seed(seed)
-    model = torch.nn.Sequential(
-        torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10)
-    )
+    model = _mlp()
     selection = fprune.nn.prunable(model)  # the two hidden layers; the head '4' stays dense
     per_epoch = -(-len(x) // _BATCH)
     dense_steps = (2 if fast else _DENSE_EPOCHS) * per_epoch
     prune_steps = (4 if fast else _PRUNE_EPOCHS) * per_epoch
-    prune = fprune.pruner(
-        sparsity, pattern=pattern, criterion=criterion, scope=scope,
-        start_step=0, end_step=prune_steps // 2, frequency=max(per_epoch // 2, 1),
-    )
+    window = dict(start_step=0, end_step=prune_steps // 2, frequency=max(per_epoch // 2, 1))
+    prune = fprune.pruner(sparsity, pattern=pattern, criterion=criterion, scope=scope, **window)
     params = dict(model.named_parameters())
     weights = lambda: {n: params[n].detach() for n in selection.names}  # noqa: E731
     state = prune.init(weights())
@@ -113,7 +111,7 @@ def train(
         for step in range(steps):
             if step % per_epoch == 0 and (phase, step) != ("dense", 0):
                 order = torch.randperm(len(x), generator=gen)
-            idx = order[(step % per_epoch) * _BATCH:][:_BATCH]
+            idx = order[(step % per_epoch) * _BATCH :][:_BATCH]
             opt.zero_grad()
             torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
             if phase == "prune":
@@ -131,19 +129,45 @@ def train(
             dense_accuracy = _accuracy(model, x_test, y_test)
     bar.close()
     assert masks is not None  # the pruning phase always runs at least one step
-    layers = [
-        {"layer": n, "shape": list(masks[n].shape), "sparsity": float(s),
-         "pattern_sparsity": float(fprune.layer_sparsity({n: masks[n]}, pattern=pattern)[n])}
-        for n, s in fprune.layer_sparsity(masks).items()
-    ]
     return {
         "dense_accuracy": dense_accuracy,
         "sparse_accuracy": _accuracy(model, x_test, y_test),
+        **_sparsities(masks, pattern),
+        **dict(target=sparsity, pattern=pattern, criterion=criterion, scope=scope, seed=seed),
+        "head": selection.head,
+        "dense_steps": dense_steps,
+        "prune_steps": prune_steps,
+        "history": history,
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+
+
+def _mlp() -> torch.nn.Sequential:
+    """The digits MLP: two hidden layers of 256 (pruned) and a dense head."""
+    return torch.nn.Sequential(
+        torch.nn.Linear(64, 256),
+        torch.nn.ReLU(),
+        torch.nn.Linear(256, 256),
+        torch.nn.ReLU(),
+        torch.nn.Linear(256, 10),
+    )
+
+
+def _sparsities(masks: dict[str, torch.Tensor], pattern: str) -> dict[str, Any]:
+    """The result's sparsities: element-wise and in the pattern's units, overall and per layer."""
+    layers = [
+        {
+            "layer": n,
+            "shape": list(masks[n].shape),
+            "sparsity": float(s),
+            "pattern_sparsity": float(fprune.layer_sparsity({n: masks[n]}, pattern=pattern)[n]),
+        }
+        for n, s in fprune.layer_sparsity(masks).items()
+    ]
+    return {
         "sparsity": float(fprune.total_sparsity(masks)),
         "pattern_sparsity": float(fprune.total_sparsity(masks, pattern=pattern)),
-        "target": sparsity, "pattern": pattern, "criterion": criterion, "scope": scope, "seed": seed,
-        "head": selection.head, "layers": layers, "dense_steps": dense_steps, "prune_steps": prune_steps,
-        "history": history, "seconds": round(time.perf_counter() - start, 2),
+        "layers": layers,
     }
 
 
@@ -162,7 +186,9 @@ def _bar(total: int, show: bool) -> Any:
         from tqdm.auto import tqdm
     except ImportError:
         raise _missing("tqdm") from None
-    return tqdm(total=total, desc="training", unit="step", file=sys.stderr, disable=None, leave=False)
+    return tqdm(
+        total=total, desc="training", unit="step", file=sys.stderr, disable=None, leave=False
+    )
 
 
 def plot(result: dict[str, Any], path: str) -> None:
@@ -186,7 +212,8 @@ def plot(result: dict[str, Any], path: str) -> None:
     sp_ax.set_ylim(0.0, 1.0)
     acc_ax.axvline(result["dense_steps"], color="gray", linestyle=":", linewidth=1)
     acc_ax.set_title(
-        f"digits MLP: {result['criterion']} {result['pattern']} {result['scope']} to {result['target']:g}; "
+        f"digits MLP: {result['criterion']} {result['pattern']} {result['scope']} "
+        f"to {result['target']:g}; "
         f"dense {result['dense_accuracy']:.3f}, sparse {result['sparse_accuracy']:.3f}",
         fontsize=9,
     )
@@ -198,21 +225,41 @@ def plot(result: dict[str, Any], path: str) -> None:
 def run(args: argparse.Namespace) -> int:
     """The ``fprune demo`` command (see ``fprune demo --help``)."""
     result = train(
-        pattern=args.pattern, criterion=args.criterion, sparsity=args.sparsity, scope=args.scope,
-        seed=args.seed, fast=args.fast, progress=True,
+        pattern=args.pattern,
+        criterion=args.criterion,
+        sparsity=args.sparsity,
+        scope=args.scope,
+        seed=args.seed,
+        fast=args.fast,
+        progress=True,
     )
     if args.plot != "none":
         plot(result, args.plot)
-    print(f"digits ({args.scope} {args.criterion} {args.pattern} to {args.sparsity:g}), seed {args.seed}:")
-    print(f"  dense test accuracy  {result['dense_accuracy']:.4f}   after {result['dense_steps']} steps")
-    print(f"  sparse test accuracy {result['sparse_accuracy']:.4f}   after {result['prune_steps']} more steps")
-    print(f"  sparsity {result['sparsity']:.4f} of the hidden layers' weights (head {result['head']!r} stays dense)")
+    print(
+        f"digits ({args.scope} {args.criterion} {args.pattern} to {args.sparsity:g}), "
+        f"seed {args.seed}:"
+    )
+    print(
+        f"  dense test accuracy  {result['dense_accuracy']:.4f}   "
+        f"after {result['dense_steps']} steps"
+    )
+    print(
+        f"  sparse test accuracy {result['sparse_accuracy']:.4f}   "
+        f"after {result['prune_steps']} more steps"
+    )
+    print(
+        f"  sparsity {result['sparsity']:.4f} of the hidden layers' weights "
+        f"(head {result['head']!r} stays dense)"
+    )
     print()
     width = max(len(r["layer"]) for r in result["layers"])
     print(f"  {'layer'.ljust(width)}  shape      sparsity  {args.pattern} units")
     for r in result["layers"]:
         shape = "x".join(map(str, r["shape"]))
-        print(f"  {r['layer'].ljust(width)}  {shape.ljust(9)}  {r['sparsity']:.4f}    {r['pattern_sparsity']:.4f}")
+        print(
+            f"  {r['layer'].ljust(width)}  {shape.ljust(9)}  "
+            f"{r['sparsity']:.4f}    {r['pattern_sparsity']:.4f}"
+        )
     if args.plot != "none":
         print(f"\nplot: {args.plot}")
     print(f"took {result['seconds']:.1f} s")

@@ -1,10 +1,10 @@
 """What a distributed run exchanges: a recorder of the collectives issued in a block of code.
 
 Sharded pruning (``DTensor`` params, e.g. under FSDP2's ``fully_shard``) exchanges only
-small per-layer counts and a sample of keys (see :mod:`fprune._sharded_select`). :class:`Traffic` lets a training loop
-check that claim on its own model: it records every collective dispatched while it is
-active, the ``torch.distributed`` calls and the functional collectives that ``DTensor``
-redistribution issues alike, with the bytes of its tensor arguments.
+small per-layer counts and a sample of keys (see :mod:`fprune._sharded.select`).
+:class:`Traffic` lets a training loop check that claim on its own model: it records every
+collective dispatched while it is active, the ``torch.distributed`` calls and the functional
+collectives that ``DTensor`` redistribution issues alike, with the bytes of its tensor arguments.
 """
 
 from __future__ import annotations

@@ -16,45 +16,49 @@ from fprune import _errors, registry
 __all__ = ["DEFAULTS", "LEGACY_NAMES", "UNSUPPORTED", "config_dict"]
 
 #: INC 3.x keys and defaults (``pruning_op_types`` etc. as tuples: nothing mutable is shared).
-DEFAULTS: Mapping[str, Any] = types.MappingProxyType({
-    "target_sparsity": 0.9,
-    "pruning_type": "snip_momentum",
-    "pattern": "4x1",
-    "op_names": (),
-    "excluded_op_names": (),
-    "start_step": 0,
-    "end_step": 0,
-    "pruning_scope": "global",
-    "pruning_frequency": 1,
-    "min_sparsity_ratio_per_op": 0.0,
-    "max_sparsity_ratio_per_op": 0.98,
-    "sparsity_decay_type": "exp",
-    "pruning_op_types": ("Conv", "Linear"),
-    "low_memory_usage": False,
-    "backend": None,
-    "resume_from_pruned_checkpoint": False,
-    "reg_type": None,
-    "reg_coeff": 0.0,
-    "criterion_reduce_type": "mean",
-    "lock_init_sparsity": False,
-    # fprune extensions
-    "skip_indivisible": False,
-    "schedule": None,
-})
+DEFAULTS: Mapping[str, Any] = types.MappingProxyType(
+    {
+        "target_sparsity": 0.9,
+        "pruning_type": "snip_momentum",
+        "pattern": "4x1",
+        "op_names": (),
+        "excluded_op_names": (),
+        "start_step": 0,
+        "end_step": 0,
+        "pruning_scope": "global",
+        "pruning_frequency": 1,
+        "min_sparsity_ratio_per_op": 0.0,
+        "max_sparsity_ratio_per_op": 0.98,
+        "sparsity_decay_type": "exp",
+        "pruning_op_types": ("Conv", "Linear"),
+        "low_memory_usage": False,
+        "backend": None,
+        "resume_from_pruned_checkpoint": False,
+        "reg_type": None,
+        "reg_coeff": 0.0,
+        "criterion_reduce_type": "mean",
+        "lock_init_sparsity": False,
+        # fprune extensions
+        "skip_indivisible": False,
+        "schedule": None,
+    }
+)
 
 #: Older (INC 1.x / experimental) names and the keys they map to.
-LEGACY_NAMES: Mapping[str, str] = types.MappingProxyType({
-    "prune_domain": "pruning_scope",
-    "update_frequency_on_step": "pruning_frequency",
-    "max_sparsity_ratio_per_layer": "max_sparsity_ratio_per_op",
-    "min_sparsity_ratio_per_layer": "min_sparsity_ratio_per_op",
-    "prune_type": "pruning_type",
-    "names": "op_names",
-    "excluded_names": "excluded_op_names",
-    "extra_excluded_names": "excluded_op_names",
-    "prune_layer_type": "pruning_op_types",
-    "reduce_type": "criterion_reduce_type",
-})
+LEGACY_NAMES: Mapping[str, str] = types.MappingProxyType(
+    {
+        "prune_domain": "pruning_scope",
+        "update_frequency_on_step": "pruning_frequency",
+        "max_sparsity_ratio_per_layer": "max_sparsity_ratio_per_op",
+        "min_sparsity_ratio_per_layer": "min_sparsity_ratio_per_op",
+        "prune_type": "pruning_type",
+        "names": "op_names",
+        "excluded_names": "excluded_op_names",
+        "extra_excluded_names": "excluded_op_names",
+        "prune_layer_type": "pruning_op_types",
+        "reduce_type": "criterion_reduce_type",
+    }
+)
 
 #: INC pruning types fprune does not implement.
 UNSUPPORTED = ("progressive", "block_mask", "retrain_free", "sparse_gpt", "mha", "wanda")
@@ -67,7 +71,9 @@ def _name_of(kind: str, value: object) -> str:
         if getattr(registry, f"get_{kind}")(name) is value:
             return name
     raise _errors.value_error(
-        "to_config", f"the {kind} is an unregistered object", value,
+        "to_config",
+        f"the {kind} is an unregistered object",
+        value,
         f"Register it with fprune.register_{kind}(name, obj) so a config can name it.",
     )
 
@@ -90,15 +96,23 @@ def config_dict(settings: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[s
             out["pruning_type"] = _name_of("criterion", s["criterion"])
         if not isinstance(s["decay"], str):
             raise _errors.value_error(
-                "to_config", "a decay callable cannot be written to a config", s["decay"],
+                "to_config",
+                "a decay callable cannot be written to a config",
+                s["decay"],
                 "Use a named decay ('exp', 'cos', 'linear', 'cube').",
             )
         out.update(
-            target_sparsity=s["sparsity"], start_step=s["start_step"], end_step=s["end_step"],
-            pruning_frequency=s["frequency"], pruning_scope=s["scope"],
-            min_sparsity_ratio_per_op=s["min_layer_sparsity"], max_sparsity_ratio_per_op=s["max_layer_sparsity"],
-            sparsity_decay_type=s["decay"], criterion_reduce_type=s["reduce"],
-            low_memory_usage=s["low_memory_usage"], lock_init_sparsity=s["lock_init_sparsity"],
+            target_sparsity=s["sparsity"],
+            start_step=s["start_step"],
+            end_step=s["end_step"],
+            pruning_frequency=s["frequency"],
+            pruning_scope=s["scope"],
+            min_sparsity_ratio_per_op=s["min_layer_sparsity"],
+            max_sparsity_ratio_per_op=s["max_layer_sparsity"],
+            sparsity_decay_type=s["decay"],
+            criterion_reduce_type=s["reduce"],
+            low_memory_usage=s["low_memory_usage"],
+            lock_init_sparsity=s["lock_init_sparsity"],
         )
         if s["schedule"] is not None:
             out["schedule"] = _name_of("scheduler", s["schedule"])

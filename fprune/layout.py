@@ -21,7 +21,9 @@ __all__ = ["check_weights", "from_2d", "shape_2d", "to_2d"]
 def _check_ndim(func: str, shape: Sequence[int]) -> None:
     if len(shape) < 2:
         raise _errors.value_error(
-            func, "only weights with 2 or more dimensions have a 2-D view", tuple(shape),
+            func,
+            "only weights with 2 or more dimensions have a 2-D view",
+            tuple(shape),
             "Leave biases, norms and other 1-D parameters out of the dict to prune.",
         )
 
@@ -31,7 +33,9 @@ def check_weights(func: str, tensors: Mapping[str, torch.Tensor]) -> None:
     for name, t in tensors.items():
         if t.ndim < 2:
             raise _errors.value_error(
-                func, f"layer {name!r} has fewer than 2 dimensions", tuple(t.shape),
+                func,
+                f"layer {name!r} has fewer than 2 dimensions",
+                tuple(t.shape),
                 "Only weights with a 2-D view (Linear, conv) can be pruned; leave biases "
                 "and norms out of the dict.",
             )
@@ -96,8 +100,10 @@ def from_2d(view: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     _check_ndim("from_2d", shape)
     if view.shape != shape_2d(shape):
         raise _errors.value_error(
-            "from_2d", "the view does not match the target shape",
-            _errors.detail(f"view {tuple(view.shape)} for weight {shape}"), f"Pass a view of shape {shape_2d(shape)}.",
+            "from_2d",
+            "the view does not match the target shape",
+            _errors.detail(f"view {tuple(view.shape)} for weight {shape}"),
+            f"Pass a view of shape {shape_2d(shape)}.",
         )
     if len(shape) == 2:
         return view

@@ -42,9 +42,12 @@ def pattern_lock(*, pattern: str | Pattern = "4x1", skip_indivisible: bool = Fal
     func = "pattern_lock"
     pat = _resolve.pattern(pattern)
     if not isinstance(skip_indivisible, bool):
-        raise _errors.type_error(func, "skip_indivisible must be a bool", skip_indivisible, "Pass True or False.")
+        raise _errors.type_error(
+            func, "skip_indivisible must be a bool", skip_indivisible, "Pass True or False."
+        )
     settings: dict[str, Any] = dict(
-        pattern=str(pat) if not isinstance(pattern, str) else pattern, skip_indivisible=skip_indivisible,
+        pattern=str(pat) if not isinstance(pattern, str) else pattern,
+        skip_indivisible=skip_indivisible,
     )
     config_hash = hash64(f"pattern_lock:{pat}:{skip_indivisible}")
     settings["kind"] = "pattern_lock"
@@ -52,7 +55,9 @@ def pattern_lock(*, pattern: str | Pattern = "4x1", skip_indivisible: bool = Fal
     def init(params: _Tensors, *, sparsity: None = None) -> PruneState:
         if sparsity is not None:
             raise _errors.value_error(
-                "init", "pattern_lock has no target sparsity to override", _errors.detail(repr(sparsity)),
+                "init",
+                "pattern_lock has no target sparsity to override",
+                _errors.detail(repr(sparsity)),
                 "Call init(params) without sparsity; the masks come from the existing zeros.",
             )
         params = _checks.detached(_errors.tensor_dict("init", "params", params))
@@ -62,17 +67,29 @@ def pattern_lock(*, pattern: str | Pattern = "4x1", skip_indivisible: bool = Fal
             masks = pattern_lock_masks(params, pattern=pat, skip_indivisible=skip_indivisible)
         else:  # each rank locks its own rows, judged on the global shapes
             skipped = check_divisible("init", params, pat, skip_indivisible=skip_indivisible)
-            sharding.check_units("init", {n: p.shape for n, p in params.items() if n not in skipped}, pat)
+            sharding.check_units(
+                "init", {n: p.shape for n, p in params.items() if n not in skipped}, pat
+            )
             local = sharding.local(params)
-            locked = pattern_lock_masks({n: p for n, p in local.items() if n not in skipped}, pattern=pat)
+            locked = pattern_lock_masks(
+                {n: p for n, p in local.items() if n not in skipped}, pattern=pat
+            )
             masks = sharding.wrap(
-                {n: locked[n] if n in locked else torch.ones_like(p, dtype=torch.bool) for n, p in local.items()},
+                {
+                    n: locked[n] if n in locked else torch.ones_like(p, dtype=torch.bool)
+                    for n, p in local.items()
+                },
                 {n: p.shape for n, p in params.items()},
             )
         zero = _checks.scalar(0.0, torch.float64)
         return PruneState(
-            step=_checks.scalar(0, torch.int64), current_target=zero.clone(), initial_target=zero, masks=masks,
-            aux={}, fingerprint=_checks.fingerprint(config_hash, params), final_target=zero.clone(),
+            step=_checks.scalar(0, torch.int64),
+            current_target=zero.clone(),
+            initial_target=zero,
+            masks=masks,
+            aux={},
+            fingerprint=_checks.fingerprint(config_hash, params),
+            final_target=zero.clone(),
         )
 
     def step(

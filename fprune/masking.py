@@ -62,22 +62,40 @@ def _options(
     lo, hi = check_bounds(func, sparsity, lo, hi)
     if isinstance(pattern, NM) and isinstance(sparsity, float) and sparsity > pattern.max_sparsity:
         raise _errors.value_error(
-            func, f"pattern {str(pattern)!r} cannot exceed sparsity N/M = {pattern.max_sparsity}",
-            sparsity, f"Lower sparsity to at most {pattern.max_sparsity}, or use a larger N:M ratio.",
+            func,
+            f"pattern {str(pattern)!r} cannot exceed sparsity N/M = {pattern.max_sparsity}",
+            sparsity,
+            f"Lower sparsity to at most {pattern.max_sparsity}, or use a larger N:M ratio.",
         )
     return pattern, sparsity, scope, lo, hi, reduce
 
 
 def _math_select(
-    grid: _Tensors, pattern: Pattern, sparsity: float | torch.Tensor, scope: str, lo: float | torch.Tensor,
-    hi: float | torch.Tensor, previous: _Tensors | None, reduce: str, comm: sharded.Comm | None,
+    grid: _Tensors,
+    pattern: Pattern,
+    sparsity: float | torch.Tensor,
+    scope: str,
+    lo: float | torch.Tensor,
+    hi: float | torch.Tensor,
+    previous: _Tensors | None,
+    reduce: str,
+    comm: sharded.Comm | None,
 ) -> dict[str, torch.Tensor]:
     """Kept grid masks by the math (any device, traceable); with ``comm``, of this rank's
     shards, the counts exchanged (eager)."""
     choose = select if comm is None else functools.partial(sharded.select, comm=comm)
     if isinstance(pattern, NM):
-        return nm_masks(grid, pattern=pattern, sparsity=sparsity, scope=scope, min_layer_sparsity=lo,
-                        max_layer_sparsity=hi, previous=previous, reduce=reduce, choose=choose)
+        return nm_masks(
+            grid,
+            pattern=pattern,
+            sparsity=sparsity,
+            scope=scope,
+            min_layer_sparsity=lo,
+            max_layer_sparsity=hi,
+            previous=previous,
+            reduce=reduce,
+            choose=choose,
+        )
     pruned = choose(flat_keys(grid, previous), scope=scope, sparsity=sparsity, lo=lo, hi=hi)
     return {n: ~pruned[n].reshape(s.shape) for n, s in grid.items()}
 
@@ -96,9 +114,19 @@ def select_grids(
 ) -> dict[str, torch.Tensor]:
     """Kept grid masks of validated grid-shaped scores (no checks): the eager accelerator
     where it applies, else the math; with ``comm``, of this rank's shards."""
-    if comm is None and _eager.applies([*grid.values(), *(previous or {}).values(), sparsity, lo, hi]):
-        kept = _eager.select_grids(grid, pattern=pattern, sparsity=float(sparsity), scope=scope, lo=float(lo),
-                                   hi=float(hi), previous=previous, reduce=reduce)
+    if comm is None and _eager.applies(
+        [*grid.values(), *(previous or {}).values(), sparsity, lo, hi]
+    ):
+        kept = _eager.select_grids(
+            grid,
+            pattern=pattern,
+            sparsity=float(sparsity),
+            scope=scope,
+            lo=float(lo),
+            hi=float(hi),
+            previous=previous,
+            reduce=reduce,
+        )
         if kept is not None:
             return kept
     return _math_select(grid, pattern, sparsity, scope, lo, hi, previous, reduce, comm)
@@ -134,13 +162,30 @@ def update_masks(
     else:
         tensors += list(scores.values())
     if comm is None and _eager.applies(tensors):
-        new = _eager.update_masks(scores, previous, pattern=pattern, sparsity=float(sparsity), scope=scope,
-                                  lo=float(lo), hi=float(hi), reduce=reduce)
+        new = _eager.update_masks(
+            scores,
+            previous,
+            pattern=pattern,
+            sparsity=float(sparsity),
+            scope=scope,
+            lo=float(lo),
+            hi=float(hi),
+            reduce=reduce,
+        )
         if new is not None:
             return new
     grid = to_grid(scores.scores(), pattern, reduce) if isinstance(scores, LayerScoring) else scores
-    chosen = select_grids(grid, pattern=pattern, sparsity=sparsity, scope=scope, lo=lo, hi=hi,
-                          previous=reduce_masks(previous, pattern=pattern), reduce=reduce, comm=comm)
+    chosen = select_grids(
+        grid,
+        pattern=pattern,
+        sparsity=sparsity,
+        scope=scope,
+        lo=lo,
+        hi=hi,
+        previous=reduce_masks(previous, pattern=pattern),
+        reduce=reduce,
+        comm=comm,
+    )
     expanded = expand_masks(chosen, pattern=pattern, shapes={n: previous[n].shape for n in chosen})
     return {n: expanded[n] & previous[n] for n in grid}
 
@@ -150,14 +195,20 @@ def update_scores(
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """``criterion.update(aux, params, grads)``; by the eager accelerator for an accumulating
     criterion with a layer score on the CPU (the same scores, into reused buffers)."""
-    fast = criterion.accumulation is not None and criterion.layer_score is not None and grads is not None
+    fast = (
+        criterion.accumulation is not None
+        and criterion.layer_score is not None
+        and grads is not None
+    )
     if fast and _eager.applies([*aux.values(), *params.values(), *grads.values()]):  # type: ignore[union-attr]
         return _eager.accumulate(criterion, aux, params, grads)  # type: ignore[arg-type]
     return criterion.update(aux, params, grads)
 
 
 def _on_shards(
-    func: str, tensors: _Tensors, previous: _Tensors | None,
+    func: str,
+    tensors: _Tensors,
+    previous: _Tensors | None,
     compute: Callable[[_Tensors, _Tensors | None, sharded.Comm | None], dict[str, torch.Tensor]],
     names: tuple[str, str] = ("scores", "previous"),
 ) -> dict[str, torch.Tensor]:
@@ -166,7 +217,11 @@ def _on_shards(
     sharding = _sharded.detect(func, {names[0]: tensors, names[1]: previous})
     if sharding is None:
         return compute(tensors, previous, None)
-    local = compute(sharding.local(tensors), None if previous is None else sharding.local(previous), sharding.comm)
+    local = compute(
+        sharding.local(tensors),
+        None if previous is None else sharding.local(previous),
+        sharding.comm,
+    )
     return sharding.wrap(local, {n: s.shape for n, s in tensors.items()})
 
 
@@ -204,17 +259,30 @@ def grid_masks(
     for name, score in grid_scores.items():
         if score.ndim != 2:
             raise _errors.value_error(
-                func, f"grid_scores[{name!r}] must be 2-D", tuple(score.shape),
+                func,
+                f"grid_scores[{name!r}] must be 2-D",
+                tuple(score.shape),
                 "Reduce weight-shaped scores with fprune.block_scores first.",
             )
     if isinstance(pattern, NM):
         check_divisible(func, grid_scores, pattern, skip_indivisible=False)
     previous = _errors.previous_masks(func, previous, "grid_scores", grid_scores)
 
-    def compute(g: _Tensors, p: _Tensors | None, comm: sharded.Comm | None) -> dict[str, torch.Tensor]:
+    def compute(
+        g: _Tensors, p: _Tensors | None, comm: sharded.Comm | None
+    ) -> dict[str, torch.Tensor]:
         # grid rows are the units' rows: any Shard(0) split keeps units whole
-        return select_grids(g, pattern=pattern, sparsity=sparsity, scope=scope, lo=lo, hi=hi, previous=p,
-                            reduce=reduce, comm=comm)
+        return select_grids(
+            g,
+            pattern=pattern,
+            sparsity=sparsity,
+            scope=scope,
+            lo=lo,
+            hi=hi,
+            previous=p,
+            reduce=reduce,
+            comm=comm,
+        )
 
     return _on_shards(func, grid_scores, previous, compute, ("grid_scores", "previous"))
 
@@ -277,23 +345,53 @@ def masks(
     previous = _errors.previous_masks(func, previous, "scores", scores)
     skipped = check_divisible(func, scores, pattern, skip_indivisible=skip_indivisible)
     sharding = _sharded.detect(func, {"scores": scores, "previous": previous})
-    comm, shapes = None, {n: s.shape for n, s in scores.items()}
     if sharding is not None:  # each rank its own rows (see fprune._sharded)
-        sharding.check_units(func, {n: shapes[n] for n in scores if n not in skipped}, pattern)
-        scores, comm = sharding.local(scores), sharding.comm
-        previous = None if previous is None else sharding.local(previous)
-    active = {n: s for n, s in scores.items() if n not in skipped}
+        active = {n: s.shape for n, s in scores.items() if n not in skipped}
+        sharding.check_units(func, active, pattern)
+
+    options = dict(pattern=pattern, sparsity=sparsity, scope=scope, lo=lo, hi=hi, reduce=reduce)
+    return _on_shards(func, scores, previous, functools.partial(_masks, skipped=skipped, **options))
+
+
+def _masks(
+    scores: _Tensors,
+    previous: _Tensors | None,
+    comm: sharded.Comm | None,
+    *,
+    skipped: frozenset[str],
+    pattern: Pattern,
+    sparsity: float | torch.Tensor,
+    scope: str,
+    lo: float | torch.Tensor,
+    hi: float | torch.Tensor,
+    reduce: str,
+) -> dict[str, torch.Tensor]:
+    """:func:`masks` after its checks: the layers not ``skipped`` selected on their grids and
+    expanded; the skipped ones dense, or as they were."""
+    active = {n: v for n, v in scores.items() if n not in skipped}
     out: dict[str, torch.Tensor] = {}
     if active:
         grid = to_grid(active, pattern, reduce)  # validated above
-        prev = None if previous is None else reduce_masks({n: previous[n] for n in active}, pattern=pattern)
-        chosen = select_grids(grid, pattern=pattern, sparsity=sparsity, scope=scope, lo=lo, hi=hi, previous=prev,
-                              reduce=reduce, comm=comm)
-        out = expand_masks(chosen, pattern=pattern, shapes={n: s.shape for n, s in active.items()})
-    for n in skipped:  # left dense, or as they were
+        prev = (
+            None
+            if previous is None
+            else reduce_masks({n: previous[n] for n in active}, pattern=pattern)
+        )
+        chosen = select_grids(
+            grid,
+            pattern=pattern,
+            sparsity=sparsity,
+            scope=scope,
+            lo=lo,
+            hi=hi,
+            previous=prev,
+            reduce=reduce,
+            comm=comm,
+        )
+        out = expand_masks(chosen, pattern=pattern, shapes={n: v.shape for n, v in active.items()})
+    for n in skipped:
         out[n] = torch.ones_like(scores[n], dtype=torch.bool) if previous is None else previous[n]
-    out = {n: out[n] for n in scores}
-    return out if sharding is None else sharding.wrap(out, shapes)
+    return {n: out[n] for n in scores}
 
 
 def _selection_inputs(
@@ -305,14 +403,29 @@ def _selection_inputs(
 
 
 def _flat_select(
-    scores: _Tensors, previous: _Tensors | None, *, scope: str, sparsity: float | torch.Tensor,
-    lo: float | torch.Tensor, hi: float | torch.Tensor, comm: sharded.Comm | None,
+    scores: _Tensors,
+    previous: _Tensors | None,
+    *,
+    scope: str,
+    sparsity: float | torch.Tensor,
+    lo: float | torch.Tensor,
+    hi: float | torch.Tensor,
+    comm: sharded.Comm | None,
 ) -> dict[str, torch.Tensor]:
     """Kept masks of scores of any shapes, each layer's units in flat order."""
     flat = {n: s.reshape(1, -1) for n, s in scores.items()}  # one row: any shape, flat order
     prev = None if previous is None else {n: p.reshape(1, -1) for n, p in previous.items()}
-    kept = select_grids(flat, pattern=_UNITS, sparsity=sparsity, scope=scope, lo=lo, hi=hi, previous=prev,
-                        reduce="mean", comm=comm)
+    kept = select_grids(
+        flat,
+        pattern=_UNITS,
+        sparsity=sparsity,
+        scope=scope,
+        lo=lo,
+        hi=hi,
+        previous=prev,
+        reduce="mean",
+        comm=comm,
+    )
     return {n: kept[n].reshape(s.shape) for n, s in scores.items()}
 
 
@@ -344,7 +457,9 @@ def local_masks(
     """
     scores, previous, sparsity = _selection_inputs("local_masks", scores, previous, sparsity)
 
-    def compute(s: _Tensors, p: _Tensors | None, comm: sharded.Comm | None) -> dict[str, torch.Tensor]:
+    def compute(
+        s: _Tensors, p: _Tensors | None, comm: sharded.Comm | None
+    ) -> dict[str, torch.Tensor]:
         return _flat_select(s, p, scope="local", sparsity=sparsity, lo=0.0, hi=1.0, comm=comm)
 
     return _on_shards("local_masks", scores, previous, compute)
@@ -395,7 +510,9 @@ def global_masks(
     scores, previous, sparsity = _selection_inputs(func, scores, previous, sparsity)
     lo, hi = check_bounds(func, sparsity, min_layer_sparsity, max_layer_sparsity)
 
-    def compute(s: _Tensors, p: _Tensors | None, comm: sharded.Comm | None) -> dict[str, torch.Tensor]:
+    def compute(
+        s: _Tensors, p: _Tensors | None, comm: sharded.Comm | None
+    ) -> dict[str, torch.Tensor]:
         return _flat_select(s, p, scope="global", sparsity=sparsity, lo=lo, hi=hi, comm=comm)
 
     return _on_shards(func, scores, previous, compute)
@@ -432,7 +549,8 @@ def pattern_lock_masks(
     nonzero = {n: p != 0 for n, p in params.items() if n not in skipped}
     # A block is kept iff any entry is: the same reduction as reducing masks to the grid.
     locked = expand_masks(
-        reduce_masks(nonzero, pattern=pattern), pattern=pattern,
+        reduce_masks(nonzero, pattern=pattern),
+        pattern=pattern,
         shapes={n: params[n].shape for n in nonzero},
     )
     return {
@@ -467,12 +585,15 @@ def apply_masks(
     unexpected = sorted(set(masks) - set(params))
     if unexpected:
         raise _errors.value_error(
-            func, "masks has names that params lacks", unexpected,
+            func,
+            "masks has names that params lacks",
+            unexpected,
             "Give masks only for tensors in params.",
         )
     _errors.same_shapes(func, "masks", masks, "params", {n: params[n] for n in masks})
     return {
         name: torch.where(masks[name], p, torch.zeros((), dtype=p.dtype, device=p.device))
-        if name in masks else p
+        if name in masks
+        else p
         for name, p in params.items()
     }

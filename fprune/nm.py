@@ -19,7 +19,15 @@ from fprune.blocks import reduce_blocks
 from fprune.patterns import NM
 from fprune.selection import flat_keys, rank_keys, select
 
-__all__ = ["PAIRWISE", "Chooser", "group_fraction", "group_score", "nm_masks", "ranks", "within_groups"]
+__all__ = [
+    "PAIRWISE",
+    "Chooser",
+    "group_fraction",
+    "group_score",
+    "nm_masks",
+    "ranks",
+    "within_groups",
+]
 
 PAIRWISE = 8  # groups of up to this many weights are ranked by comparisons; larger ones by a sort
 
@@ -150,20 +158,31 @@ def nm_masks(
         rows, cols = view.shape
         prev = None if previous is None else previous.get(name)
         pruned = None if prev is None else ~prev
-        low[name], score = within_groups(view, pattern, pruned=pruned, reduce=None if every else reduce)
+        low[name], score = within_groups(
+            view, pattern, pruned=pruned, reduce=None if every else reduce
+        )
         if score is not None:
             group_scores[name] = score
             # a group with a pruned weight was converted: it ranks first
-            kept_groups[name] = None if pruned is None else ~pruned.reshape(rows, cols // m, m).any(-1)
+            kept_groups[name] = (
+                None if pruned is None else ~pruned.reshape(rows, cols // m, m).any(-1)
+            )
     if every:
         return {name: ~low[name].reshape(views[name].shape) for name in low}
     kept = None
     if any(k is not None for k in kept_groups.values()):
-        kept = {n: torch.ones_like(group_scores[n], dtype=torch.bool) if k is None else k
-                for n, k in kept_groups.items()}
-    lo, hi = group_fraction(min_layer_sparsity, pattern), group_fraction(max_layer_sparsity, pattern)
+        kept = {
+            n: torch.ones_like(group_scores[n], dtype=torch.bool) if k is None else k
+            for n, k in kept_groups.items()
+        }
+    lo, hi = (
+        group_fraction(min_layer_sparsity, pattern),
+        group_fraction(max_layer_sparsity, pattern),
+    )
     chosen = choose(flat_keys(group_scores, kept), scope=scope, sparsity=fraction, lo=lo, hi=hi)
     return {
-        name: ~(low[name] & chosen[name].reshape(low[name].shape[:-1])[..., None]).reshape(views[name].shape)
+        name: ~(low[name] & chosen[name].reshape(low[name].shape[:-1])[..., None]).reshape(
+            views[name].shape
+        )
         for name in low
     }

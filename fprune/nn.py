@@ -22,7 +22,14 @@ from torch import nn
 
 from fprune import _errors
 
-__all__ = ["Selection", "apply_masks_", "classifier_head", "mask_grads_", "masked_optimizer_state", "prunable"]
+__all__ = [
+    "Selection",
+    "apply_masks_",
+    "classifier_head",
+    "mask_grads_",
+    "masked_optimizer_state",
+    "prunable",
+]
 
 _HEAD_TYPES = (nn.Linear, nn.Conv2d)
 
@@ -41,16 +48,22 @@ class Selection(NamedTuple):
 
 def _patterns(func: str, arg: str, value: object) -> tuple[str, ...]:
     if isinstance(value, str) or not isinstance(value, Iterable):
-        raise _errors.type_error(func, f"{arg} must be a list of strings", value, f"Pass e.g. {arg}=['fc1'].")
+        raise _errors.type_error(
+            func, f"{arg} must be a list of strings", value, f"Pass e.g. {arg}=['fc1']."
+        )
     items = tuple(value)
     for item in items:
         if not isinstance(item, str):
-            raise _errors.type_error(func, f"{arg} must hold strings", item, f"Pass e.g. {arg}=['fc1'].")
+            raise _errors.type_error(
+                func, f"{arg} must hold strings", item, f"Pass e.g. {arg}=['fc1']."
+            )
         if arg != "op_types":
             try:
                 re.compile(item)
             except re.error as err:
-                raise _errors.value_error(func, f"{arg} has an invalid regex ({err})", item, "Fix the pattern.") from None
+                raise _errors.value_error(
+                    func, f"{arg} has an invalid regex ({err})", item, "Fix the pattern."
+                ) from None
     return items
 
 
@@ -106,7 +119,9 @@ def prunable(
     """
     func = "prunable"
     if not isinstance(model, nn.Module):
-        raise _errors.type_error(func, "model must be an nn.Module", type(model).__name__, "Pass the model.")
+        raise _errors.type_error(
+            func, "model must be an nn.Module", type(model).__name__, "Pass the model."
+        )
     include = _patterns(func, "op_names", op_names) or (".*",)
     exclude = _patterns(func, "excluded_op_names", excluded_op_names)
     types = _patterns(func, "op_types", op_types)
@@ -126,17 +141,23 @@ def prunable(
     return Selection(tuple(names), head)
 
 
-def _targets(func: str, model: nn.Module | Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]):  # type: ignore[no-untyped-def]
+def _targets(
+    func: str, model: nn.Module | Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]
+):  # type: ignore[no-untyped-def]
     params = dict(model.named_parameters()) if isinstance(model, nn.Module) else dict(model)
     masks = _errors.bool_masks(func, "masks", masks)
     missing = sorted(set(masks) - set(params))
     if missing:
-        raise _errors.value_error(func, "masks has names the model lacks", missing, "Mask only the model's parameters.")
+        raise _errors.value_error(
+            func, "masks has names the model lacks", missing, "Mask only the model's parameters."
+        )
     _errors.same_shapes(func, "masks", masks, "params", {n: params[n] for n in masks})
     return params, masks
 
 
-def apply_masks_(model: nn.Module | Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]) -> None:
+def apply_masks_(
+    model: nn.Module | Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]
+) -> None:
     """Zero pruned weights in place, under ``no_grad`` (for ``nn.Module`` training loops).
 
     Example:
@@ -151,7 +172,9 @@ def apply_masks_(model: nn.Module | Mapping[str, torch.Tensor], masks: Mapping[s
             params[name].masked_fill_(~mask.to(params[name].device), 0)
 
 
-def mask_grads_(model: nn.Module | Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]) -> None:
+def mask_grads_(
+    model: nn.Module | Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]
+) -> None:
     """Zero the gradients of pruned weights in place (parameters without ``.grad`` are skipped).
 
     Example:
@@ -191,29 +214,44 @@ def masked_optimizer_state(
         >>> lin = nn.Linear(2, 1, bias=False)
         >>> opt = torch.optim.SGD(lin.parameters(), lr=0.1, momentum=0.9)
         >>> lin(torch.ones(1, 2)).sum().backward(); opt.step()
-        >>> sd = masked_optimizer_state(opt.state_dict(), {"weight": torch.tensor([[True, False]])}, names=["weight"])
+        >>> keep = {"weight": torch.tensor([[True, False]])}
+        >>> sd = masked_optimizer_state(opt.state_dict(), keep, names=["weight"])
         >>> sd["state"][0]["momentum_buffer"].tolist()
         [[1.0, 0.0]]
     """
     func = "masked_optimizer_state"
-    if not isinstance(state_dict, Mapping) or "state" not in state_dict or "param_groups" not in state_dict:
+    if (
+        not isinstance(state_dict, Mapping)
+        or "state" not in state_dict
+        or "param_groups" not in state_dict
+    ):
         raise _errors.type_error(
-            func, "state_dict must be an optimizer state dict", type(state_dict).__name__,
+            func,
+            "state_dict must be an optimizer state dict",
+            type(state_dict).__name__,
             "Pass optimizer.state_dict().",
         )
     if isinstance(names, str) or not isinstance(names, Sequence):
-        raise _errors.type_error(func, "names must be a list of parameter names", names, "Pass the names in optimizer order.")
+        raise _errors.type_error(
+            func,
+            "names must be a list of parameter names",
+            names,
+            "Pass the names in optimizer order.",
+        )
     masks = _errors.bool_masks(func, "masks", masks)
     ids = [i for group in state_dict["param_groups"] for i in group["params"]]
     if len(ids) != len(names):
         raise _errors.value_error(
-            func, "names must list every parameter the optimizer holds",
+            func,
+            "names must list every parameter the optimizer holds",
             _errors.detail(f"{len(names)} names for {len(ids)} parameters"),
             "Pass the names in the order the parameters were given to the optimizer.",
         )
     unknown = sorted(set(masks) - set(names))
     if unknown:
-        raise _errors.value_error(func, "masks has names not in names", unknown, "Mask only optimizer parameters.")
+        raise _errors.value_error(
+            func, "masks has names not in names", unknown, "Mask only optimizer parameters."
+        )
     by_id = dict(zip(ids, names, strict=True))
     state = {}
     for pid, entry in state_dict["state"].items():
@@ -223,7 +261,8 @@ def masked_optimizer_state(
             continue
         state[pid] = {
             k: torch.where(mask.to(v.device), v, torch.zeros((), dtype=v.dtype, device=v.device))
-            if isinstance(v, torch.Tensor) and v.shape == mask.shape else v
+            if isinstance(v, torch.Tensor) and v.shape == mask.shape
+            else v
             for k, v in entry.items()
         }
     return {**state_dict, "state": state}

@@ -29,9 +29,13 @@ def _dim(func: str, arg: str, value: int | None) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int):
-        raise _errors.type_error(func, f"{arg} must be an int or None (channel)", value, "Pass a positive int.")
+        raise _errors.type_error(
+            func, f"{arg} must be an int or None (channel)", value, "Pass a positive int."
+        )
     if value < 1:
-        raise _errors.value_error(func, f"{arg} must be >= 1", value, "Block sides are positive integers.")
+        raise _errors.value_error(
+            func, f"{arg} must be >= 1", value, "Block sides are positive integers."
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +57,9 @@ class Blocks:
         _dim("Blocks", "cols", self.cols)
         if self.rows is None and self.cols is None:
             raise _errors.value_error(
-                "Blocks", "at most one side may be 'channel'", _errors.detail("rows=None, cols=None"),
+                "Blocks",
+                "at most one side may be 'channel'",
+                _errors.detail("rows=None, cols=None"),
                 "Use 'channelxM' for whole input columns or 'Nxchannel' for whole output rows.",
             )
 
@@ -93,11 +99,15 @@ class NM:
         for arg in ("n", "m"):
             value = getattr(self, arg)
             if isinstance(value, bool) or not isinstance(value, int):
-                raise _errors.type_error("NM", f"{arg} must be an int", value, "Pass positive integers n < m.")
+                raise _errors.type_error(
+                    "NM", f"{arg} must be an int", value, "Pass positive integers n < m."
+                )
         if self.n < 1 or self.m <= self.n:
             raise _errors.value_error(
-                "NM", "N:M needs 1 <= n < m (n is the number pruned per group of m)",
-                _errors.detail(f"n={self.n}, m={self.m}"), "Use e.g. '2:4' (2 of every 4 pruned).",
+                "NM",
+                "N:M needs 1 <= n < m (n is the number pruned per group of m)",
+                _errors.detail(f"n={self.n}, m={self.m}"),
+                "Use e.g. '2:4' (2 of every 4 pruned).",
             )
 
     def __str__(self) -> str:
@@ -144,7 +154,10 @@ def parse_pattern(pattern: str | Pattern) -> Pattern:
         return pattern
     if not isinstance(pattern, str):
         raise _errors.type_error(
-            "parse_pattern", "pattern must be a string or a Blocks/NM object", pattern, f"Use {_FORMS}."
+            "parse_pattern",
+            "pattern must be a string or a Blocks/NM object",
+            pattern,
+            f"Use {_FORMS}.",
         )
     if m := _BLOCKS_RE.match(pattern):
         rows, cols = (None if side == _CHANNEL else int(side) for side in m.groups())
@@ -154,7 +167,9 @@ def parse_pattern(pattern: str | Pattern) -> Pattern:
             )
         if rows is None and cols is None:
             raise _errors.value_error(
-                "parse_pattern", "at most one side may be 'channel'", pattern,
+                "parse_pattern",
+                "at most one side may be 'channel'",
+                pattern,
                 "Use 'channelxM' for whole input columns or 'Nxchannel' for whole output rows.",
             )
         return Blocks(rows, cols)
@@ -162,8 +177,10 @@ def parse_pattern(pattern: str | Pattern) -> Pattern:
         n, m_ = int(m.group(1)), int(m.group(2))
         if n < 1 or m_ <= n:
             raise _errors.value_error(
-                "parse_pattern", "N:M needs 1 <= N < M (N is the number pruned per group of M)",
-                pattern, "Use e.g. '2:4' (2 of every 4 pruned).",
+                "parse_pattern",
+                "N:M needs 1 <= N < M (N is the number pruned per group of M)",
+                pattern,
+                "Use e.g. '2:4' (2 of every 4 pruned).",
             )
         return NM(n, m_)
     raise _errors.value_error("parse_pattern", "malformed pattern", pattern, f"Use {_FORMS}.")

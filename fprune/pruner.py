@@ -76,8 +76,9 @@ class Pruner:
 
         Example:
             >>> import torch, fprune
-            >>> (p,) = fprune.from_config({"reg_type": "group_lasso", "parameters": {"reg_coeff": 1.0},
-            ...                            "pattern": "1x1", "end_step": 5})
+            >>> cfg = {"reg_type": "group_lasso", "parameters": {"reg_coeff": 1.0},
+            ...        "pattern": "1x1", "end_step": 5}
+            >>> (p,) = fprune.from_config(cfg)
             >>> p.regularize({"w": torch.tensor([[0.5, -2.0]])}, step=3, lr=1.0)["w"].tolist()
             [[0.0, -1.0]]
             >>> p.regularize({"w": torch.tensor([[0.5, -2.0]])}, step=6, lr=1.0)["w"].tolist()
@@ -112,96 +113,54 @@ def pruner(
     lock_init_sparsity: bool = False,
     skip_indivisible: bool = False,
 ) -> Pruner:
-    """Build a pruner: ``init(params) -> state`` and ``step(state, params, grads) -> (state, masks)``.
+    """Build a pruner: ``init(params) -> state``, ``step(state, params, grads) -> (state, masks)``.
 
     Args:
-        sparsity: final target, in [0, 1) (at most N/M for N:M patterns); counted in the
-            pattern's units (blocks, channels, or N:M groups times N/M).
-        pattern: ``"4x1"``, ``"1x1"``, ``"channelx1"``, ``"1xchannel"``, ``"2:4"``, a
-            registered name, or a pattern object.
+        sparsity: final target in [0, 1), in the pattern's units (at most N/M for N:M).
+        pattern: ``"4x1"``, ``"1x1"``, ``"channelx1"``, ``"1xchannel"``, ``"2:4"``, a registered
+            name or a pattern object.
         criterion: ``"magnitude"``, ``"gradient"``, ``"snip"``, ``"snip_momentum"``, a
-            registered name, a :class:`~fprune.Criterion`, or ``f(params, grads) -> scores``
-            (weight-shaped or grid-shaped scores; lower is pruned first). A plain function
-            is stateless, so it is called on prune steps only (in eager mode); it receives
-            ``grads`` as given, None included; give it a ``needs_grads = True``
-            attribute to make ``step`` reject calls without gradients.
+            registered name, a :class:`~fprune.Criterion`, or a stateless ``f(params, grads)
+            -> scores`` (weight- or grid-shaped, lower pruned first; called on prune steps
+            only, with ``grads`` as given; a ``needs_grads = True`` attribute makes ``step``
+            require them).
         start_step, end_step, frequency: prune at ``start_step <= s <= end_step`` with
             ``(s - start_step) % frequency == 0``; ``end_step`` defaults to ``start_step``.
-        schedule: ``"oneshot"``, ``"iterative"``, a registered scheduler, or a callable
-            ``step -> sparsity`` (called on the prune steps; clamped to ``[0, sparsity]``).
-            None: ``"oneshot"`` if ``start_step == end_step``, else ``"iterative"``.
-        decay: the iterative ramp, ``"exp"``, ``"cos"``, ``"linear"``, ``"cube"`` or
+        schedule: ``"oneshot"``, ``"iterative"``, a registered scheduler or ``step ->
+            sparsity``; None: ``"oneshot"`` if ``start_step == end_step``, else iterative.
+        decay: the iterative ramp: ``"exp"``, ``"cos"``, ``"linear"``, ``"cube"`` or
             ``decay(x, initial, final)``.
-        scope: ``"global"`` ranks all layers together, ``"local"`` prunes each layer to the
-            target.
+        scope: ``"global"`` ranks all layers together; ``"local"`` prunes each to the target.
         min_layer_sparsity, max_layer_sparsity: per-layer bounds in global scope; the lower
             one ramps with the schedule (``min * r / sparsity``).
         reduce: block score reduction, ``"mean"``, ``"sum"`` or ``"max"``.
         low_memory_usage: keep snip_momentum's accumulators in bfloat16.
         lock_init_sparsity: start from the existing zeros of the params given to ``init``
-            (their pattern-lock masks), and ramp from their sparsity (INC's init ratio).
-            Existing zeros stay pruned even where they do not fill a unit (an N:M group with
-            fewer or more than N zeros), so element sparsity can then exceed the target.
-        skip_indivisible: leave layers the pattern does not divide dense instead of raising
-            at ``init`` (see :func:`fprune.indivisible_layers`).
-
-    Returns:
-        A :class:`Pruner`.
+            (kept pruned even where they do not fill a unit) and ramp from their sparsity.
+        skip_indivisible: leave layers the pattern does not divide dense (see
+            :func:`fprune.indivisible_layers`) instead of raising at ``init``.
 
     Raises:
-        ValueError: a bad fraction, name or window; ``sparsity > max_layer_sparsity``;
-            ``min_layer_sparsity > sparsity``; N:M ``sparsity > N/M``; ``"oneshot"`` with
-            ``end_step != start_step``.
+        ValueError: a bad fraction, name or window; ``min > sparsity > max``; N:M above N/M;
+            ``"oneshot"`` with ``end_step != start_step``.
         TypeError: an argument of the wrong type.
 
     Example:
         >>> import torch, fprune
         >>> g = torch.Generator().manual_seed(0)
-        >>> params = {"fc1.weight": torch.randn(8, 16, generator=g), "fc2.weight": torch.randn(4, 8, generator=g)}
+        >>> params = {"a": torch.randn(8, 16, generator=g), "b": torch.randn(4, 8, generator=g)}
         >>> prune = fprune.pruner(0.5, pattern="4x1", criterion="magnitude", end_step=2)
         >>> state = prune.init(params)
         >>> for s in range(3):
         ...     state, masks = prune.step(state, params)
         ...     params = fprune.apply_masks(params, masks)
-        ...     print(s, round(float(state.current_target), 4), round(float(fprune.total_sparsity(masks, pattern="4x1")), 4))
+        ...     achieved = fprune.total_sparsity(masks, pattern="4x1")
+        ...     print(s, round(float(state.current_target), 4), round(float(achieved), 4))
         0 0.0 0.0
         1 0.2929 0.275
         2 0.5 0.5
     """
-    func = "pruner"
-    target = _errors.fraction(func, "sparsity", sparsity)
-    if isinstance(target, torch.Tensor):
-        raise _errors.type_error(func, "sparsity must be a Python float", sparsity, "Pass e.g. 0.8.")
-    pat = _resolve.pattern(pattern)
-    start, end, freq = check_window(func, start_step, start_step if end_step is None else end_step, frequency)
-    scope = _errors.choice(func, "scope", scope, SCOPES)
-    reduce = _errors.choice(func, "reduce", reduce, REDUCTIONS)
-    lo, hi = _layer_bounds(func, target, min_layer_sparsity, max_layer_sparsity)
-    if isinstance(pat, NM) and target > pat.max_sparsity:
-        raise _errors.value_error(
-            func, f"pattern {str(pat)!r} cannot exceed sparsity N/M = {pat.max_sparsity}", target,
-            f"Lower sparsity to at most {pat.max_sparsity}, or use a larger N:M ratio.",
-        )
-    flags = dict(low_memory_usage=low_memory_usage, lock_init_sparsity=lock_init_sparsity,
-                 skip_indivisible=skip_indivisible)
-    for arg, flag in flags.items():
-        if not isinstance(flag, bool):
-            raise _errors.type_error(func, f"{arg} must be a bool", flag, "Pass True or False.")
-    kwargs = dict(
-        sparsity=target, pattern=str(pat) if not isinstance(pattern, str) else pattern,
-        criterion=criterion, start_step=start, end_step=end, frequency=freq, schedule=schedule,
-        decay=decay, scope=scope, min_layer_sparsity=lo, max_layer_sparsity=hi, reduce=reduce, **flags,
-    )
-    settings = steps.Settings(
-        sparsity=target, pattern=pat,
-        criterion=_resolve.criterion(criterion, pattern=pat, reduce=reduce,
-                                     dtype=torch.bfloat16 if low_memory_usage else None),
-        start_step=start, end_step=end, frequency=freq,
-        target_at=_target_fn(func, schedule, start, end, freq, decay_curve(func, decay)),
-        scope=scope, min_layer_sparsity=lo, max_layer_sparsity=hi, reduce=reduce,
-        lock_init_sparsity=lock_init_sparsity, skip_indivisible=skip_indivisible,
-        config_hash=hash64(repr(sorted((k, _resolve.describe(v)) for k, v in kwargs.items()))),
-    )
+    settings, kwargs = _checked_settings(**locals())
 
     def init(params: _Tensors, *, sparsity: float | torch.Tensor | None = None) -> PruneState:
         return steps.init(settings, params, sparsity=sparsity)
@@ -214,11 +173,76 @@ def pruner(
     return Pruner(init, step, types.MappingProxyType({**kwargs, "kind": "basic"}))
 
 
+def _checked_settings(**given: Any) -> tuple[steps.Settings, dict[str, Any]]:
+    """:func:`pruner`'s arguments checked: its :class:`~fprune.steps.Settings`, and the keyword
+    arguments that rebuild it (``Pruner.settings``, whose hash is the states' fingerprint)."""
+    func = "pruner"
+    target = _errors.fraction(func, "sparsity", given["sparsity"])
+    if isinstance(target, torch.Tensor):
+        raise _errors.type_error(func, "sparsity must be a Python float", target, "Pass e.g. 0.8.")
+    pattern = given["pattern"]
+    pat = _resolve.pattern(pattern)
+    start, end = given["start_step"], given["end_step"]
+    start, end, freq = check_window(func, start, start if end is None else end, given["frequency"])
+    scope = _errors.choice(func, "scope", given["scope"], SCOPES)
+    reduce = _errors.choice(func, "reduce", given["reduce"], REDUCTIONS)
+    lo, hi = _layer_bounds(func, target, given["min_layer_sparsity"], given["max_layer_sparsity"])
+    if isinstance(pat, NM) and target > pat.max_sparsity:
+        raise _errors.value_error(
+            func,
+            f"pattern {str(pat)!r} cannot exceed sparsity N/M = {pat.max_sparsity}",
+            target,
+            f"Lower sparsity to at most {pat.max_sparsity}, or use a larger N:M ratio.",
+        )
+    flags = {k: given[k] for k in ("low_memory_usage", "lock_init_sparsity", "skip_indivisible")}
+    for arg, flag in flags.items():
+        if not isinstance(flag, bool):
+            raise _errors.type_error(func, f"{arg} must be a bool", flag, "Pass True or False.")
+    kwargs = dict(
+        sparsity=target,
+        pattern=str(pat) if not isinstance(pattern, str) else pattern,
+        criterion=given["criterion"],
+        start_step=start,
+        end_step=end,
+        frequency=freq,
+        schedule=given["schedule"],
+        decay=given["decay"],
+        scope=scope,
+        min_layer_sparsity=lo,
+        max_layer_sparsity=hi,
+        reduce=reduce,
+        **flags,
+    )
+    dtype = torch.bfloat16 if flags["low_memory_usage"] else None
+    settings = steps.Settings(
+        sparsity=target,
+        pattern=pat,
+        criterion=_resolve.criterion(given["criterion"], pattern=pat, reduce=reduce, dtype=dtype),
+        start_step=start,
+        end_step=end,
+        frequency=freq,
+        target_at=_target_fn(
+            func, given["schedule"], start, end, freq, decay_curve(func, given["decay"])
+        ),
+        scope=scope,
+        min_layer_sparsity=lo,
+        max_layer_sparsity=hi,
+        reduce=reduce,
+        lock_init_sparsity=flags["lock_init_sparsity"],
+        skip_indivisible=flags["skip_indivisible"],
+        config_hash=hash64(repr(sorted((k, _resolve.describe(v)) for k, v in kwargs.items()))),
+    )
+    return settings, kwargs
+
+
 def _layer_bounds(func: str, target: float, lo: object, hi: object) -> tuple[float, float]:
     """The per-layer bounds as Python floats, checked against the target."""
     if isinstance(lo, torch.Tensor) or isinstance(hi, torch.Tensor):
         raise _errors.type_error(
-            func, "layer bounds must be Python floats", _errors.detail("a tensor"), "Pass e.g. 0.98.",
+            func,
+            "layer bounds must be Python floats",
+            _errors.detail("a tensor"),
+            "Pass e.g. 0.98.",
         )
     low, high = check_bounds(func, target, lo, hi)
     return float(low), float(high)
@@ -232,7 +256,8 @@ def _target_fn(
         schedule = "oneshot" if start == end else "iterative"
     if schedule == "oneshot" and start != end:
         raise _errors.value_error(
-            func, "a oneshot schedule prunes once, at start_step",
+            func,
+            "a oneshot schedule prunes once, at start_step",
             _errors.detail(f"start_step={start}, end_step={end}"),
             "Set end_step = start_step (or leave it out), or use schedule='iterative'.",
         )
@@ -242,15 +267,24 @@ def _target_fn(
         rich = schedule if _resolve.is_factory(schedule) else None
     else:
         raise _errors.type_error(
-            func, "schedule must be a name or a callable", type(schedule).__name__,
+            func,
+            "schedule must be a name or a callable",
+            type(schedule).__name__,
             "Pass 'oneshot', 'iterative', or a function step -> sparsity.",
         )
     simple = None if rich is not None else schedule
 
     def target_at(step: torch.Tensor, initial: torch.Tensor, final: torch.Tensor) -> torch.Tensor:
         if rich is not None:
-            value = rich(step, initial=initial, sparsity=final, start_step=start, end_step=end,
-                         frequency=freq, decay=curve)
+            value = rich(
+                step,
+                initial=initial,
+                sparsity=final,
+                start_step=start,
+                end_step=end,
+                frequency=freq,
+                decay=curve,
+            )
         else:
             value = simple(step if _trace.tracing(step) else int(step))  # type: ignore[misc]
         value = torch.as_tensor(value, dtype=torch.float64)

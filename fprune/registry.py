@@ -61,16 +61,22 @@ _CHECKS: dict[str, Callable[[str, str, Any], None]] = {}
 def _register(kind: str, name: object, obj: object, override: bool) -> None:
     func = f"register_{kind}"
     if not isinstance(name, str) or not name:
-        raise _errors.type_error(func, "name must be a non-empty string", name, "Pass e.g. 'my_criterion'.")
+        raise _errors.type_error(
+            func, "name must be a non-empty string", name, "Pass e.g. 'my_criterion'."
+        )
     if not isinstance(override, bool):
-        raise _errors.type_error(func, "override must be a bool", override, "Pass override=True to replace.")
+        raise _errors.type_error(
+            func, "override must be a bool", override, "Pass override=True to replace."
+        )
     check = _CHECKS.get(kind)
     if check is not None:
         check(func, name, obj)
     table = _TABLES[kind]
     if name in table and not override:
         raise _errors.value_error(
-            func, f"the {kind} name is already registered", name,
+            func,
+            f"the {kind} name is already registered",
+            name,
             "Choose another name, or pass override=True to replace the entry.",
         )
     table[name] = obj
@@ -80,13 +86,17 @@ def _get(kind: str, name: object) -> Any:
     func = f"get_{kind}"
     table = _TABLES[kind]
     if not isinstance(name, str):
-        raise _errors.type_error(func, "name must be a string", name, f"Use one of {sorted(table)}.")
+        raise _errors.type_error(
+            func, "name must be a string", name, f"Use one of {sorted(table)}."
+        )
     if name in table:
         return table[name]
     close = difflib.get_close_matches(name, list(table), n=1, cutoff=0.0)
     hint = f"Did you mean {close[0]!r}? " if close else ""
     raise _errors.value_error(
-        func, f"unknown {kind}", name,
+        func,
+        f"unknown {kind}",
+        name,
         f"{hint}Registered: {', '.join(sorted(table))}; add one with register_{kind}.",
     )
 
@@ -126,7 +136,7 @@ def register_criterion(name: str, criterion: Any, *, override: bool = False) -> 
     Example:
         >>> import torch
         >>> with snapshot():
-        ...     register_criterion("square", lambda params, grads: {n: p * p for n, p in params.items()})
+        ...     register_criterion("square", lambda ps, gs: {n: p * p for n, p in ps.items()})
         ...     get_criterion("square")({"w": torch.tensor([-3.])}, None)
         {'w': tensor([9.])}
     """
@@ -137,10 +147,10 @@ def get_criterion(name: str) -> Any:
     """The object registered as criterion ``name``.
 
     Example:
-        >>> get_criterion("snip_mometum")
+        >>> get_criterion("snip_mometum")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        ValueError: get_criterion: unknown criterion (got 'snip_mometum'). Did you mean 'snip_momentum'? Registered: gradient, magnitude, snip, snip_momentum; add one with register_criterion.
+        ValueError: get_criterion: unknown criterion (got 'snip_mometum'). Did you mean ...
     """
     return _get("criterion", name)
 
@@ -177,8 +187,9 @@ def register_scheduler(name: str, scheduler: Any, *, override: bool = False) -> 
         ...     return torch.where(step >= (start_step + end_step) // 2, sparsity, initial)
         >>> with snapshot():
         ...     register_scheduler("halfway", halfway)
-        ...     float(get_scheduler("halfway")(torch.tensor(6), initial=torch.tensor(0.), sparsity=0.5,
-        ...           start_step=0, end_step=10, frequency=1, decay=None))
+        ...     at = get_scheduler("halfway")
+        ...     float(at(torch.tensor(6), initial=torch.tensor(0.), sparsity=0.5, start_step=0,
+        ...              end_step=10, frequency=1, decay=None))
         0.5
     """
     _register("scheduler", name, scheduler, override)
@@ -223,7 +234,8 @@ def register_pruner(name: str, factory: Any, *, override: bool = False) -> None:
     Example:
         >>> import fprune
         >>> def local_magnitude(sparsity, **settings):
-        ...     return fprune.pruner(sparsity, **{**settings, "criterion": "magnitude", "scope": "local"})
+        ...     settings = {**settings, "criterion": "magnitude", "scope": "local"}
+        ...     return fprune.pruner(sparsity, **settings)
         >>> with snapshot():
         ...     register_pruner("local_magnitude", local_magnitude)
         ...     get_pruner("local_magnitude")(0.5, pattern="1x1").settings["scope"]
@@ -251,7 +263,9 @@ def set_check(kind: str, check: Callable[[str, str, Any], None]) -> None:
 def _callable_check(func: str, name: str, obj: Any) -> None:
     if not callable(obj):
         raise _errors.type_error(
-            func, f"the object registered as {name!r} must be callable", type(obj).__name__,
+            func,
+            f"the object registered as {name!r} must be callable",
+            type(obj).__name__,
             "Register a function that follows the protocol in fprune.registry's docs.",
         )
 

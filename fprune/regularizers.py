@@ -71,26 +71,16 @@ def group_lasso(
     pattern = parse_pattern(pattern)
     if not isinstance(pattern, Blocks):
         raise _errors.value_error(
-            func, "group lasso needs a block pattern", str(pattern),
+            func,
+            "group lasso needs a block pattern",
+            str(pattern),
             "Use an NxM or channel pattern such as '4x1'; N:M groups have no blocks to shrink.",
         )
     mode = _errors.choice(func, "mode", mode, LASSO_MODES)
-    if isinstance(strength, torch.Tensor):
-        if strength.ndim != 0:
-            raise _errors.type_error(func, "strength must be a number or 0-d tensor", tuple(strength.shape), "Pass lr * coeff.")
-    elif isinstance(strength, bool) or not isinstance(strength, int | float) or not strength >= 0:
-        raise _errors.value_error(func, "strength must be a number >= 0", strength, "Pass lr * coeff, e.g. 1e-4.")
+    _check_strength(func, strength)
     params = _errors.tensor_dict(func, "params", params)
     check_divisible(func, params, pattern, skip_indivisible=False)
-    inc_grads: Mapping[str, torch.Tensor] = {}
-    if mode == "inc":
-        if grads is None:
-            raise _errors.value_error(
-                func, "mode='inc' scales by gradient norms and needs grads", None,
-                "Pass grads, or use the default mode='proximal'.",
-            )
-        inc_grads = _errors.tensor_dict(func, "grads", grads)
-        _errors.same_shapes(func, "grads", inc_grads, "params", params)
+    inc_grads = _inc_grads(func, params, grads) if mode == "inc" else {}
     out = {}
     for name, param in params.items():
         view = to_2d(param)
@@ -98,10 +88,43 @@ def group_lasso(
         if mode == "proximal":
             norms = _block_norms(view, block)
             safe = torch.where(norms > 0, norms, torch.ones_like(norms))
-            factor = torch.where(norms > 0, (1 - strength / safe).clamp(min=0), torch.zeros_like(norms))
+            factor = torch.where(
+                norms > 0, (1 - strength / safe).clamp(min=0), torch.zeros_like(norms)
+            )
         else:
             ratio = strength / (_block_norms(to_2d(inc_grads[name]), block) + 1e-12)
             factor = 1 - torch.where(torch.isinf(ratio), torch.zeros_like(ratio), ratio)
         scaled = view * expand_blocks(factor, block).to(view.dtype)
         out[name] = from_2d(scaled, param.shape)
     return out
+
+
+def _check_strength(func: str, strength: object) -> None:
+    if isinstance(strength, torch.Tensor):
+        if strength.ndim != 0:
+            raise _errors.type_error(
+                func,
+                "strength must be a number or 0-d tensor",
+                tuple(strength.shape),
+                "Pass lr * coeff.",
+            )
+    elif isinstance(strength, bool) or not isinstance(strength, int | float) or not strength >= 0:
+        raise _errors.value_error(
+            func, "strength must be a number >= 0", strength, "Pass lr * coeff, e.g. 1e-4."
+        )
+
+
+def _inc_grads(
+    func: str, params: Mapping[str, torch.Tensor], grads: object
+) -> Mapping[str, torch.Tensor]:
+    """The gradients INC's mode scales by, checked against ``params``."""
+    if grads is None:
+        raise _errors.value_error(
+            func,
+            "mode='inc' scales by gradient norms and needs grads",
+            None,
+            "Pass grads, or use the default mode='proximal'.",
+        )
+    checked = _errors.tensor_dict(func, "grads", grads)
+    _errors.same_shapes(func, "grads", checked, "params", params)
+    return checked

@@ -129,13 +129,16 @@ def pattern_violation(weight: torch.Tensor, *, pattern: str | Pattern) -> tuple[
 def _divides(func: str, shape: torch.Size, pattern: Pattern) -> None:
     if not pattern.divides(shape_2d(shape)):
         raise _errors.value_error(
-            func, f"pattern {pattern} does not divide the weight's 2-D view",
+            func,
+            f"pattern {pattern} does not divide the weight's 2-D view",
             _errors.detail(f"shape {tuple(shape)}, 2-D view {shape_2d(shape)}"),
             "Check a pattern whose blocks or groups tile the view.",
         )
 
 
-def layer_report(name: str, weight: torch.Tensor, *, pattern: str | Pattern | None = None) -> LayerReport:
+def layer_report(
+    name: str, weight: torch.Tensor, *, pattern: str | Pattern | None = None
+) -> LayerReport:
     """Report the sparsity of one weight and, with ``pattern``, whether its zeros follow it.
 
     Args:
@@ -150,28 +153,46 @@ def layer_report(name: str, weight: torch.Tensor, *, pattern: str | Pattern | No
         (0.75, 0.5, False, (0, 0))
     """
     if not isinstance(weight, torch.Tensor) or weight.ndim < 2:
-        got = type(weight).__name__ if not isinstance(weight, torch.Tensor) else _errors.detail(f"shape {tuple(weight.shape)}")
+        got = (
+            type(weight).__name__
+            if not isinstance(weight, torch.Tensor)
+            else _errors.detail(f"shape {tuple(weight.shape)}")
+        )
         raise _errors.value_error(
-            "layer_report", f"{name!r} must be a tensor with 2 or more dims", got, "Report weights, not biases or scalars."
+            "layer_report",
+            f"{name!r} must be a tensor with 2 or more dims",
+            got,
+            "Report weights, not biases or scalars.",
         )
     zero = weight == 0
     zeros = int(zero.sum())
     size = weight.numel()
     base = LayerReport(
-        name=name, shape=tuple(weight.shape), dtype=str(weight.dtype).removeprefix("torch."),
-        size=size, zeros=zeros, sparsity=zeros / size if size else 0.0,
+        name=name,
+        shape=tuple(weight.shape),
+        dtype=str(weight.dtype).removeprefix("torch."),
+        size=size,
+        zeros=zeros,
+        sparsity=zeros / size if size else 0.0,
     )
     if pattern is None:
         return base
     pattern = parse_pattern(pattern)
     if not pattern.divides(shape_2d(weight.shape)):
-        return dataclasses.replace(base, pattern=str(pattern), note=f"{pattern} does not divide the 2-D view {shape_2d(weight.shape)}")
+        return dataclasses.replace(
+            base,
+            pattern=str(pattern),
+            note=f"{pattern} does not divide the 2-D view {shape_2d(weight.shape)}",
+        )
     pruned, units, where = _check(to_2d(zero), pattern)
     scale = pattern.max_sparsity if isinstance(pattern, NM) else 1.0
     violation = None if where is None else _view_index(tuple(weight.shape), *where)
     return dataclasses.replace(
-        base, pattern=str(pattern), unit_sparsity=pruned * scale / units if units else 0.0,
-        satisfies=violation is None, violation=violation,
+        base,
+        pattern=str(pattern),
+        unit_sparsity=pruned * scale / units if units else 0.0,
+        satisfies=violation is None,
+        violation=violation,
     )
 
 
@@ -196,7 +217,8 @@ def total_report(reports: list[LayerReport]) -> dict[str, Any]:
     }
 
 
-def layer_reports(params: Mapping[str, torch.Tensor], *, pattern: str | Pattern | None = None) -> list[LayerReport]:
+def layer_reports(
+    params: Mapping[str, torch.Tensor], *, pattern: str | Pattern | None = None
+) -> list[LayerReport]:
     """:func:`layer_report` for every weight of ``params``, in order."""
     return [layer_report(n, w, pattern=pattern) for n, w in params.items()]
-

@@ -46,7 +46,9 @@ __all__ = [
 
 Step = int | torch.Tensor
 Schedule = Callable[[Step], float | torch.Tensor]
-Decay = Callable[[float | torch.Tensor, float | torch.Tensor, float | torch.Tensor], float | torch.Tensor]
+Decay = Callable[
+    [float | torch.Tensor, float | torch.Tensor, float | torch.Tensor], float | torch.Tensor
+]
 
 
 def _cos(x: float | torch.Tensor) -> float | torch.Tensor:
@@ -73,14 +75,18 @@ _DECAY_FNS: dict[str, Decay] = {"exp": _exp, "cos": _cosine, "linear": _linear, 
 DECAYS = tuple(_DECAY_FNS)
 
 
-def check_window(func: str, start_step: object, end_step: object, frequency: object) -> tuple[int, int, int]:
+def check_window(
+    func: str, start_step: object, end_step: object, frequency: object
+) -> tuple[int, int, int]:
     """Validate a prune window: ``0 <= start_step <= end_step`` and ``frequency >= 1``, as ints."""
     start = _errors.positive_int(func, "start_step", start_step, minimum=0)
     end = _errors.positive_int(func, "end_step", end_step, minimum=0)
     freq = _errors.positive_int(func, "frequency", frequency, minimum=1)
     if end < start:
         raise _errors.value_error(
-            func, "end_step is before start_step", _errors.detail(f"start_step={start}, end_step={end}"),
+            func,
+            "end_step is before start_step",
+            _errors.detail(f"start_step={start}, end_step={end}"),
             "Set end_step >= start_step (equal for one-shot pruning).",
         )
     return start, end, freq
@@ -97,7 +103,9 @@ def prune_steps(*, start_step: int, end_step: int, frequency: int = 1) -> range:
     return range(start, end + 1, freq)
 
 
-def is_prune_step(step: Step, *, start_step: int, end_step: int, frequency: int = 1) -> bool | torch.Tensor:
+def is_prune_step(
+    step: Step, *, start_step: int, end_step: int, frequency: int = 1
+) -> bool | torch.Tensor:
     """Whether ``step`` prunes: ``start <= step <= end`` and ``(step - start) % frequency == 0``.
 
     Example:
@@ -105,7 +113,9 @@ def is_prune_step(step: Step, *, start_step: int, end_step: int, frequency: int 
         [True, False, True, False, True, False]
     """
     start, end, freq = check_window("is_prune_step", start_step, end_step, frequency)
-    inside = (step >= start) & (step <= end) if isinstance(step, torch.Tensor) else start <= step <= end
+    inside = (
+        (step >= start) & (step <= end) if isinstance(step, torch.Tensor) else start <= step <= end
+    )
     return inside & ((step - start) % freq == 0)
 
 
@@ -119,7 +129,9 @@ def oneshot(sparsity: float, *, start_step: int = 0) -> Schedule:
     """
     target = _errors.fraction("oneshot", "sparsity", sparsity)
     if isinstance(target, torch.Tensor):
-        raise _errors.type_error("oneshot", "sparsity must be a Python float", target, "Pass e.g. 0.8.")
+        raise _errors.type_error(
+            "oneshot", "sparsity must be a Python float", target, "Pass e.g. 0.8."
+        )
     start = _errors.positive_int("oneshot", "start_step", start_step, minimum=0)
 
     def schedule(step: Step) -> float | torch.Tensor:
@@ -161,10 +173,14 @@ def iterative(
     target = _errors.fraction(func, "sparsity", sparsity)
     initial = _errors.fraction(func, "initial_sparsity", initial_sparsity)
     if isinstance(target, torch.Tensor) or isinstance(initial, torch.Tensor):
-        raise _errors.type_error(func, "sparsities must be Python floats", sparsity, "Pass e.g. 0.8.")
+        raise _errors.type_error(
+            func, "sparsities must be Python floats", sparsity, "Pass e.g. 0.8."
+        )
     if initial > target:
         raise _errors.value_error(
-            func, "initial_sparsity exceeds sparsity", _errors.detail(f"{initial} > {target}"),
+            func,
+            "initial_sparsity exceeds sparsity",
+            _errors.detail(f"{initial} > {target}"),
             "The schedule only increases sparsity; lower initial_sparsity.",
         )
     start, end, freq = check_window(func, start_step, end_step, frequency)
@@ -180,8 +196,15 @@ def iterative(
 
     def schedule(step: Step) -> float | torch.Tensor:
         if isinstance(step, torch.Tensor):
-            return ramp(step, start=start, end=end, frequency=freq, curve=curve,
-                        initial=torch.tensor(initial, dtype=torch.float64), target=target)
+            return ramp(
+                step,
+                start=start,
+                end=end,
+                frequency=freq,
+                curve=curve,
+                initial=torch.tensor(initial, dtype=torch.float64),
+                target=target,
+            )
         if step < start:
             return initial
         return value((step - start) // freq)
@@ -214,9 +237,13 @@ def ramp(
     """
     last = (end - start) // frequency
     initial = initial.to(torch.float64)
-    goal = torch.maximum(initial, torch.as_tensor(target, dtype=torch.float64, device=initial.device))
+    goal = torch.maximum(
+        initial, torch.as_tensor(target, dtype=torch.float64, device=initial.device)
+    )
     t = torch.div(step - start, frequency, rounding_mode="floor").clamp(0, max(last, 0))
-    value = torch.as_tensor(curve(t.to(torch.float64) / max(last, 1), initial, target), dtype=torch.float64)
+    value = torch.as_tensor(
+        curve(t.to(torch.float64) / max(last, 1), initial, target), dtype=torch.float64
+    )
     value = torch.maximum(torch.minimum(value, goal), initial)
     value = torch.where(t == 0, initial, value)
     value = torch.where(t >= last, goal, value)

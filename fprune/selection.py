@@ -239,13 +239,15 @@ def check_bounds(
     hi = _errors.fraction(func, "max_layer_sparsity", hi, allow_one=True)
     if isinstance(sparsity, float) and isinstance(lo, float) and lo > sparsity:
         raise _errors.value_error(
-            func, "min_layer_sparsity exceeds sparsity",
+            func,
+            "min_layer_sparsity exceeds sparsity",
             _errors.detail(f"min {lo} > sparsity {sparsity}"),
             "Lower min_layer_sparsity to at most the target sparsity.",
         )
     if isinstance(sparsity, float) and isinstance(hi, float) and sparsity > hi:
         raise _errors.value_error(
-            func, "sparsity exceeds max_layer_sparsity",
+            func,
+            "sparsity exceeds max_layer_sparsity",
             _errors.detail(f"sparsity {sparsity} > max {hi}"),
             "Raise max_layer_sparsity or lower the target sparsity.",
         )

@@ -82,7 +82,9 @@ def total_sparsity(
 
 
 def unit_fraction(
-    pruned: Mapping[str, torch.Tensor], totals: Mapping[str, int], unit: float,
+    pruned: Mapping[str, torch.Tensor],
+    totals: Mapping[str, int],
+    unit: float,
     combine: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """``unit * sum(pruned) / sum(totals)``; with ``combine`` (a sum over ranks, say) the two
@@ -90,6 +92,8 @@ def unit_fraction(
     count = torch.stack(list(pruned.values())).sum()
     total = sum(totals.values())
     if combine is not None:
-        both = combine(torch.stack([count.to(torch.int64), torch.tensor(total, device=count.device)]))
+        both = combine(
+            torch.stack([count.to(torch.int64), torch.tensor(total, device=count.device)])
+        )
         count, total = both[0], int(both[1])
     return count.to(torch.float64) * unit / max(total, 1)

@@ -2,7 +2,8 @@
 
 ``PruneState`` holds everything that changes during a run, and nothing else: the step
 counter, the schedule's initial, current and final targets, the masks, the criterion's
-accumulators and a fingerprint of the pruner that made it. Static settings live in the :class:`~fprune.pruner.Pruner` closure.
+accumulators and a fingerprint of the pruner that made it. Static settings live in the
+pruner's :class:`~fprune.steps.Settings`.
 
 Because the state is a pytree of tensors, it passes through ``torch.compile``,
 ``torch.func`` transforms and ``torch.utils._pytree`` utilities, and
@@ -97,17 +98,23 @@ class PruneState:
             True
         """
         func = "PruneState.from_state_dict"
-        state_dict = _renamed(func, _errors.tensor_dict(func, "state_dict", state_dict, floating=False))
+        state_dict = _renamed(
+            func, _errors.tensor_dict(func, "state_dict", state_dict, floating=False)
+        )
         missing = [k for k in _SCALARS if k not in state_dict]
         if missing == ["final_target"]:  # saved before the final target was part of the state
             raise _errors.value_error(
-                func, "state_dict lacks the final target 'final_target'", missing,
+                func,
+                "state_dict lacks the final target 'final_target'",
+                missing,
                 "Add it: state_dict['final_target'] = torch.tensor(<the pruner's sparsity>, "
                 "dtype=torch.float64).",
             )
         if missing:
             raise _errors.value_error(
-                func, "state_dict lacks required entries", missing,
+                func,
+                "state_dict lacks required entries",
+                missing,
                 "Pass the dict returned by PruneState.state_dict().",
             )
         fields: dict[str, dict[str, torch.Tensor]] = {f: {} for f in _DICTS}
@@ -117,14 +124,20 @@ class PruneState:
             prefix, _, name = key.partition("/")
             if prefix not in fields or not name:
                 raise _errors.value_error(
-                    func, "unknown key", key,
+                    func,
+                    "unknown key",
+                    key,
                     f"Keys are {', '.join(_SCALARS)}, masks/<name> and aux/<name>.",
                 )
             fields[prefix][name] = value
         return cls(
-            step=state_dict["step"], current_target=state_dict["current_target"],
-            initial_target=state_dict["initial_target"], masks=fields["masks"], aux=fields["aux"],
-            fingerprint=state_dict["fingerprint"], final_target=state_dict["final_target"],
+            step=state_dict["step"],
+            current_target=state_dict["current_target"],
+            initial_target=state_dict["initial_target"],
+            masks=fields["masks"],
+            aux=fields["aux"],
+            fingerprint=state_dict["fingerprint"],
+            final_target=state_dict["final_target"],
         )
 
 
@@ -135,7 +148,9 @@ def _renamed(func: str, state_dict: Mapping[str, torch.Tensor]) -> dict[str, tor
         if old in out:
             if new in out:
                 raise _errors.value_error(
-                    func, f"state_dict has both {old!r} and its current name {new!r}", sorted(out),
+                    func,
+                    f"state_dict has both {old!r} and its current name {new!r}",
+                    sorted(out),
                     f"Keep {new!r} only.",
                 )
             out[new] = out.pop(old)
@@ -151,19 +166,26 @@ def _unflatten(children: list[object], context: None) -> PruneState:
 
 
 def _flatten_with_keys(state: PruneState) -> tuple[list[tuple[Any, Any]], None]:
-    children = [(pytree.GetAttrKey(f.name), getattr(state, f.name)) for f in dataclasses.fields(state)]
+    children = [
+        (pytree.GetAttrKey(f.name), getattr(state, f.name)) for f in dataclasses.fields(state)
+    ]
     return children, None
 
 
 pytree.register_pytree_node(
-    PruneState, _flatten, _unflatten,  # type: ignore[arg-type]
-    serialized_type_name="fprune.PruneState", flatten_with_keys_fn=_flatten_with_keys,  # type: ignore[arg-type]
+    PruneState,
+    _flatten,
+    _unflatten,  # type: ignore[arg-type]
+    serialized_type_name="fprune.PruneState",
+    flatten_with_keys_fn=_flatten_with_keys,  # type: ignore[arg-type]
 )
 
 
 def hash64(text: str) -> int:
     """A stable signed 64-bit hash of ``text`` (blake2b; Python's ``hash`` is salted)."""
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little", signed=True)
+    return int.from_bytes(
+        hashlib.blake2b(text.encode(), digest_size=8).digest(), "little", signed=True
+    )
 
 
 def layout_text(params: Mapping[str, torch.Tensor]) -> str:

@@ -96,13 +96,17 @@ class Settings:
 
     def prunes_at(self, step: int | torch.Tensor) -> bool | torch.Tensor:
         """Whether ``step`` is a prune step of the window."""
-        return is_prune_step(step, start_step=self.start_step, end_step=self.end_step, frequency=self.frequency)
+        return is_prune_step(
+            step, start_step=self.start_step, end_step=self.end_step, frequency=self.frequency
+        )
 
 
 def active_layers(settings: Settings, func: str, params: _Tensors) -> dict[str, torch.Tensor]:
     """The layers the pattern divides (the others are skipped or raise), judged on the
     global shapes."""
-    skipped = check_divisible(func, params, settings.pattern, skip_indivisible=settings.skip_indivisible)
+    skipped = check_divisible(
+        func, params, settings.pattern, skip_indivisible=settings.skip_indivisible
+    )
     return {n: p for n, p in params.items() if n not in skipped}
 
 
@@ -114,24 +118,36 @@ def final_target(settings: Settings, value: object) -> torch.Tensor:
         return _checks.scalar(settings.sparsity, torch.float64)
     if isinstance(value, torch.Tensor) and (value.ndim != 0 or not value.is_floating_point()):
         raise _errors.type_error(
-            "init", "sparsity must be a float or a floating 0-d tensor",
+            "init",
+            "sparsity must be a float or a floating 0-d tensor",
             _errors.detail(f"{value.dtype} tensor of shape {tuple(value.shape)}"),
             "Pass e.g. torch.tensor(0.8); under vmap, a 1-D tensor of targets maps to 0-d.",
         )
     if not isinstance(value, torch.Tensor) or not _trace.tracing(value):
-        number = _errors.fraction("init", "sparsity", float(value) if isinstance(value, torch.Tensor) else value)
+        number = _errors.fraction(
+            "init", "sparsity", float(value) if isinstance(value, torch.Tensor) else value
+        )
         check_bounds("init", number, lo, hi)
         if number > cap:
             raise _errors.value_error(
-                "init", f"pattern {str(settings.pattern)!r} cannot exceed sparsity N/M = {cap}", number,
+                "init",
+                f"pattern {str(settings.pattern)!r} cannot exceed sparsity N/M = {cap}",
+                number,
                 f"Pass a sparsity of at most {cap}.",
             )
-    tensor = value.detach() if isinstance(value, torch.Tensor) else torch.tensor(value, dtype=torch.float64)
+    tensor = (
+        value.detach()
+        if isinstance(value, torch.Tensor)
+        else torch.tensor(value, dtype=torch.float64)
+    )
     return tensor.to(device="cpu", dtype=torch.float64).clamp(lo, min(hi, cap))
 
 
 def _initial_masks(
-    settings: Settings, active: _Tensors, local: _Tensors, sharding: _sharded.Sharding | None,
+    settings: Settings,
+    active: _Tensors,
+    local: _Tensors,
+    sharding: _sharded.Sharding | None,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """The first masks of every layer (of this rank's shards) and the schedule's initial
     sparsity: all kept from 0, or the existing zeros and their sparsity in pattern units
@@ -140,14 +156,19 @@ def _initial_masks(
     if not settings.lock_init_sparsity:
         return {n: torch.ones_like(p, dtype=torch.bool) for n, p in local.items()}, zero
     locked = pattern_lock_masks(active, pattern=settings.pattern) if active else {}
-    masks = {n: locked[n] if n in locked else torch.ones_like(p, dtype=torch.bool) for n, p in local.items()}
+    masks = {
+        n: locked[n] if n in locked else torch.ones_like(p, dtype=torch.bool)
+        for n, p in local.items()
+    }
     if not active:
         return masks, zero
     combine = None if sharding is None else sharding.comm.sum  # counts over all ranks
     return masks, unit_fraction(*pruned_units("init", locked, settings.pattern), combine).cpu()
 
 
-def init(settings: Settings, params: _Tensors, *, sparsity: float | torch.Tensor | None = None) -> PruneState:
+def init(
+    settings: Settings, params: _Tensors, *, sparsity: float | torch.Tensor | None = None
+) -> PruneState:
     """The first state: masks, the criterion's accumulators and the targets (see
     :class:`~fprune.pruner.Pruner`); sharded params give sharded masks and accumulators."""
     final = final_target(settings, sparsity)
@@ -165,8 +186,13 @@ def init(settings: Settings, params: _Tensors, *, sparsity: float | torch.Tensor
         masks = sharding.wrap(masks, {n: p.shape for n, p in params.items()})
         if aux:
             meta = settings.criterion.init(_sharded.meta({n: params[n] for n in names}))
-            shapes = _sharded.global_shapes({n: a.shape for n, a in meta.items()}, aux, sharding, "init",
-                                            "the criterion's state")
+            shapes = _sharded.global_shapes(
+                {n: a.shape for n, a in meta.items()},
+                aux,
+                sharding,
+                "init",
+                "the criterion's state",
+            )
             aux = sharding.wrap(aux, shapes)
     return PruneState(
         step=_checks.scalar(0, torch.int64),
@@ -180,7 +206,11 @@ def init(settings: Settings, params: _Tensors, *, sparsity: float | torch.Tensor
 
 
 def targets(
-    settings: Settings, step_t: torch.Tensor, initial: torch.Tensor, current: torch.Tensor, final: torch.Tensor
+    settings: Settings,
+    step_t: torch.Tensor,
+    initial: torch.Tensor,
+    current: torch.Tensor,
+    final: torch.Tensor,
 ) -> tuple[torch.Tensor, float | torch.Tensor]:
     """This prune step's target ``r`` (never below the current one) and the per-layer lower
     bound, which ramps with the schedule: ``min * r / sparsity`` (0 while r is 0)."""
@@ -189,7 +219,9 @@ def targets(
     return r, 0.0 if lo == 0.0 else r * lo / torch.clamp(final, min=lo)
 
 
-def grids(func: str, scores: object, params: _Tensors, pattern: Pattern, reduce: str) -> dict[str, torch.Tensor]:
+def grids(
+    func: str, scores: object, params: _Tensors, pattern: Pattern, reduce: str
+) -> dict[str, torch.Tensor]:
     """A criterion's scores on each layer's grid: weight-shaped scores are reduced,
     grid-shaped ones pass; any other shape is an error."""
     if not params:
@@ -205,22 +237,40 @@ def grids(func: str, scores: object, params: _Tensors, pattern: Pattern, reduce:
             out[name] = score
         else:
             raise _errors.value_error(
-                func, f"the criterion's score for {name!r} has the wrong shape",
-                _errors.detail(f"{tuple(score.shape)}; weight {shape}, grid {grid_shape(pattern, shape)}"),
+                func,
+                f"the criterion's score for {name!r} has the wrong shape",
+                _errors.detail(
+                    f"{tuple(score.shape)}; weight {shape}, grid {grid_shape(pattern, shape)}"
+                ),
                 "A criterion returns scores shaped like the weight or like its pattern grid.",
             )
     return out
 
 
 def prune_masks(
-    settings: Settings, step_t: torch.Tensor, initial: torch.Tensor, current: torch.Tensor, final: torch.Tensor,
-    previous: _Tensors, scores: _Tensors | LayerScoring, comm: object | None = None,
+    settings: Settings,
+    step_t: torch.Tensor,
+    initial: torch.Tensor,
+    current: torch.Tensor,
+    final: torch.Tensor,
+    previous: _Tensors,
+    scores: _Tensors | LayerScoring,
+    comm: _sharded.Collectives | None = None,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """New masks of the active layers and the new target, at a prune step (a sharded run's
     local shards with ``comm``, the ranks' collectives)."""
     r, low = targets(settings, step_t, initial, current, final)
-    masks = update_masks(scores, previous, pattern=settings.pattern, sparsity=r, scope=settings.scope, lo=low,
-                         hi=settings.max_layer_sparsity, reduce=settings.reduce, comm=comm)  # type: ignore[arg-type]
+    masks = update_masks(
+        scores,
+        previous,
+        pattern=settings.pattern,
+        sparsity=r,
+        scope=settings.scope,
+        lo=low,
+        hi=settings.max_layer_sparsity,
+        reduce=settings.reduce,
+        comm=comm,
+    )
     return masks, r
 
 
@@ -232,55 +282,85 @@ def _keep(*operands: object) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
 
 
 def _selection_scores(
-    settings: Settings, state: PruneState, active: _Tensors, grads: _Tensors | None,
+    settings: Settings,
+    state: PruneState,
+    active: _Tensors,
+    grads: _Tensors | None,
 ) -> tuple[Callable[[], _Tensors | LayerScoring], dict[str, torch.Tensor]]:
     """What the prune branch selects by (computed when it runs, for a stateless criterion,
     so that a compiled non-prune step skips it) and the criterion's new accumulators."""
-    crit = settings.criterion
-    if crit.stateless and crit.layer_score is not None:
-        return lambda: LayerScoring(crit.layer_score, active, grads, crit.needs_grads), {}  # type: ignore[arg-type]
+    crit, layer_score = settings.criterion, settings.criterion.layer_score
+    if crit.stateless and layer_score is not None:
+        return lambda: LayerScoring(layer_score, active, grads, crit.needs_grads), {}
     if crit.stateless:
-        return lambda: grids("step", crit.update({}, active, grads)[0], active, settings.pattern, settings.reduce), {}
+        return lambda: grids(
+            "step", crit.update({}, active, grads)[0], active, settings.pattern, settings.reduce
+        ), {}
     raw, aux = update_scores(crit, state.aux, active, grads) if active else ({}, {})
     ready = grids("step", raw, active, settings.pattern, settings.reduce)
     return lambda: ready, dict(aux)
 
 
 def advance(
-    settings: Settings, state: PruneState, params: _Tensors, grads: _Tensors | None, names: tuple[str, ...],
-    prune_now: bool | None, comm: object | None = None,
+    settings: Settings,
+    state: PruneState,
+    params: _Tensors,
+    grads: _Tensors | None,
+    names: tuple[str, ...],
+    prune_now: bool | None,
+    comm: _sharded.Collectives | None = None,
 ) -> tuple[PruneState, dict[str, torch.Tensor]]:
     """:func:`step` after its checks, on plain tensors (a sharded run's local shards, with
     ``comm`` for the selection), for the active layers ``names``; ``prune_now`` is None
     when traced (then decided in the graph)."""
     active = {n: params[n] for n in names}
-    scores, aux = _selection_scores(settings, state, active, None if grads is None else {n: grads[n] for n in active})
+    scores, aux = _selection_scores(
+        settings, state, active, None if grads is None else {n: grads[n] for n in active}
+    )
 
-    def prune_branch(*operands: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        return prune_masks(settings, *operands, scores(), comm)  # type: ignore[call-arg]
+    def prune_branch(
+        step_t: torch.Tensor,
+        initial: torch.Tensor,
+        current: torch.Tensor,
+        final: torch.Tensor,
+        previous: _Tensors,
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        return prune_masks(settings, step_t, initial, current, final, previous, scores(), comm)
 
     previous = {n: state.masks[n] for n in active}
-    operands = (state.step, state.initial_target, state.current_target, state.final_target, previous)
+    operands = (
+        state.step,
+        state.initial_target,
+        state.current_target,
+        state.final_target,
+        previous,
+    )
     if not active or prune_now is False:
         new_active, new_target = previous, state.current_target
     elif prune_now:
-        new_active, new_target = prune_branch(*operands)  # type: ignore[arg-type]
+        new_active, new_target = prune_branch(*operands)
     elif not _trace.batched(state.step):  # compiled: both branches traced, one runs
-        new_active, new_target = torch.cond(settings.prunes_at(state.step), prune_branch, _keep, operands)
+        new_active, new_target = torch.cond(
+            settings.prunes_at(state.step), prune_branch, _keep, operands
+        )
     else:  # vmapped (eager or compiled): members may disagree, so compute and select
         pred = torch.as_tensor(settings.prunes_at(state.step))
-        chosen, r = prune_branch(*operands)  # type: ignore[arg-type]
+        chosen, r = prune_branch(*operands)
         new_active = {n: torch.where(pred, chosen[n], state.masks[n]) for n in active}
         new_target = torch.where(pred, r, state.current_target)
     masks = {n: new_active.get(n, state.masks[n]) for n in params}
-    new_state = dataclasses.replace(state, step=state.step + 1, current_target=new_target, masks=masks, aux=aux)
+    new_state = dataclasses.replace(
+        state, step=state.step + 1, current_target=new_target, masks=masks, aux=aux
+    )
     return new_state, dict(masks)
 
 
 def _checked_grads(settings: Settings, params: _Tensors, grads: _Tensors | None) -> _Tensors | None:
     if grads is None and settings.criterion.needs_grads:
         raise _errors.value_error(
-            "step", "this criterion needs gradients", None,
+            "step",
+            "this criterion needs gradients",
+            None,
             "Pass grads (e.g. {n: p.grad for n, p in model.named_parameters() if n in params}) "
             "after backward, or use criterion='magnitude'.",
         )
@@ -301,7 +381,9 @@ def step(
     grads = _checked_grads(settings, params, grads)
     _checks.check_fingerprint(func, state, settings.config_hash, params)
     prune_now = None if _trace.tracing(state.step) else bool(settings.prunes_at(int(state.step)))
-    if prune_now is False and settings.criterion.stateless:  # nothing to accumulate, nothing to select
+    if (
+        prune_now is False and settings.criterion.stateless
+    ):  # nothing to accumulate, nothing to select
         return dataclasses.replace(state, step=state.step + 1), dict(state.masks)
     names = tuple(active_layers(settings, func, params))
     sharding = _sharded.detect(
@@ -309,11 +391,25 @@ def step(
     )
     if sharding is None:
         return advance(settings, state, params, grads, names, prune_now)
-    local = dataclasses.replace(state, masks=sharding.local(state.masks), aux=sharding.local(state.aux))
-    new_state, _ = advance(settings, local, sharding.local(params), None if grads is None else sharding.local(grads),
-                           names, prune_now, sharding.comm)
+    local = dataclasses.replace(
+        state, masks=sharding.local(state.masks), aux=sharding.local(state.aux)
+    )
+    new_state, _ = advance(
+        settings,
+        local,
+        sharding.local(params),
+        None if grads is None else sharding.local(grads),
+        names,
+        prune_now,
+        sharding.comm,
+    )
     masks = sharding.wrap(new_state.masks, {n: m.shape for n, m in state.masks.items()})
-    shapes = _sharded.global_shapes({n: a.shape for n, a in state.aux.items()}, new_state.aux, sharding, func,
-                                    "the criterion's state")
+    shapes = _sharded.global_shapes(
+        {n: a.shape for n, a in state.aux.items()},
+        new_state.aux,
+        sharding,
+        func,
+        "the criterion's state",
+    )
     aux = sharding.wrap(new_state.aux, shapes)
     return dataclasses.replace(new_state, masks=masks, aux=aux), dict(masks)

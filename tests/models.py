@@ -42,10 +42,20 @@ class ConvNet(nn.Module):
 def batches(model: nn.Module, n: int = 4, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
     g = torch.Generator().manual_seed(seed)
     shape = (8, 4, 6, 6) if isinstance(model, ConvNet) else (8, model.fc1.in_features)
-    return [(torch.randn(shape, generator=g), torch.randint(0, 4, (8,), generator=g)) for _ in range(n)]
+    return [
+        (torch.randn(shape, generator=g), torch.randint(0, 4, (8,), generator=g)) for _ in range(n)
+    ]
 
 
-def train(model: nn.Module, prune: fprune.Pruner, names, *, steps: int, momentum: float = 0.9, on_step=None):
+def train(
+    model: nn.Module,
+    prune: fprune.Pruner,
+    names,
+    *,
+    steps: int,
+    momentum: float = 0.9,
+    on_step=None,
+):
     """A plain torch.optim loop; ``on_step(s, state, masks)`` sees every step. Returns the state."""
     params = dict(model.named_parameters())
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=momentum)

@@ -37,7 +37,9 @@ def _flat(score: torch.Tensor, kept: torch.Tensor | None) -> list[tuple[tuple[in
     return [(rank(v, p), i) for i, (v, p) in enumerate(zip(vals, pruned, strict=True))]
 
 
-def _masks_from(chosen: dict[str, set[int]], scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _masks_from(
+    chosen: dict[str, set[int]], scores: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
     out = {}
     for name, score in scores.items():
         mask = torch.ones(score.numel(), dtype=torch.bool)
@@ -96,19 +98,26 @@ def nm_masks(views, n, m, sparsity, scope="global", lo=0.0, hi=1.0, previous=Non
     for name, view in views.items():
         rows, cols = view.shape
         kept = None if previous is None else previous[name]
-        gs = torch.empty(rows, cols // m, dtype=torch.float64 if view.dtype == torch.float64 else torch.float32)
+        gs = torch.empty(
+            rows, cols // m, dtype=torch.float64 if view.dtype == torch.float64 else torch.float32
+        )
         low = {}
         for r in range(rows):
             for g in range(cols // m):
                 idx = range(g * m, (g + 1) * m)
                 ranked = sorted(
-                    (rank(float(view[r, c]), kept is not None and not bool(kept[r, c])), c) for c in idx
+                    (rank(float(view[r, c]), kept is not None and not bool(kept[r, c])), c)
+                    for c in idx
                 )
                 pick = [c for _, c in ranked[:n]]
                 low[(r, g)] = pick
                 vals = view[r, pick].to(gs.dtype)
-                gs[r, g] = vals.mean() if reduce == "mean" else vals.sum() if reduce == "sum" else (
-                    vals.max() if not torch.isnan(vals).any() else float("nan")
+                gs[r, g] = (
+                    vals.mean()
+                    if reduce == "mean"
+                    else vals.sum()
+                    if reduce == "sum"
+                    else (vals.max() if not torch.isnan(vals).any() else float("nan"))
                 )
         group_scores[name], lowest[name] = gs, low
         if prev_groups is not None:
@@ -118,7 +127,9 @@ def nm_masks(views, n, m, sparsity, scope="global", lo=0.0, hi=1.0, previous=Non
     if scope == "local":
         groups = local_masks(group_scores, fraction, prev_groups)
     else:
-        groups = global_masks(group_scores, fraction, min(lo * m / n, 1.0), min(hi * m / n, 1.0), prev_groups)
+        groups = global_masks(
+            group_scores, fraction, min(lo * m / n, 1.0), min(hi * m / n, 1.0), prev_groups
+        )
     out = {}
     for name, view in views.items():
         mask = torch.ones(view.shape, dtype=torch.bool)

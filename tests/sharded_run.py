@@ -37,7 +37,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import fprune
 from fprune._sharded import rows_of
 
-SHAPES = {"attn.q": (48, 128), "attn.out": (64, 96), "mlp.up": (192, 64), "mlp.down": (64, 192), "conv": (32, 16, 3, 3)}
+SHAPES = {
+    "attn.q": (48, 128),
+    "attn.out": (64, 96),
+    "mlp.up": (192, 64),
+    "mlp.down": (64, 192),
+    "conv": (32, 16, 3, 3),
+}
 CASES = [  # pattern, scope, sparsity, bounds
     ("1x1", "global", 0.8, (0.0, 0.98)),
     ("1x1", "global", 0.7, (0.5, 0.75)),
@@ -62,7 +68,7 @@ def tensors(seed: int) -> dict[str, torch.Tensor]:
 
 
 def shard(whole: dict[str, torch.Tensor], mesh) -> dict[str, torch.Tensor]:
-    """This rank's rows as ``Shard(0)`` DTensors, sliced locally (``src_data_rank=None``: no collective)."""
+    """This rank's rows as ``Shard(0)`` DTensors, sliced locally (no collective)."""
     return {n: distribute_tensor(t, mesh, [Shard(0)], src_data_rank=None) for n, t in whole.items()}
 
 
@@ -83,10 +89,17 @@ def check(mesh) -> dict[str, object]:
     for i, (pattern, scope, sparsity, (lo, hi)) in enumerate(CASES):
         if not supported(pattern, world):
             continue
-        # the criteria in turn: each pattern meets both (a criterion scores each shard where it lies)
+        # the criteria in turn: each pattern meets both (a shard is scored where it lies)
         for criterion in (("magnitude", "snip_momentum")[i % 2],):
-            kw = dict(pattern=pattern, scope=scope, criterion=criterion, start_step=1, end_step=4,
-                      min_layer_sparsity=lo, max_layer_sparsity=hi)
+            kw = dict(
+                pattern=pattern,
+                scope=scope,
+                criterion=criterion,
+                start_step=1,
+                end_step=4,
+                min_layer_sparsity=lo,
+                max_layer_sparsity=hi,
+            )
             single, sharded = fprune.pruner(sparsity, **kw), fprune.pruner(sparsity, **kw)
             s_state, d_state = single.init(tensors(0)), sharded.init(shard(tensors(0), mesh))
             equal = True
@@ -94,33 +107,55 @@ def check(mesh) -> dict[str, object]:
                 params, grads = tensors(step), tensors(100 + step)
                 s_state, s_masks = single.step(s_state, params, grads)
                 with fprune.distributed.Traffic() as traffic:
-                    d_state, d_masks = sharded.step(d_state, shard(params, mesh), shard(grads, mesh))
+                    d_state, d_masks = sharded.step(
+                        d_state, shard(params, mesh), shard(grads, mesh)
+                    )
                 largest = max(largest, traffic.largest)
                 equal &= all(torch.equal(m, s_masks[n]) for n, m in full(d_masks).items())
                 equal &= all(tuple(m.placements) == (Shard(0),) for m in d_masks.values())
-                equal &= bool(d_state.current_target == s_state.current_target) and bool(d_state.step == s_state.step)
+                equal &= bool(d_state.current_target == s_state.current_target) and bool(
+                    d_state.step == s_state.step
+                )
                 equal &= all(torch.equal(a, s_state.aux[n]) for n, a in full(d_state.aux).items())
-            results.append({"case": f"{pattern} {scope} {sparsity} {criterion} [{lo}, {hi}]", "equal": equal})
+            results.append(
+                {"case": f"{pattern} {scope} {sparsity} {criterion} [{lo}, {hi}]", "equal": equal}
+            )
     # 2^20 units: enough that the selection narrows its search with a gathered sample
     g = torch.Generator().manual_seed(3)
-    big = {"big.a": torch.randn(1024, 512, generator=g), "big.b": torch.randn(512, 1024, generator=g)}
+    big = {
+        "big.a": torch.randn(1024, 512, generator=g),
+        "big.b": torch.randn(512, 1024, generator=g),
+    }
     for pattern, scope in (("1x1", "global"), ("1x1", "local"), ("4x1", "global")):
         if not supported(pattern, world):
             continue
-        prune = fprune.pruner(0.8, pattern=pattern, scope=scope, criterion="magnitude", max_layer_sparsity=0.85)
+        prune = fprune.pruner(
+            0.8, pattern=pattern, scope=scope, criterion="magnitude", max_layer_sparsity=0.85
+        )
         _, want = prune.step(prune.init(big), big)
         with fprune.distributed.Traffic() as traffic:
             _, got = prune.step(prune.init(shard(big, mesh)), shard(big, mesh))
-        results.append({"case": f"large {pattern} {scope}", "equal": all(torch.equal(m, want[n]) for n, m in full(got).items()),
-                        "largest": traffic.largest})
+        results.append(
+            {
+                "case": f"large {pattern} {scope}",
+                "equal": all(torch.equal(m, want[n]) for n, m in full(got).items()),
+                "largest": traffic.largest,
+            }
+        )
     primitives_equal: dict[str, bool] = {}
     scores, previous = tensors(7), {n: t > -1.0 for n, t in tensors(8).items()}
     scores = {n: t.abs() for n, t in scores.items()}
     grids = fprune.block_scores(scores, pattern="1x8")
     calls = {
-        "masks 1x8": lambda s, p: fprune.masks(s, pattern="1x8", sparsity=0.6, previous=p, min_layer_sparsity=0.3),
-        "masks 2:4 local": lambda s, p: fprune.masks(s, pattern="2:4", sparsity=0.3, scope="local", previous=p),
-        "global_masks": lambda s, p: fprune.global_masks(s, sparsity=0.7, max_layer_sparsity=0.8, previous=p),
+        "masks 1x8": lambda s, p: fprune.masks(
+            s, pattern="1x8", sparsity=0.6, previous=p, min_layer_sparsity=0.3
+        ),
+        "masks 2:4 local": lambda s, p: fprune.masks(
+            s, pattern="2:4", sparsity=0.3, scope="local", previous=p
+        ),
+        "global_masks": lambda s, p: fprune.global_masks(
+            s, sparsity=0.7, max_layer_sparsity=0.8, previous=p
+        ),
         "local_masks": lambda s, p: fprune.local_masks(s, sparsity=0.7, previous=p),
     }
     for name, call in calls.items():
@@ -135,9 +170,15 @@ def check(mesh) -> dict[str, object]:
     with fprune.distributed.Traffic() as gathered:  # the control: a weight moving is seen
         shard(tensors(0), mesh)["conv"].full_tensor()
     control = gathered.largest
-    return {"cases": results, "largest_collective_bytes": largest, "smallest_weight_bytes": weight_bytes,
-            "control_bytes": control, "errors": errors(mesh), "lock": lock(mesh),
-            "primitives_equal": primitives_equal}
+    return {
+        "cases": results,
+        "largest_collective_bytes": largest,
+        "smallest_weight_bytes": weight_bytes,
+        "control_bytes": control,
+        "errors": errors(mesh),
+        "lock": lock(mesh),
+        "primitives_equal": primitives_equal,
+    }
 
 
 def lock(mesh) -> bool:
@@ -146,8 +187,12 @@ def lock(mesh) -> bool:
     for name in whole:
         whole[name][::3] = 0.0  # zero rows (so whole 1x8 blocks too)
     ok = True
-    for prune in (fprune.pruner(0.8, pattern="1x8", criterion="magnitude", end_step=2, lock_init_sparsity=True),
-                  fprune.pattern_lock(pattern="1x8")):
+    for prune in (
+        fprune.pruner(
+            0.8, pattern="1x8", criterion="magnitude", end_step=2, lock_init_sparsity=True
+        ),
+        fprune.pattern_lock(pattern="1x8"),
+    ):
         single, sharded = prune.init(whole), prune.init(shard(whole, mesh))
         ok &= bool(single.initial_target == sharded.initial_target)
         for _ in range(3):
@@ -170,13 +215,26 @@ def errors(mesh) -> dict[str, str]:
         return "no error"
 
     if mesh.size() > 1:
-        out["channel"] = message(lambda: fprune.pruner(0.5, pattern="channelx1").init(shard(whole, mesh)))
+        out["channel"] = message(
+            lambda: fprune.pruner(0.5, pattern="channelx1").init(shard(whole, mesh))
+        )
     if not supported("4x1", mesh.size()):
-        out["split_block"] = message(lambda: fprune.pruner(0.5, pattern="4x1").init(shard(whole, mesh)))
+        out["split_block"] = message(
+            lambda: fprune.pruner(0.5, pattern="4x1").init(shard(whole, mesh))
+        )
     mixed = {**shard(whole, mesh), "attn.q": whole["attn.q"]}
     out["mixed"] = message(lambda: fprune.pruner(0.5, pattern="1x1").init(mixed))
-    cols = {n: DTensor.from_local(t.clone(), mesh, [Shard(1)], run_check=False, shape=(t.shape[0], t.shape[1] * mesh.size()),
-                                  stride=(t.shape[1] * mesh.size(), 1)) for n, t in {"w": whole["attn.q"]}.items()}
+    cols = {
+        n: DTensor.from_local(
+            t.clone(),
+            mesh,
+            [Shard(1)],
+            run_check=False,
+            shape=(t.shape[0], t.shape[1] * mesh.size()),
+            stride=(t.shape[1] * mesh.size(), 1),
+        )
+        for n, t in {"w": whole["attn.q"]}.items()
+    }
     out["shard1"] = message(lambda: fprune.pruner(0.5, pattern="1x1").init(cols))
     prune = fprune.pruner(0.5, pattern="1x1", criterion="magnitude")
     plain_state = prune.init(whole)
@@ -191,8 +249,15 @@ def run(prune, state, first: int, last: int, mesh):
 
 
 def pruner():
-    return fprune.pruner(0.8, pattern="1x4", scope="global", criterion="snip_momentum", start_step=1, end_step=7,
-                         min_layer_sparsity=0.3)
+    return fprune.pruner(
+        0.8,
+        pattern="1x4",
+        scope="global",
+        criterion="snip_momentum",
+        start_step=1,
+        end_step=7,
+        min_layer_sparsity=0.3,
+    )
 
 
 def save(mesh, folder: Path) -> dict[str, object]:
@@ -225,10 +290,17 @@ def resume(mesh, folder: Path, saved_ranks: int) -> dict[str, object]:
     return out
 
 
-def worker(rank: int, world: int, rendezvous: str, mode: str, folder: str, saved_ranks: int) -> None:
+def worker(
+    rank: int, world: int, rendezvous: str, mode: str, folder: str, saved_ranks: int
+) -> None:
     # a file rendezvous: no port to pick (one picked free can be taken before rank 0 binds it)
-    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=120))
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{rendezvous}",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=120),
+    )
     torch.set_num_threads(1)
     try:
         mesh = init_device_mesh("cpu", (world,))
@@ -244,8 +316,9 @@ def worker(rank: int, world: int, rendezvous: str, mode: str, folder: str, saved
     everyone: list[object] = [None] * world
     dist.all_gather_object(everyone, json.dumps(result, sort_keys=True))
     if rank == 0:
-        (Path(folder) / f"{mode}.json").write_text(json.dumps({"ranks": world, "same_on_every_rank": len(set(everyone)) == 1,
-                                                               **result}))
+        (Path(folder) / f"{mode}.json").write_text(
+            json.dumps({"ranks": world, "same_on_every_rank": len(set(everyone)) == 1, **result})
+        )
     dist.barrier()
     dist.destroy_process_group()
     # End the process at once: freeing this rank's objects after the group is gone can abort
@@ -265,10 +338,22 @@ def main(argv: list[str] | None = None) -> None:
     rendezvous = tempfile.mkdtemp()
     # forkserver: the ranks fork from one process that has imported torch and fprune, instead
     # of each importing them again (a few seconds of CPU a rank)
-    mp.set_forkserver_preload(["torch", "torch.distributed.tensor", "torch.distributed.checkpoint", "fprune"])
+    mp.set_forkserver_preload(
+        ["torch", "torch.distributed.tensor", "torch.distributed.checkpoint", "fprune"]
+    )
     try:
-        mp.start_processes(worker, args=(args.ranks, os.path.join(rendezvous, "store"), args.mode, args.dir,
-                                         args.saved_ranks), nprocs=args.ranks, start_method="forkserver")
+        mp.start_processes(
+            worker,
+            args=(
+                args.ranks,
+                os.path.join(rendezvous, "store"),
+                args.mode,
+                args.dir,
+                args.saved_ranks,
+            ),
+            nprocs=args.ranks,
+            start_method="forkserver",
+        )
     finally:
         shutil.rmtree(rendezvous, ignore_errors=True)
 

@@ -29,7 +29,9 @@ sparsities = st.one_of(
 )
 
 
-def values(*, specials: bool | tuple[float, ...] = True, ties: bool = True) -> st.SearchStrategy[float]:
+def values(
+    *, specials: bool | tuple[float, ...] = True, ties: bool = True
+) -> st.SearchStrategy[float]:
     """Score values: finite floats, plus (optionally) a small pool that forces ties and specials.
 
     ``specials`` may be a tuple to choose the special values.
@@ -45,8 +47,14 @@ def values(*, specials: bool | tuple[float, ...] = True, ties: bool = True) -> s
 # Every float16 value in [-1e4, 1e4] (the finite values ``values()`` draws), simplest first:
 # by magnitude, then positive before negative, so hypothesis shrinks towards 0.0, 1.0, ...
 _FINITE16 = sorted(
-    (v for v in torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16).view(torch.float16).tolist()
-     if math.isfinite(v) and abs(v) <= 1e4),  # every bit pattern once: +0.0 and -0.0 both
+    (
+        v
+        for v in torch.arange(-(2**15), 2**15, dtype=torch.int32)
+        .to(torch.int16)
+        .view(torch.float16)
+        .tolist()
+        if math.isfinite(v) and abs(v) <= 1e4
+    ),  # every bit pattern once: +0.0 and -0.0 both
     key=lambda v: (abs(v), math.copysign(1.0, v) < 0),
 )
 
@@ -74,7 +82,7 @@ def tensors(draw, shape, *, dtype=None, specials=True, ties=True, nonnegative=Fa
     vals = []
     for i in range(n):
         pool = pools[raw[3 * i] % len(pools)]
-        vals.append(pool[int.from_bytes(raw[3 * i + 1:3 * i + 3], "little") % len(pool)])
+        vals.append(pool[int.from_bytes(raw[3 * i + 1 : 3 * i + 3], "little") % len(pool)])
     t = torch.tensor(vals, dtype=torch.float64).reshape(shape).to(dtype)
     return t.abs() if nonnegative else t
 
@@ -94,7 +102,9 @@ def divisible_shape(pattern_rows: int, pattern_cols: int, *, conv: bool = False)
     )
 
 
-block_patterns = st.sampled_from(["1x1", "2x1", "1x2", "4x1", "2x2", "channelx1", "1xchannel", "channelx2"])
+block_patterns = st.sampled_from(
+    ["1x1", "2x1", "1x2", "4x1", "2x2", "channelx1", "1xchannel", "channelx2"]
+)
 nm_patterns = st.sampled_from(["1:2", "2:4", "1:4", "3:4", "2:8"])
 any_patterns = st.one_of(block_patterns, nm_patterns)
 
@@ -108,7 +118,14 @@ def _pattern_sides(pattern: str) -> tuple[int, int]:
 
 @st.composite
 def score_dicts(
-    draw, pattern="1x1", *, min_layers=1, max_layers=4, dtype=None, specials=True, nonnegative=False,
+    draw,
+    pattern="1x1",
+    *,
+    min_layers=1,
+    max_layers=4,
+    dtype=None,
+    specials=True,
+    nonnegative=False,
     conv=True,
 ):
     """A dict of FQN-named score tensors that ``pattern`` divides (some conv-shaped)."""
@@ -137,10 +154,15 @@ def bits(t: torch.Tensor) -> torch.Tensor:
     """Bitwise identity of a tensor (NaN-safe comparison for purity checks)."""
     if t.dtype == torch.bool:
         return t
-    return t.contiguous().view({1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
+    return t.contiguous().view(
+        {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()]
+    )
 
 
 def same_bits(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(
-        a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and torch.equal(bits(a[k]), bits(b[k])) for k in a
+        a[k].dtype == b[k].dtype
+        and a[k].shape == b[k].shape
+        and torch.equal(bits(a[k]), bits(b[k]))
+        for k in a
     )

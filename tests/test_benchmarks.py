@@ -26,31 +26,59 @@ def _bench_step():
 def test_bench_step_runs_and_writes_its_rows(tmp_path, capsys):
     bench = _bench_step()
     out = tmp_path / "step.json"
-    payload = bench.main(["--layers", "2", "--repeats", "5", "--skip-peers", "torch.nn,torch.ao", "--json", str(out),
-                          "--allocator", "glibc keeping freed memory"])  # "as set": the same run, no variable
+    payload = bench.main(
+        [
+            "--layers",
+            "2",
+            "--repeats",
+            "5",
+            "--skip-peers",
+            "torch.nn,torch.ao",
+            "--json",
+            str(out),
+            "--allocator",
+            "glibc keeping freed memory",
+        ]
+    )  # "as set": the same run, no variable
     written = json.loads(out.read_text())
     assert written["weights"] == payload["weights"] == 768 * 768 * 2
     names = [r["name"] for r in written["rows"]]
     assert "fprune global 4x1 80%" in names and "AdamW(foreach) step" in names
     assert "fprune global 2:4 30%" in names  # an iterative N:M step, groups selected
     assert "4x1 80% passes, threshold known (no selection)" in names  # the floor
-    assert {"fprune snip_momentum 4x1 non-prune step", "fprune snip_momentum 4x1 non-prune step, same state"} <= set(names)
+    assert {
+        "fprune snip_momentum 4x1 non-prune step",
+        "fprune snip_momentum 4x1 non-prune step, same state",
+    } <= set(names)
     assert not any(n.startswith(("torch.nn", "torch.ao")) for n in names)  # skipped
     for row in written["rows"]:
         assert len(row["times_s"]) == 5 and min(row["times_s"]) > 0
         assert row["paired_x_adamw"] > 0 and row["paired_x_mul"] > 0
-        assert len(row["minor_faults"]) == 5 and all(f >= 0 for f in row["minor_faults"])  # less the warm-up
+        assert len(row["minor_faults"]) == 5 and all(
+            f >= 0 for f in row["minor_faults"]
+        )  # less the warm-up
     assert [m["pattern"] for m in written["memory"]] == ["1x1", "4x1", "2:4"]
-    assert all(m["masks_bytes_per_weight"] == 1.0 and m["extra_bytes_per_weight"] > 0 for m in written["memory"])
+    assert all(
+        m["masks_bytes_per_weight"] == 1.0 and m["extra_bytes_per_weight"] > 0
+        for m in written["memory"]
+    )
     scaling = {(r["allocator"], r["layers"], r["pattern"]): r for r in written["scaling"]}
     allocators = ("glibc keeping freed memory",)
     # each allocator setting at 1/10 (at least 1), 1x and 4x the layers
-    assert set(scaling) == {(a, k, p) for a in allocators for k in (1, 2, 8) for p in ("1x1", "4x1")}
+    assert set(scaling) == {
+        (a, k, p) for a in allocators for k in (1, 2, 8) for p in ("1x1", "4x1")
+    }
     for a in allocators:  # 6 square, 2 of 4 squares
-        assert [scaling[(a, k, "1x1")]["weights"] for k in (1, 2, 8)] == [768 * 768, 2 * 768 * 768, 14 * 768 * 768]
+        assert [scaling[(a, k, "1x1")]["weights"] for k in (1, 2, 8)] == [
+            768 * 768,
+            2 * 768 * 768,
+            14 * 768 * 768,
+        ]
     for r in scaling.values():
         assert r["paired_x_mul"] > 0 and r["ns_per_weight"] > 0
-        assert len(r["times_s"]) == len(r["mul_times_s"]) == len(r["minor_faults"]) == 5  # less the warm-up
+        assert (
+            len(r["times_s"]) == len(r["mul_times_s"]) == len(r["minor_faults"]) == 5
+        )  # less the warm-up
         assert all(f >= 0 for f in r["minor_faults"])
     printed = capsys.readouterr().out
     assert "x AdamW" in printed and printed.count("1x -> 4x the weights") == 2  # 2 patterns

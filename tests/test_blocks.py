@@ -86,15 +86,24 @@ def test_grid_shape():
 
 @pytest.mark.parametrize(("bad", "hint"), [("maen", "mean"), ("summ", "sum"), ("median", "mean")])
 def test_reduce_unknown_name_suggests_closest(bad, hint):
-    with pytest.raises(ValueError, match=rf"unknown reduce \(got '{bad}'\)\. Did you mean '{hint}'\?"):
+    with pytest.raises(
+        ValueError, match=rf"unknown reduce \(got '{bad}'\)\. Did you mean '{hint}'\?"
+    ):
         reduce_blocks(torch.zeros(2, 2), (1, 1), reduce=bad)
 
 
 def test_block_scores_names_indivisible_layer():
     with pytest.raises(ValueError, match=r"^block_scores: pattern '4x1' does not divide") as info:
-        block_scores({"ok.weight": torch.zeros(8, 8), "odd.weight": torch.zeros(6, 3, 3)}, pattern="4x1")
+        block_scores(
+            {"ok.weight": torch.zeros(8, 8), "odd.weight": torch.zeros(6, 3, 3)}, pattern="4x1"
+        )
     msg = str(info.value)
-    assert "'odd.weight'" in msg and "(6, 3, 3)" in msg and "'4x1'" in msg and "skip_indivisible" in msg
+    assert (
+        "'odd.weight'" in msg
+        and "(6, 3, 3)" in msg
+        and "'4x1'" in msg
+        and "skip_indivisible" in msg
+    )
 
 
 def test_indivisible_layers_lists_sorted_names():

@@ -48,7 +48,12 @@ def st_file(tmp_path):
 @pytest.fixture
 def pt_file(tmp_path):
     w = _weights()
-    tree = {"model": dict(w), "step": 7, "config": {"lr": 0.1, "name": "mlp"}, "extra": [w["norm.weight"], "note"]}
+    tree = {
+        "model": dict(w),
+        "step": 7,
+        "config": {"lr": 0.1, "name": "mlp"},
+        "extra": [w["norm.weight"], "note"],
+    }
     tree["model"]["tied.weight"] = tree["model"]["encoder.0.weight"]  # shares storage
     tree["model"]["conv.weight"] = torch.nn.Parameter(w["conv.weight"])  # loads requiring grad
     path = tmp_path / "model.pt"
@@ -70,11 +75,15 @@ def _units(weight: torch.Tensor, pattern: str) -> int:
     return fprune.grid_shape(pattern, weight.shape)[0] * fprune.grid_shape(pattern, weight.shape)[1]
 
 
-@pytest.mark.parametrize(("pattern", "sparsity"), [("1x1", 0.5), ("4x1", 0.5), ("2:4", 0.5), ("1x2", 0.3)])
+@pytest.mark.parametrize(
+    ("pattern", "sparsity"), [("1x1", 0.5), ("4x1", 0.5), ("2:4", 0.5), ("1x2", 0.3)]
+)
 def test_prune_safetensors_round_trip(st_file, tmp_path, capsys, pattern, sparsity):
     before = _digest(st_file)
     out = tmp_path / "pruned.safetensors"
-    code, text, err = _run(capsys, "prune", st_file, "-o", out, "--pattern", pattern, "--sparsity", sparsity)
+    code, text, err = _run(
+        capsys, "prune", st_file, "-o", out, "--pattern", pattern, "--sparsity", sparsity
+    )
     assert code == 0, err
     assert _digest(st_file) == before  # the input is untouched
     dense, pruned = _weights(), safetensors_torch.load_file(str(out))
@@ -104,12 +113,21 @@ def test_prune_safetensors_round_trip(st_file, tmp_path, capsys, pattern, sparsi
 
 def test_prune_torch_keeps_structure_and_ties(pt_file, tmp_path, capsys):
     out = tmp_path / "pruned.pt"
-    code, text, err = _run(capsys, "prune", pt_file, "-o", out, "--pattern", "4x1", "--sparsity", "0.75")
+    code, text, err = _run(
+        capsys, "prune", pt_file, "-o", out, "--pattern", "4x1", "--sparsity", "0.75"
+    )
     assert code == 0, err
     tree = torch.load(out, weights_only=True)
-    assert tree["step"] == 7 and tree["config"] == {"lr": 0.1, "name": "mlp"} and tree["extra"][1] == "note"
+    assert (
+        tree["step"] == 7
+        and tree["config"] == {"lr": 0.1, "name": "mlp"}
+        and tree["extra"][1] == "note"
+    )
     model = tree["model"]
-    assert model["tied.weight"].untyped_storage().data_ptr() == model["encoder.0.weight"].untyped_storage().data_ptr()
+    assert (
+        model["tied.weight"].untyped_storage().data_ptr()
+        == model["encoder.0.weight"].untyped_storage().data_ptr()
+    )
     w = _weights()["encoder.0.weight"]
     zeros = int((model["encoder.0.weight"] == 0).sum())
     assert zeros == 4 * math.floor(0.75 * w.numel() // 4)  # pruned once, not twice through the tie
@@ -120,7 +138,20 @@ def test_prune_torch_keeps_structure_and_ties(pt_file, tmp_path, capsys):
 
 def test_prune_global_scope_is_exact(st_file, tmp_path, capsys):
     out = tmp_path / "g.safetensors"
-    code, text, err = _run(capsys, "prune", st_file, "-o", out, "--pattern", "1x1", "--sparsity", "0.6", "--scope", "global", "--json")
+    code, text, err = _run(
+        capsys,
+        "prune",
+        st_file,
+        "-o",
+        out,
+        "--pattern",
+        "1x1",
+        "--sparsity",
+        "0.6",
+        "--scope",
+        "global",
+        "--json",
+    )
     assert code == 0, err
     result = json.loads(text.strip().splitlines()[-1])
     assert sorted(result["pruned"]) == sorted(PRUNED)
@@ -131,40 +162,84 @@ def test_prune_global_scope_is_exact(st_file, tmp_path, capsys):
 
 def test_include_and_exclude_override_the_default(st_file, tmp_path, capsys):
     out = tmp_path / "o.safetensors"
-    code, text, _ = _run(capsys, "prune", st_file, "-o", out, "--pattern", "1x1", "--sparsity", "0.5",
-                         "--include", "embed|classifier|bias", "--json")
+    code, text, _ = _run(
+        capsys,
+        "prune",
+        st_file,
+        "-o",
+        out,
+        "--pattern",
+        "1x1",
+        "--sparsity",
+        "0.5",
+        "--include",
+        "embed|classifier|bias",
+        "--json",
+    )
     assert code == 0
     result = json.loads(text)
     assert sorted(result["pruned"]) == ["classifier.weight", "embed_tokens.weight"]
     assert "encoder.0.bias" in result["skipped"]  # chosen by name, but 1-D
-    code, text, _ = _run(capsys, "prune", st_file, "-o", out, "--force", "--pattern", "1x1", "--sparsity", "0.5",
-                         "--exclude", "conv", "--exclude", "encoder.1", "--json")
+    code, text, _ = _run(
+        capsys,
+        "prune",
+        st_file,
+        "-o",
+        out,
+        "--force",
+        "--pattern",
+        "1x1",
+        "--sparsity",
+        "0.5",
+        "--exclude",
+        "conv",
+        "--exclude",
+        "encoder.1",
+        "--json",
+    )
     assert code == 0
-    assert sorted(json.loads(text)["pruned"]) == ["classifier.weight", "embed_tokens.weight", "encoder.0.weight"]
+    assert sorted(json.loads(text)["pruned"]) == [
+        "classifier.weight",
+        "embed_tokens.weight",
+        "encoder.0.weight",
+    ]
 
 
 def test_indivisible_layers_stay_dense_and_are_listed(st_file, tmp_path, capsys):
     out = tmp_path / "o.safetensors"
-    code, text, _ = _run(capsys, "prune", st_file, "-o", out, "--pattern", "16x1", "--sparsity", "0.5", "--json")
+    code, text, _ = _run(
+        capsys, "prune", st_file, "-o", out, "--pattern", "16x1", "--sparsity", "0.5", "--json"
+    )
     assert code == 0
     result = json.loads(text)
     assert sorted(result["pruned"]) == ["encoder.0.weight", "encoder.1.weight"]
     assert "16x1 does not divide it" in result["skipped"]["conv.weight"]
-    assert torch.equal(safetensors_torch.load_file(str(out))["conv.weight"], _weights()["conv.weight"])
+    assert torch.equal(
+        safetensors_torch.load_file(str(out))["conv.weight"], _weights()["conv.weight"]
+    )
 
 
 def test_refuses_to_overwrite(st_file, tmp_path, capsys):
     before = _digest(st_file)
-    code, _, err = _run(capsys, "prune", st_file, "-o", st_file, "--pattern", "4x1", "--sparsity", "0.5")
+    code, _, err = _run(
+        capsys, "prune", st_file, "-o", st_file, "--pattern", "4x1", "--sparsity", "0.5"
+    )
     assert code == 2 and "is the input file; pass --force" in err
     assert _digest(st_file) == before
     other = tmp_path / "exists.safetensors"
     other.write_bytes(b"keep me")
-    code, _, err = _run(capsys, "prune", st_file, "-o", other, "--pattern", "4x1", "--sparsity", "0.5")
+    code, _, err = _run(
+        capsys, "prune", st_file, "-o", other, "--pattern", "4x1", "--sparsity", "0.5"
+    )
     assert code == 2 and "exists; pass --force" in err and other.read_bytes() == b"keep me"
-    code, _, err = _run(capsys, "prune", st_file, "-o", st_file, "--force", "--pattern", "4x1", "--sparsity", "0.5")
+    code, _, err = _run(
+        capsys, "prune", st_file, "-o", st_file, "--force", "--pattern", "4x1", "--sparsity", "0.5"
+    )
     assert code == 0, err
-    assert layer_report("w", safetensors_torch.load_file(str(st_file))["encoder.0.weight"]).sparsity == 0.5
+    assert (
+        layer_report("w", safetensors_torch.load_file(str(st_file))["encoder.0.weight"]).sparsity
+        == 0.5
+    )
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 
@@ -177,15 +252,27 @@ def _corrupt_files(tmp_path, st_file):
     torch.save({"step": 3, "name": "no tensors"}, tmp_path / "notensors.pt")
     with (tmp_path / "pickle.pt").open("wb") as f:
         pickle.dump({"w": torch.ones(2, 2), "f": collections.Counter("ab")}, f)  # not weights-only
-    return ["truncated.safetensors", "noise.bin", "empty.pt", "text.safetensors", "notensors.pt", "pickle.pt", "missing.pt"]
+    return [
+        "truncated.safetensors",
+        "noise.bin",
+        "empty.pt",
+        "text.safetensors",
+        "notensors.pt",
+        "pickle.pt",
+        "missing.pt",
+    ]
 
 
 def test_corrupt_and_non_tensor_files_fail_cleanly(st_file, tmp_path, capsys):
     for name in _corrupt_files(tmp_path, st_file):
         out = tmp_path / f"out-{name}"
-        code, text, err = _run(capsys, "prune", tmp_path / name, "-o", out, "--pattern", "4x1", "--sparsity", "0.5")
+        code, text, err = _run(
+            capsys, "prune", tmp_path / name, "-o", out, "--pattern", "4x1", "--sparsity", "0.5"
+        )
         assert code == 2, name
-        assert err.startswith("fprune prune: error: ") and name in err and "Traceback" not in err, err
+        assert err.startswith("fprune prune: error: ") and name in err and "Traceback" not in err, (
+            err
+        )
         assert err.count("\n") == 1 and text == ""
         assert not out.exists()
         code, _, err = _run(capsys, "report", tmp_path / name)
@@ -213,25 +300,50 @@ def test_bad_arguments_name_the_fix(st_file, tmp_path, capsys, args, message):
 
 
 def test_output_suffix_must_match_the_format(st_file, pt_file, tmp_path, capsys):
-    code, _, err = _run(capsys, "prune", st_file, "-o", tmp_path / "o.pt", "--pattern", "4x1", "--sparsity", "0.5")
+    code, _, err = _run(
+        capsys, "prune", st_file, "-o", tmp_path / "o.pt", "--pattern", "4x1", "--sparsity", "0.5"
+    )
     assert code == 2 and "name it *.safetensors" in err
-    code, _, err = _run(capsys, "prune", pt_file, "-o", tmp_path / "o.safetensors", "--pattern", "4x1", "--sparsity", "0.5")
+    code, _, err = _run(
+        capsys,
+        "prune",
+        pt_file,
+        "-o",
+        tmp_path / "o.safetensors",
+        "--pattern",
+        "4x1",
+        "--sparsity",
+        "0.5",
+    )
     assert code == 2 and "name it *.pt or *.bin" in err
 
 
 def test_report_checks_the_pattern(st_file, tmp_path, capsys):
-    assert _run(capsys, "report", st_file, "--pattern", "4x1")[0] == 0  # no zero at all: whole blocks
-    code, text, _ = _run(capsys, "report", st_file, "--pattern", "2:4", "--json")  # dense groups break 2:4
-    assert code == 1 and all(r["violation"] == [0] * len(r["shape"]) for r in json.loads(text)["layers"])
+    assert (
+        _run(capsys, "report", st_file, "--pattern", "4x1")[0] == 0
+    )  # no zero at all: whole blocks
+    code, text, _ = _run(
+        capsys, "report", st_file, "--pattern", "2:4", "--json"
+    )  # dense groups break 2:4
+    assert code == 1 and all(
+        r["violation"] == [0] * len(r["shape"]) for r in json.loads(text)["layers"]
+    )
     out = tmp_path / "p.safetensors"
-    assert _run(capsys, "prune", st_file, "-o", out, "--pattern", "2:4", "--sparsity", "0.5")[0] == 0
+    assert (
+        _run(capsys, "prune", st_file, "-o", out, "--pattern", "2:4", "--sparsity", "0.5")[0] == 0
+    )
     code, text, _ = _run(capsys, "report", out, "--pattern", "2:4", "--json")
     assert code == 0
     result = json.loads(text)
     assert sorted(r["name"] for r in result["layers"]) == sorted(PRUNED)
-    assert all(r["satisfies"] and r["unit_sparsity"] == 0.5 and r["sparsity"] == 0.5 for r in result["layers"])
+    assert all(
+        r["satisfies"] and r["unit_sparsity"] == 0.5 and r["sparsity"] == 0.5
+        for r in result["layers"]
+    )
     assert result["total"]["checked"] == result["total"]["satisfying"] == 3
-    code, text, _ = _run(capsys, "report", out, "--pattern", "4x1", "--json")  # 2:4 zeros are not 4x1 blocks
+    code, text, _ = _run(
+        capsys, "report", out, "--pattern", "4x1", "--json"
+    )  # 2:4 zeros are not 4x1 blocks
     assert code == 1
     row = next(r for r in json.loads(text)["layers"] if r["name"] == "encoder.0.weight")
     assert row["satisfies"] is False
@@ -251,7 +363,12 @@ def test_report_all_and_human_table(pt_file, capsys):
 def test_python_dash_m_runs_without_traceback(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"\x00" * 64)
-    run = subprocess.run([sys.executable, "-m", "fprune", "report", str(bad)], capture_output=True, text=True, check=False)
+    run = subprocess.run(
+        [sys.executable, "-m", "fprune", "report", str(bad)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert run.returncode == 2 and "Traceback" not in run.stderr and "bad.pt" in run.stderr
 
 

@@ -38,8 +38,13 @@ def test_masks_compiled_equal_eager(pattern, scope, fraction, data):
 
     def fn(scores, previous, sparsity, lo):
         return fprune.masks(
-            scores, pattern=pattern, sparsity=sparsity, scope=scope, previous=previous,
-            min_layer_sparsity=lo, max_layer_sparsity=0.98,
+            scores,
+            pattern=pattern,
+            sparsity=sparsity,
+            scope=scope,
+            previous=previous,
+            min_layer_sparsity=lo,
+            max_layer_sparsity=0.98,
         )
 
     lo = sparsity / 2
@@ -52,22 +57,36 @@ def test_masks_compiled_equal_eager(pattern, scope, fraction, data):
 @given(strategies.score_dicts(conv=False, max_layers=3), strategies.sparsities, st.data())
 def test_selection_compiled_equal_eager(scores, sparsity, data):
     previous = data.draw(strategies.previous_masks(scores))
-    glob = compiled(lambda s, p, r: fprune.global_masks(s, sparsity=r, previous=p, max_layer_sparsity=f64(0.995)),
-                    "eager")
-    assert same_bits(glob(scores, previous, f64(sparsity)),
-                     fprune.global_masks(scores, sparsity=sparsity, previous=previous, max_layer_sparsity=0.995))
+    glob = compiled(
+        lambda s, p, r: fprune.global_masks(
+            s, sparsity=r, previous=p, max_layer_sparsity=f64(0.995)
+        ),
+        "eager",
+    )
+    assert same_bits(
+        glob(scores, previous, f64(sparsity)),
+        fprune.global_masks(scores, sparsity=sparsity, previous=previous, max_layer_sparsity=0.995),
+    )
     loc = compiled(lambda s, p, r: fprune.local_masks(s, sparsity=r, previous=p), "eager")
-    assert same_bits(loc(scores, previous, f64(sparsity)), fprune.local_masks(scores, sparsity=sparsity, previous=previous))
+    assert same_bits(
+        loc(scores, previous, f64(sparsity)),
+        fprune.local_masks(scores, sparsity=sparsity, previous=previous),
+    )
     keys = compiled(lambda s: {n: fprune.rank_keys(v) for n, v in s.items()}, "eager")
     assert same_bits(keys(scores), {n: fprune.rank_keys(v) for n, v in scores.items()})
 
 
 def test_changing_target_does_not_recompile():
     gen = torch.Generator().manual_seed(0)
-    scores = {"a.weight": torch.rand(8, 8, generator=gen), "b.weight": torch.rand(16, 4, generator=gen)}
+    scores = {
+        "a.weight": torch.rand(8, 8, generator=gen),
+        "b.weight": torch.rand(16, 4, generator=gen),
+    }
     counter = CompileCounterWithBackend("aot_eager")
     torch._dynamo.reset()
-    fn = torch.compile(lambda s, r: fprune.masks(s, pattern="4x1", sparsity=r), fullgraph=True, backend=counter)
+    fn = torch.compile(
+        lambda s, r: fprune.masks(s, pattern="4x1", sparsity=r), fullgraph=True, backend=counter
+    )
     schedule = fprune.iterative(0.9, start_step=0, end_step=20, frequency=2, decay="cos")
     previous, compiled_frames = None, []
     for step in fprune.prune_steps(start_step=0, end_step=20, frequency=2):
@@ -84,7 +103,10 @@ def test_changing_target_does_not_recompile():
 
 def test_other_primitives_compile():
     gen = torch.Generator().manual_seed(1)
-    params = {"fc.weight": torch.randn(8, 4, generator=gen), "conv.weight": torch.randn(4, 4, 3, 3, generator=gen)}
+    params = {
+        "fc.weight": torch.randn(8, 4, generator=gen),
+        "conv.weight": torch.randn(4, 4, 3, 3, generator=gen),
+    }
     grads = {n: torch.randn(p.shape, generator=gen) for n, p in params.items()}
     params["fc.weight"][0, :2] = 0
 
@@ -106,7 +128,9 @@ def test_other_primitives_compile():
 
 @pytest.mark.parametrize("decay", ["exp", "cos", "linear", "cube"])
 def test_schedules_compile(decay):
-    schedule = fprune.iterative(0.8, start_step=3, end_step=23, frequency=4, decay=decay, initial_sparsity=0.1)
+    schedule = fprune.iterative(
+        0.8, start_step=3, end_step=23, frequency=4, decay=decay, initial_sparsity=0.1
+    )
 
     def fn(step):
         return schedule(step), fprune.is_prune_step(step, start_step=3, end_step=23, frequency=4)
@@ -119,7 +143,9 @@ def test_schedules_compile(decay):
 
 
 @pytest.mark.compile_inductor
-@pytest.mark.parametrize(("pattern", "scope"), [("2:4", "local")])  # 4x1 global: the step's inductor case
+@pytest.mark.parametrize(
+    ("pattern", "scope"), [("2:4", "local")]
+)  # 4x1 global: the step's inductor case
 def test_masks_compiled_with_inductor_equal_eager(pattern, scope):
     gen = torch.Generator().manual_seed(2)
     scores = {
@@ -130,7 +156,9 @@ def test_masks_compiled_with_inductor_equal_eager(pattern, scope):
     sparsity = 0.4 if ":" in pattern else 0.7
 
     def fn(scores, r):
-        return fprune.masks(scores, pattern=pattern, sparsity=r, scope=scope, min_layer_sparsity=0.1)
+        return fprune.masks(
+            scores, pattern=pattern, sparsity=r, scope=scope, min_layer_sparsity=0.1
+        )
 
     got = compiled(fn, backend="inductor")(scores, f64(sparsity))
     assert same_bits(got, fn(scores, sparsity))

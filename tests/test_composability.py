@@ -30,7 +30,8 @@ SCOPES_SCHEDULES = tuple(itertools.product(("global", "local"), ("iterative", "o
 KINDS = (("1x1", "4x1"), ("channelx1", "1xchannel"), ("2:4", "2:4"))
 MATRIX = [
     (c, KINDS[k][i % 2], *SCOPES_SCHEDULES[(3 * i + k) % len(SCOPES_SCHEDULES)])
-    for i, c in enumerate(CRITERIA) for k in range(len(KINDS))
+    for i, c in enumerate(CRITERIA)
+    for k in range(len(KINDS))
 ]
 # Every case is captured whole by dynamo (backend "eager"). AOT autograd (the tracing
 # inductor builds on, several times the cost) runs in fewer: the inductor step below
@@ -55,8 +56,18 @@ def _grads(params: dict[str, torch.Tensor], gen: torch.Generator) -> dict[str, t
 def _pruner(criterion, pattern, scope, schedule, **kw) -> fprune.Pruner:
     sparsity = 0.5 if ":" in pattern else 0.7
     end = 45 if schedule == "iterative" else 5
-    return fprune.pruner(sparsity, pattern=pattern, criterion=criterion, scope=scope, start_step=5,
-                         end_step=end, frequency=5, decay="cos", min_layer_sparsity=0.1, **kw)
+    return fprune.pruner(
+        sparsity,
+        pattern=pattern,
+        criterion=criterion,
+        scope=scope,
+        start_step=5,
+        end_step=end,
+        frequency=5,
+        decay="cos",
+        min_layer_sparsity=0.1,
+        **kw,
+    )
 
 
 def _same_state(a: fprune.PruneState, b: fprune.PruneState) -> bool:
@@ -98,7 +109,9 @@ def test_compiled_step_equals_eager_and_compiles_once(criterion, pattern, scope,
 
 
 @pytest.mark.compile_inductor
-@pytest.mark.parametrize(("criterion", "pattern", "scope"), [("snip_momentum", "4x1", "global")])  # 2:4: masks
+@pytest.mark.parametrize(
+    ("criterion", "pattern", "scope"), [("snip_momentum", "4x1", "global")]
+)  # 2:4: masks
 def test_step_compiled_with_inductor_equals_eager(criterion, pattern, scope):
     params = _params()
     prune = _pruner(criterion, pattern, scope, "iterative")
@@ -138,10 +151,14 @@ def test_non_prune_steps_do_no_selection_work(mode):
     step = prune.step
     if mode == "compiled":
         torch._dynamo.reset()
-        step = torch.compile(prune.step, fullgraph=True, backend="eager")  # the cond runs one branch
+        step = torch.compile(
+            prune.step, fullgraph=True, backend="eager"
+        )  # the cond runs one branch
     gen = torch.Generator().manual_seed(1)
     state = prune.init(params)
-    step(state, params, _grads(params, gen))  # compiles now, not while profiling (the result is dropped)
+    step(
+        state, params, _grads(params, gen)
+    )  # compiles now, not while profiling (the result is dropped)
     seen = {}
     for s in range(12):
         grads = _grads(params, gen)
@@ -160,13 +177,17 @@ def test_non_prune_steps_do_no_selection_work(mode):
 # --- torch.func: a whole training step ------------------------------------------------------
 
 
-def _train_step_fn(model: torch.nn.Module, prune: fprune.Pruner, names: tuple[str, ...], lr: float = 0.05):
+def _train_step_fn(
+    model: torch.nn.Module, prune: fprune.Pruner, names: tuple[str, ...], lr: float = 0.05
+):
     def loss_fn(params, x, y):
         return torch.nn.functional.cross_entropy(functional_call(model, params, (x,)), y)
 
     def train_step(params, momentum, state, x, y):
         grads = grad(loss_fn)(params, x, y)
-        state, masks = prune.step(state, {n: params[n] for n in names}, {n: grads[n] for n in names})
+        state, masks = prune.step(
+            state, {n: params[n] for n in names}, {n: grads[n] for n in names}
+        )
         momentum = {n: 0.9 * momentum[n] + grads[n] for n in params}
         params = {n: p - lr * momentum[n] for n, p in params.items()}
         return fprune.apply_masks(params, masks), momentum, state
@@ -176,7 +197,10 @@ def _train_step_fn(model: torch.nn.Module, prune: fprune.Pruner, names: tuple[st
 
 def _data(n: int, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
     g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(16, 16, generator=g), torch.randint(0, 4, (16,), generator=g)) for _ in range(n)]
+    return [
+        (torch.randn(16, 16, generator=g), torch.randint(0, 4, (16,), generator=g))
+        for _ in range(n)
+    ]
 
 
 def _run(train_step, params, names, prune, data):
@@ -198,7 +222,9 @@ def test_functional_training_step_compiled_equals_eager(pattern, criterion, back
     model = MLP()
     names = fprune.nn.prunable(model).names
     params = {n: p.detach() for n, p in model.named_parameters()}
-    prune = fprune.pruner(0.5, pattern=pattern, criterion=criterion, start_step=2, end_step=20, frequency=3)
+    prune = fprune.pruner(
+        0.5, pattern=pattern, criterion=criterion, start_step=2, end_step=20, frequency=3
+    )
     train_step = _train_step_fn(model, prune, names)
     data = _data(24)
     eager_params, eager_state = _run(train_step, params, names, prune, data)
@@ -217,8 +243,12 @@ def test_functional_training_step_compiled_equals_eager(pattern, criterion, back
 
 
 @settings(max_examples=12)
-@given(st.sampled_from(CRITERIA), st.sampled_from(PATTERNS), st.sampled_from(("global", "local")),
-       st.integers(0, 2**16))
+@given(
+    st.sampled_from(CRITERIA),
+    st.sampled_from(PATTERNS),
+    st.sampled_from(("global", "local")),
+    st.integers(0, 2**16),
+)
 def test_vmapped_ensemble_equals_a_loop(criterion, pattern, scope, seed):
     """stack_module_state of 3 models; vmap(init) and vmap(step) equal each member alone."""
     torch.manual_seed(seed)
@@ -226,8 +256,16 @@ def test_vmapped_ensemble_equals_a_loop(criterion, pattern, scope, seed):
     names = fprune.nn.prunable(models[0]).names
     stacked, _ = stack_module_state(models)  # type: ignore[arg-type]
     stacked = {n: stacked[n].detach() for n in names}
-    prune = fprune.pruner(0.5, pattern=pattern, criterion=criterion, scope=scope, start_step=1, end_step=5,
-                          frequency=2, min_layer_sparsity=0.2)
+    prune = fprune.pruner(
+        0.5,
+        pattern=pattern,
+        criterion=criterion,
+        scope=scope,
+        start_step=1,
+        end_step=5,
+        frequency=2,
+        min_layer_sparsity=0.2,
+    )
     gen = torch.Generator().manual_seed(seed)
     grads = [{n: torch.randn(p.shape, generator=gen) for n, p in stacked.items()} for _ in range(7)]
     with warnings.catch_warnings():  # an op without a batching rule would run member by member
@@ -245,22 +283,32 @@ def test_vmapped_ensemble_equals_a_loop(criterion, pattern, scope, seed):
         assert all(torch.equal(state.aux[k][member], v) for k, v in alone.aux.items())
 
 
-@pytest.mark.parametrize(("pattern", "scope", "criterion"), [
-    ("4x1", "global", "snip_momentum"), ("2:4", "local", "snip_momentum"), ("1x1", "global", "snip_momentum"),
-    ("4x1", "global", "magnitude"), ("2:4", "global", "magnitude"),  # batched masks, unbatched scores
-])
+@pytest.mark.parametrize(
+    ("pattern", "scope", "criterion"),
+    [
+        ("4x1", "global", "snip_momentum"),
+        ("2:4", "local", "snip_momentum"),
+        ("1x1", "global", "snip_momentum"),
+        ("4x1", "global", "magnitude"),
+        ("2:4", "global", "magnitude"),  # batched masks, unbatched scores
+    ],
+)
 def test_vmapped_sparsity_sweep_equals_separate_pruners(pattern, scope, criterion):
     """One vmapped call prunes the same weights to several targets (init's sparsity as data);
     with a stateless criterion the scores are shared while the earlier masks are batched."""
     params = _params()
     targets = [0.1, 0.3, 0.5] if ":" in pattern else [0.2, 0.5, 0.8]
-    kw = dict(pattern=pattern, criterion=criterion, scope=scope, start_step=0, end_step=6, frequency=2)
+    kw = dict(
+        pattern=pattern, criterion=criterion, scope=scope, start_step=0, end_step=6, frequency=2
+    )
     prune = fprune.pruner(max(targets), **kw)
     gen = torch.Generator().manual_seed(3)
     grads = [_grads(params, gen) for _ in range(8)]
     with warnings.catch_warnings():  # an op without a batching rule would run member by member
         warnings.filterwarnings("error", message=".*batching rule.*")
-        state = vmap(lambda s: prune.init(params, sparsity=s))(torch.tensor(targets, dtype=torch.float64))
+        state = vmap(lambda s: prune.init(params, sparsity=s))(
+            torch.tensor(targets, dtype=torch.float64)
+        )
         for g in grads:
             state, masks = vmap(prune.step, in_dims=(0, None, None))(state, params, g)
     for i, target in enumerate(targets):
@@ -270,16 +318,23 @@ def test_vmapped_sparsity_sweep_equals_separate_pruners(pattern, scope, criterio
             alone, alone_masks = own.step(alone, params, g)
         assert all(torch.equal(masks[n][i], alone_masks[n]) for n in params)
         assert float(state.current_target[i]) == float(alone.current_target) == target
-        assert float(fprune.total_sparsity({n: m[i] for n, m in masks.items()}, pattern=pattern)) == pytest.approx(
-            target, abs=0.02)
+        assert float(
+            fprune.total_sparsity({n: m[i] for n, m in masks.items()}, pattern=pattern)
+        ) == pytest.approx(target, abs=0.02)
 
 
 def test_init_sparsity_override_equals_a_pruner_built_for_it():
     params = _params()
     gen = torch.Generator().manual_seed(5)
     grads = [_grads(params, gen) for _ in range(6)]
-    kw = dict(pattern="4x1", criterion="snip_momentum", start_step=1, end_step=5, frequency=2,
-              min_layer_sparsity=0.2)
+    kw = dict(
+        pattern="4x1",
+        criterion="snip_momentum",
+        start_step=1,
+        end_step=5,
+        frequency=2,
+        min_layer_sparsity=0.2,
+    )
     base, own = fprune.pruner(0.9, **kw), fprune.pruner(0.6, **kw)
     for override in (0.6, torch.tensor(0.6, dtype=torch.float64)):
         a, b = base.init(params, sparsity=override), own.init(params)
@@ -290,7 +345,9 @@ def test_init_sparsity_override_equals_a_pruner_built_for_it():
             assert float(a.current_target) == float(b.current_target)
         assert a.final_target.dtype == torch.float64 and float(a.final_target) == pytest.approx(0.6)
     single = base.init(params, sparsity=torch.tensor(0.6))  # float32 data, widened as it is
-    assert single.final_target.dtype == torch.float64 and float(single.final_target) == float(torch.tensor(0.6))
+    assert single.final_target.dtype == torch.float64 and float(single.final_target) == float(
+        torch.tensor(0.6)
+    )
     state = base.init(params, sparsity=0.6)
     again = fprune.PruneState.from_state_dict(state.state_dict())
     assert float(again.final_target) == pytest.approx(0.6)
@@ -299,13 +356,38 @@ def test_init_sparsity_override_equals_a_pruner_built_for_it():
 @pytest.mark.parametrize(
     ("kwargs", "value", "error", "message"),
     [
-        (dict(), torch.tensor([0.5, 0.6]), TypeError, "init: sparsity must be a float or a floating 0-d tensor"),
-        (dict(), torch.tensor(1), TypeError, "init: sparsity must be a float or a floating 0-d tensor"),
+        (
+            dict(),
+            torch.tensor([0.5, 0.6]),
+            TypeError,
+            "init: sparsity must be a float or a floating 0-d tensor",
+        ),
+        (
+            dict(),
+            torch.tensor(1),
+            TypeError,
+            "init: sparsity must be a float or a floating 0-d tensor",
+        ),
         (dict(), 1.5, ValueError, "init: sparsity"),
         (dict(), "0.5", TypeError, "init: sparsity"),
-        (dict(max_layer_sparsity=0.8), 0.9, ValueError, "init: sparsity exceeds max_layer_sparsity"),
-        (dict(min_layer_sparsity=0.4), 0.3, ValueError, "init: min_layer_sparsity exceeds sparsity"),
-        (dict(pattern="2:4"), torch.tensor(0.6), ValueError, r"init: pattern '2:4' cannot exceed sparsity"),
+        (
+            dict(max_layer_sparsity=0.8),
+            0.9,
+            ValueError,
+            "init: sparsity exceeds max_layer_sparsity",
+        ),
+        (
+            dict(min_layer_sparsity=0.4),
+            0.3,
+            ValueError,
+            "init: min_layer_sparsity exceeds sparsity",
+        ),
+        (
+            dict(pattern="2:4"),
+            torch.tensor(0.6),
+            ValueError,
+            r"init: pattern '2:4' cannot exceed sparsity",
+        ),
     ],
 )
 def test_init_sparsity_override_rejects_bad_values(kwargs, value, error, message):
@@ -334,13 +416,17 @@ def test_vmapped_training_step_keeps_members_apart():
     names = fprune.nn.prunable(models[0]).names
     stacked, _ = stack_module_state(models)  # type: ignore[arg-type]
     stacked = {n: p.detach() for n, p in stacked.items()}
-    prune = fprune.pruner(0.75, pattern="4x1", criterion="snip_momentum", start_step=2, end_step=14, frequency=3)
+    prune = fprune.pruner(
+        0.75, pattern="4x1", criterion="snip_momentum", start_step=2, end_step=14, frequency=3
+    )
     train_step = _train_step_fn(models[0], prune, names)
     momentum = {n: torch.zeros_like(p) for n, p in stacked.items()}
     state = vmap(prune.init)({n: stacked[n] for n in names})
     params = stacked
     for x, y in _data(16):
-        params, momentum, state = vmap(train_step, in_dims=(0, 0, 0, None, None))(params, momentum, state, x, y)
+        params, momentum, state = vmap(train_step, in_dims=(0, 0, 0, None, None))(
+            params, momentum, state, x, y
+        )
     for member in range(3):
         masks = {n: state.masks[n][member] for n in names}
         assert float(fprune.total_sparsity(masks, pattern="4x1")) == 0.75
@@ -352,12 +438,16 @@ def test_vmapped_training_step_keeps_members_apart():
 def test_compiled_vmapped_step_equals_eager_vmapped():
     """torch.compile(vmap(step)): the sweep compiles once and equals the eager vmapped run."""
     params = _params()
-    prune = fprune.pruner(0.8, pattern="4x1", criterion="snip_momentum", start_step=0, end_step=8, frequency=4)
+    prune = fprune.pruner(
+        0.8, pattern="4x1", criterion="snip_momentum", start_step=0, end_step=8, frequency=4
+    )
     targets = torch.tensor([0.4, 0.6, 0.8], dtype=torch.float64)
     gen = torch.Generator().manual_seed(2)
     grads = [_grads(params, gen) for _ in range(10)]
     batched_step = vmap(prune.step, in_dims=(0, None, None))
-    counter = CompileCounterWithBackend("eager")  # through AOT: examples/sparsity_sweep.py --compile
+    counter = CompileCounterWithBackend(
+        "eager"
+    )  # through AOT: examples/sparsity_sweep.py --compile
     torch._dynamo.reset()
     compiled = torch.compile(batched_step, fullgraph=True, backend=counter)
     state = vmap(lambda s: prune.init(params, sparsity=s))(targets)

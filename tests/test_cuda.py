@@ -25,7 +25,9 @@ def _scores(dtype):
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-@pytest.mark.parametrize(("pattern", "sparsity"), [("1x1", 0.8), ("4x1", 0.7), ("channelx1", 0.5), ("2:4", 0.5)])
+@pytest.mark.parametrize(
+    ("pattern", "sparsity"), [("1x1", 0.8), ("4x1", 0.7), ("channelx1", 0.5), ("2:4", 0.5)]
+)
 @pytest.mark.parametrize("scope", ["global", "local"])
 def test_masks_on_cuda_equal_cpu(dtype, pattern, sparsity, scope):
     cpu = _scores(dtype)
@@ -71,8 +73,15 @@ def test_pruner_on_cuda_equals_cpu(criterion, pattern, low_memory_usage):
     gen = torch.Generator().manual_seed(0)
     params = {"a": torch.randn(16, 32, generator=gen), "b": torch.randn(8, 4, 3, 3, generator=gen)}
     grads = [{n: torch.randn(p.shape, generator=gen) for n, p in params.items()} for _ in range(6)]
-    prune = fprune.pruner(0.5, pattern=pattern, criterion=criterion, start_step=1, end_step=5, frequency=2,
-                          low_memory_usage=low_memory_usage)
+    prune = fprune.pruner(
+        0.5,
+        pattern=pattern,
+        criterion=criterion,
+        start_step=1,
+        end_step=5,
+        frequency=2,
+        low_memory_usage=low_memory_usage,
+    )
 
     def run(device):
         p = {n: v.to(device) for n, v in params.items()}
@@ -97,7 +106,9 @@ def test_compiled_step_on_cuda_equals_eager_cpu(backend):
     gen = torch.Generator().manual_seed(0)
     params = {"a": torch.randn(16, 32, generator=gen), "b": torch.randn(8, 4, 3, 3, generator=gen)}
     grads = [{n: torch.randn(p.shape, generator=gen) for n, p in params.items()} for _ in range(12)]
-    prune = fprune.pruner(0.7, pattern="4x1", criterion="snip_momentum", start_step=1, end_step=9, frequency=2)
+    prune = fprune.pruner(
+        0.7, pattern="4x1", criterion="snip_momentum", start_step=1, end_step=9, frequency=2
+    )
     cpu_state = prune.init(params)
     cuda_params = {n: v.cuda() for n, v in params.items()}
     cuda_state = prune.init(cuda_params)
@@ -106,7 +117,9 @@ def test_compiled_step_on_cuda_equals_eager_cpu(backend):
     compiled = torch.compile(prune.step, fullgraph=True, backend=counter)
     for g in grads:
         cpu_state, cpu_masks = prune.step(cpu_state, params, g)
-        cuda_state, cuda_masks = compiled(cuda_state, cuda_params, {n: v.cuda() for n, v in g.items()})
+        cuda_state, cuda_masks = compiled(
+            cuda_state, cuda_params, {n: v.cuda() for n, v in g.items()}
+        )
         assert same_bits({n: m.cpu() for n, m in cuda_masks.items()}, cpu_masks)
         assert float(cuda_state.current_target) == float(cpu_state.current_target)
     assert counter.frame_count <= 2 and sum(len(g.graph.nodes) > 0 for g in counter.graphs) == 1
@@ -117,13 +130,16 @@ def test_vmapped_sweep_on_cuda_equals_cpu():
     gen = torch.Generator().manual_seed(0)
     params = {"a": torch.randn(16, 32, generator=gen), "b": torch.randn(8, 16, generator=gen)}
     grads = [{n: torch.randn(p.shape, generator=gen) for n, p in params.items()} for _ in range(5)]
-    prune = fprune.pruner(0.8, pattern="4x1", criterion="snip_momentum", start_step=0, end_step=4, frequency=2)
+    prune = fprune.pruner(
+        0.8, pattern="4x1", criterion="snip_momentum", start_step=0, end_step=4, frequency=2
+    )
     targets = torch.tensor([0.2, 0.5, 0.8], dtype=torch.float64)
     cuda_params = {n: v.cuda() for n, v in params.items()}
     state = torch.func.vmap(lambda s: prune.init(cuda_params, sparsity=s))(targets)
     for g in grads:
         state, masks = torch.func.vmap(prune.step, in_dims=(0, None, None))(
-            state, cuda_params, {n: v.cuda() for n, v in g.items()})
+            state, cuda_params, {n: v.cuda() for n, v in g.items()}
+        )
     for i, target in enumerate(targets.tolist()):
         alone = prune.init(params, sparsity=target)
         for g in grads:

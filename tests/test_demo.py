@@ -21,18 +21,42 @@ def test_demo_fast_prints_json_and_writes_the_plot(tmp_path, capsys):
     assert 0.0 <= result["sparse_accuracy"] <= 1.0 and 0.0 <= result["dense_accuracy"] <= 1.0
     assert result["dense_accuracy"] > 0.8  # 10 classes: chance is 0.1; two epochs reach ~0.9
     assert result["sparsity"] == 0.9  # 18,432 of 20,480 4x1 blocks: exact
-    assert [r["layer"] for r in result["layers"]] == ["0.weight", "2.weight"]  # the head stays dense
+    assert [r["layer"] for r in result["layers"]] == [
+        "0.weight",
+        "2.weight",
+    ]  # the head stays dense
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "sparse test accuracy" in out and "2.weight" in out
 
 
-@pytest.mark.parametrize(("pattern", "sparsity", "scope"), [("2:4", 0.5, "local"), ("1x1", 0.7, "global")])
+@pytest.mark.parametrize(
+    ("pattern", "sparsity", "scope"), [("2:4", 0.5, "local"), ("1x1", 0.7, "global")]
+)
 def test_demo_options(tmp_path, capsys, pattern, sparsity, scope):
-    argv = ["demo", "--fast", "--plot", "none", "--json", "--pattern", pattern, "--sparsity", str(sparsity),
-            "--scope", scope, "--criterion", "magnitude", "--seed", "3"]
+    argv = [
+        "demo",
+        "--fast",
+        "--plot",
+        "none",
+        "--json",
+        "--pattern",
+        pattern,
+        "--sparsity",
+        str(sparsity),
+        "--scope",
+        scope,
+        "--criterion",
+        "magnitude",
+        "--seed",
+        "3",
+    ]
     assert main(argv) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert result["sparsity"] == sparsity and result["seed"] == 3 and result["criterion"] == "magnitude"
+    assert (
+        result["sparsity"] == sparsity
+        and result["seed"] == 3
+        and result["criterion"] == "magnitude"
+    )
     if scope == "local":
         assert all(r["sparsity"] == sparsity for r in result["layers"])
 

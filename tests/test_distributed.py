@@ -19,14 +19,21 @@ pytest.importorskip("torch.distributed")
 
 
 def _last_json(args: list[str]) -> dict:
-    run = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300, check=False)
+    run = subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=300, check=False
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
 def _worker(tmp_path: pathlib.Path, mode: str, ranks: int, *extra: str) -> dict:
-    run = subprocess.run([sys.executable, str(WORKER), mode, "--ranks", str(ranks), "--dir", str(tmp_path), *extra],
-                         capture_output=True, text=True, timeout=300, check=False)
+    run = subprocess.run(
+        [sys.executable, str(WORKER), mode, "--ranks", str(ranks), "--dir", str(tmp_path), *extra],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     result = json.loads((tmp_path / f"{mode}.json").read_text())
     assert "error" not in result, result.get("error")
@@ -34,10 +41,23 @@ def _worker(tmp_path: pathlib.Path, mode: str, ranks: int, *extra: str) -> dict:
     return result
 
 
-@pytest.mark.parametrize(("ranks", "pattern", "sparsity"), [(2, "4x1", 0.8)])  # DDP: every rank selects alone
+@pytest.mark.parametrize(
+    ("ranks", "pattern", "sparsity"), [(2, "4x1", 0.8)]
+)  # DDP: every rank selects alone
 def test_ddp_ranks_compute_identical_masks_without_collectives(ranks, pattern, sparsity):
-    result = _last_json([str(DDP_EXAMPLE), "--quick", "--json", "--ranks", str(ranks), "--pattern", pattern,
-                         "--sparsity", str(sparsity)])
+    result = _last_json(
+        [
+            str(DDP_EXAMPLE),
+            "--quick",
+            "--json",
+            "--ranks",
+            str(ranks),
+            "--pattern",
+            pattern,
+            "--sparsity",
+            str(sparsity),
+        ]
+    )
     assert result["ranks"] == ranks
     assert result["collectives_counted_in_control"] >= 1  # the counter does see a collective
     assert result["collectives_in_prune_step"] == 0  # nothing beyond DDP's own gradient all-reduce
@@ -68,16 +88,22 @@ def test_sharded_masks_equal_the_single_process_ones(tmp_path, ranks):
     if ranks > 1:  # the recorder sees a weight move (one rank has nothing to gather)
         assert result["control_bytes"] >= result["smallest_weight_bytes"]
     assert result["lock"]
-    primitives = result["primitives_equal"]  # masks, grid_masks, global_masks, local_masks on DTensors
+    primitives = result[
+        "primitives_equal"
+    ]  # masks, grid_masks, global_masks, local_masks on DTensors
     assert len(primitives) == 5 and all(primitives.values()), primitives
     errors = result["errors"]
     assert errors["mixed"].startswith("TypeError: init: DTensor and plain tensors are mixed")
     assert errors["plain_state"].startswith("TypeError: step: DTensor and plain tensors are mixed")
     assert errors["shard1"].startswith("ValueError: init: params['w'] is not placed Shard(0)")
     if ranks > 1:  # one rank holds whole columns
-        assert errors["channel"].startswith("ValueError: init: a shard boundary cuts the 'channelx1' blocks")
+        assert errors["channel"].startswith(
+            "ValueError: init: a shard boundary cuts the 'channelx1' blocks"
+        )
     if ranks == 3:  # 64 rows in shards of 22: a 4x1 block would straddle two ranks
-        assert errors["split_block"].startswith("ValueError: init: a shard boundary cuts the '4x1' blocks")
+        assert errors["split_block"].startswith(
+            "ValueError: init: a shard boundary cuts the '4x1' blocks"
+        )
 
 
 def test_sharded_state_saves_per_rank_and_resumes_exactly(tmp_path):
@@ -90,12 +116,30 @@ def test_sharded_state_saves_per_rank_and_resumes_exactly(tmp_path):
     assert more["dcp"] and "torch.save" not in more
 
 
-@pytest.mark.parametrize(("ranks", "pattern", "sparsity"), [(3, "2:4", 0.5)])  # 4x1: the sharded check
+@pytest.mark.parametrize(
+    ("ranks", "pattern", "sparsity"), [(3, "2:4", 0.5)]
+)  # 4x1: the sharded check
 def test_fsdp2_example_prunes_shards_exactly(ranks, pattern, sparsity):
-    result = _last_json([str(FSDP_EXAMPLE), "--quick", "--json", "--ranks", str(ranks), "--pattern", pattern,
-                         "--sparsity", str(sparsity)])
+    result = _last_json(
+        [
+            str(FSDP_EXAMPLE),
+            "--quick",
+            "--json",
+            "--ranks",
+            str(ranks),
+            "--pattern",
+            pattern,
+            "--sparsity",
+            str(sparsity),
+        ]
+    )
     assert result["ranks"] == ranks and result["prune_steps"] > 0
     assert result["masks_equal_single_process"] and result["state_resumed_exactly"]
     assert result["masks_placements"] == ["(Shard(dim=0),)"]
-    assert 0 < result["largest_collective_bytes"] < result["smallest_weight_bytes"] <= result["control_bytes_for_one_weight"]
+    assert (
+        0
+        < result["largest_collective_bytes"]
+        < result["smallest_weight_bytes"]
+        <= result["control_bytes_for_one_weight"]
+    )
     assert result["sparsity"] == sparsity

@@ -30,21 +30,30 @@ def test_primitives_example(pattern, sparsity, capsys):
     assert "target" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize(("pattern", "criterion", "scope", "exact"), [
-    ("4x1", "snip_momentum", "global", 0.8),  # 4096 of 5120 blocks
-    ("1xchannel", "magnitude", "local", 102 / 128),  # floor(0.8 * 128) rows of each layer
-])
+@pytest.mark.parametrize(
+    ("pattern", "criterion", "scope", "exact"),
+    [
+        ("4x1", "snip_momentum", "global", 0.8),  # 4096 of 5120 blocks
+        ("1xchannel", "magnitude", "local", 102 / 128),  # floor(0.8 * 128) rows of each layer
+    ],
+)
 def test_custom_loop_example(pattern, criterion, scope, exact, capsys):
-    result = load("custom_loop").main(["--quick", "--pattern", pattern, "--criterion", criterion, "--scope", scope])
+    result = load("custom_loop").main(
+        ["--quick", "--pattern", pattern, "--criterion", criterion, "--scope", scope]
+    )
     assert result["sparsity"] == exact
-    assert result["zero_weights"] == pytest.approx(exact, abs=1e-12)  # masks applied after every update
+    assert result["zero_weights"] == pytest.approx(
+        exact, abs=1e-12
+    )  # masks applied after every update
     assert result["sparse_accuracy"] > 0.5  # 8 classes: chance is 0.125
     assert "classifier head '4' left dense" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(("pattern", "sparsity"), [("2:4", 0.5), ("4x1", 0.7)])
 def test_functional_loop_example(pattern, sparsity):
-    result = load("functional_loop").main(["--quick", "--pattern", pattern, "--sparsity", str(sparsity)])
+    result = load("functional_loop").main(
+        ["--quick", "--pattern", pattern, "--sparsity", str(sparsity)]
+    )
     assert result["sparsity"] == sparsity
     assert result["zero_weights"] == pytest.approx(sparsity, abs=1e-12)
     assert result["sparse_accuracy"] > 0.3
@@ -64,7 +73,9 @@ def test_minilm_oneshot_example(capsys):
     pytest.importorskip("transformers")
     result = load("minilm_oneshot").main(["--quick"])
     dense, *pruned = result["rows"]
-    assert dense["criterion"] == "dense" and dense["retrieval"] > 0.3  # 64 candidates: chance is 1/64
+    assert (
+        dense["criterion"] == "dense" and dense["retrieval"] > 0.3
+    )  # 64 candidates: chance is 1/64
     assert len(pruned) == 6 and {r["pattern"] for r in pruned} == {"1x1", "2:4", "4x1"}
     for row in pruned:
         assert row["sparsity"] == 0.5  # exact, over the 36 encoder weights

@@ -55,7 +55,7 @@ def load(run: str) -> tuple[dict, dict[str, torch.Tensor], dict[str, np.ndarray]
     masks = {}
     for key, bits in arrays.items():
         if key.startswith("mask/"):
-            name = key[len("mask/"):]
+            name = key[len("mask/") :]
             shape = tuple(arrays[f"shape/{name}"])
             flat = np.unpackbits(bits)[: int(np.prod(shape))].astype(bool)
             masks[name] = torch.from_numpy(flat.reshape(shape))
@@ -68,10 +68,16 @@ def replay(meta: dict) -> tuple[torch.nn.Module, dict[str, torch.Tensor], list[f
     shift = 1 if gradient_based else 0
     # The run's INC config, in INC's own key names.
     inc_config = {
-        "target_sparsity": cfg["target"], "pruning_type": cfg["pruning_type"], "pattern": cfg["pattern"],
-        "pruning_scope": cfg["scope"], "sparsity_decay_type": cfg["decay"],
-        "start_step": cfg["start"] - shift, "end_step": cfg["end"] - shift, "pruning_frequency": cfg["freq"],
-        "min_sparsity_ratio_per_op": cfg["min_per_op"], "max_sparsity_ratio_per_op": cfg["max_per_op"],
+        "target_sparsity": cfg["target"],
+        "pruning_type": cfg["pruning_type"],
+        "pattern": cfg["pattern"],
+        "pruning_scope": cfg["scope"],
+        "sparsity_decay_type": cfg["decay"],
+        "start_step": cfg["start"] - shift,
+        "end_step": cfg["end"] - shift,
+        "pruning_frequency": cfg["freq"],
+        "min_sparsity_ratio_per_op": cfg["min_per_op"],
+        "max_sparsity_ratio_per_op": cfg["max_per_op"],
         "criterion_reduce_type": cfg["reduce_type"],
     }
     model = recorded_model()
@@ -91,8 +97,9 @@ def replay(meta: dict) -> tuple[torch.nn.Module, dict[str, torch.Tensor], list[f
         opt.zero_grad()
         torch.nn.functional.cross_entropy(model(x), y).backward()
         if gradient_based:
-            state, masks = prune.step(state, {n: params[n].detach() for n in names},
-                                      {n: params[n].grad for n in names})
+            state, masks = prune.step(
+                state, {n: params[n].detach() for n in names}, {n: params[n].grad for n in names}
+            )
         opt.step()
         fprune.nn.apply_masks_(model, masks)
         zeros = sum(int((params[n] == 0).sum()) for n in names)
@@ -108,18 +115,23 @@ def test_inc_run_is_reproduced(run):
     for name, mask in masks.items():
         assert torch.equal(mask, inc_masks[name]), name
         assert float(fprune.layer_sparsity({name: mask})[name]) == pytest.approx(
-            meta["final_layer_mask_sparsity"][name], abs=1e-6)
+            meta["final_layer_mask_sparsity"][name], abs=1e-6
+        )
     inc_trace = meta["trace_weight_zero_fraction_after_each_step"]
     if meta["config"]["pruning_type"] in GRADIENT_CRITERIA:  # fprune's masks land one step earlier
         inc_trace = inc_trace[1:] + inc_trace[-1:]
     assert trace == inc_trace
     for name, p in model.named_parameters():
         final = p.detach().double()
-        assert float(final.sum()) == pytest.approx(float(arrays[f"final_sum/{name}"]), rel=1e-5, abs=1e-5)
+        assert float(final.sum()) == pytest.approx(
+            float(arrays[f"final_sum/{name}"]), rel=1e-5, abs=1e-5
+        )
         assert float(final.norm()) == pytest.approx(float(arrays[f"final_norm/{name}"]), rel=1e-6)
 
 
-@pytest.mark.skipif(not SHARED.is_dir(), reason="the shared INC reference is not next to the repository")
+@pytest.mark.skipif(
+    not SHARED.is_dir(), reason="the shared INC reference is not next to the repository"
+)
 @pytest.mark.parametrize("run", RUNS)
 def test_fixtures_match_the_shared_recording(run):
     safetensors = pytest.importorskip("safetensors.torch")
@@ -131,4 +143,6 @@ def test_fixtures_match_the_shared_recording(run):
         assert torch.equal(p.detach(), tensors[f"init/{name}"])
     for i, (x, y) in enumerate(recorded_batches()):
         assert torch.equal(x, tensors[f"data/{i}/x"]) and torch.equal(y, tensors[f"data/{i}/y"])
-    assert json.loads((SHARED / run / "run.json").read_text()) == json.loads((DATA / f"{run}.json").read_text())
+    assert json.loads((SHARED / run / "run.json").read_text()) == json.loads(
+        (DATA / f"{run}.json").read_text()
+    )

@@ -24,13 +24,23 @@ def block_case(draw, nonnegative=False):
     return parse_pattern(pattern), scores
 
 
-@given(block_case(), bound_triples, st.sampled_from(["global", "local"]), st.sampled_from(["mean", "sum", "max"]))
+@given(
+    block_case(),
+    bound_triples,
+    st.sampled_from(["global", "local"]),
+    st.sampled_from(["mean", "sum", "max"]),
+)
 def test_masks_are_block_constant_with_exact_block_counts(case, bounds, scope, reduce):
     pattern, scores = case
     sparsity, lo, hi = bounds
     masks = fprune.masks(
-        scores, pattern=pattern, sparsity=sparsity, scope=scope, reduce=reduce,
-        min_layer_sparsity=lo, max_layer_sparsity=hi,
+        scores,
+        pattern=pattern,
+        sparsity=sparsity,
+        scope=scope,
+        reduce=reduce,
+        min_layer_sparsity=lo,
+        max_layer_sparsity=hi,
     )
     shapes = {n: s.shape for n, s in scores.items()}
     grids = reduce_masks(masks, pattern=pattern)
@@ -40,7 +50,9 @@ def test_masks_are_block_constant_with_exact_block_counts(case, bounds, scope, r
         assert pruned == {n: reference.count(sparsity, g.numel()) for n, g in grids.items()}
     else:
         total = reference.count(sparsity, sum(g.numel() for g in grids.values()))
-        assert sum(pruned.values()) == min(total, sum(reference.count(hi, g.numel()) for g in grids.values()))
+        assert sum(pruned.values()) == min(
+            total, sum(reference.count(hi, g.numel()) for g in grids.values())
+        )
 
 
 @given(block_case(), bound_triples, st.sampled_from(["mean", "sum", "max"]), st.data())
@@ -49,27 +61,42 @@ def test_masks_equal_reference_on_block_scores(case, bounds, reduce, data):
     sparsity, lo, hi = bounds
     previous = data.draw(strategies.previous_masks(scores, density=0.9))
     got = fprune.masks(
-        scores, pattern=pattern, sparsity=sparsity, reduce=reduce, previous=previous,
-        min_layer_sparsity=lo, max_layer_sparsity=hi,
+        scores,
+        pattern=pattern,
+        sparsity=sparsity,
+        reduce=reduce,
+        previous=previous,
+        min_layer_sparsity=lo,
+        max_layer_sparsity=hi,
     )
-    grid = {n: reference.reduce_blocks(to_2d(s), pattern.block_shape(tuple(to_2d(s).shape)), reduce)
-            for n, s in scores.items()}
+    grid = {
+        n: reference.reduce_blocks(to_2d(s), pattern.block_shape(tuple(to_2d(s).shape)), reduce)
+        for n, s in scores.items()
+    }
     prev = None if previous is None else reduce_masks(previous, pattern=pattern)
     want = reference.global_masks(grid, sparsity, lo, hi, prev)
-    assert same_bits(got, expand_masks(want, pattern=pattern, shapes={n: s.shape for n, s in scores.items()}))
+    assert same_bits(
+        got, expand_masks(want, pattern=pattern, shapes={n: s.shape for n, s in scores.items()})
+    )
 
 
 @given(st.sampled_from(["channelx1", "channelx2", "1xchannel", "2xchannel"]), st.data())
 def test_channel_patterns_prune_whole_columns_or_rows(pattern, data):
     scores = data.draw(strategies.score_dicts(pattern))
-    masks = fprune.masks(scores, pattern=pattern, sparsity=data.draw(strategies.sparsities), max_layer_sparsity=1.0)
+    masks = fprune.masks(
+        scores, pattern=pattern, sparsity=data.draw(strategies.sparsities), max_layer_sparsity=1.0
+    )
     for mask in masks.values():
         view = to_2d(mask)
         lines = view.T if pattern.startswith("channel") else view  # columns or rows
         assert bool((lines.all(dim=1) | ~lines.any(dim=1)).all())
 
 
-@given(block_case(nonnegative=True), st.lists(strategies.sparsities, min_size=2, max_size=3), st.integers(0, 2**31 - 1))
+@given(
+    block_case(nonnegative=True),
+    st.lists(strategies.sparsities, min_size=2, max_size=3),
+    st.integers(0, 2**31 - 1),
+)
 def test_block_masks_nest_across_steps(case, levels, seed):
     pattern, scores = case
     gen = torch.Generator().manual_seed(seed)
@@ -100,7 +127,10 @@ def test_masks_are_pure_and_order_invariant(case, bounds, rnd):
 
 @given(
     st.sampled_from(["1x1", "2x1", "4x1", "channelx1", "2:4"]).flatmap(
-        lambda p: st.tuples(st.just(p), strategies.score_dicts(p, dtype=torch.float32, specials=strategies.NORMAL_SPECIALS))
+        lambda p: st.tuples(
+            st.just(p),
+            strategies.score_dicts(p, dtype=torch.float32, specials=strategies.NORMAL_SPECIALS),
+        )
     ),
     strategies.sparsities,
     st.integers(-8, 8),
@@ -119,8 +149,12 @@ def test_grid_masks_equal_masks_on_reduced_scores():
     grid = block_scores(scores, pattern="2x2")
     from_grid = fprune.grid_masks(grid, pattern="2x2", sparsity=0.6)
     full = fprune.masks(scores, pattern="2x2", sparsity=0.6)
-    assert same_bits(expand_masks(from_grid, pattern="2x2", shapes={n: s.shape for n, s in scores.items()}), full)
-    with pytest.raises(ValueError, match=r"grid_masks: grid_scores\['b'\] must be 2-D \(got \(4, 2, 3\)\)"):
+    assert same_bits(
+        expand_masks(from_grid, pattern="2x2", shapes={n: s.shape for n, s in scores.items()}), full
+    )
+    with pytest.raises(
+        ValueError, match=r"grid_masks: grid_scores\['b'\] must be 2-D \(got \(4, 2, 3\)\)"
+    ):
         fprune.grid_masks(scores, pattern="2x2", sparsity=0.5)
 
 
@@ -134,7 +168,11 @@ def test_masks_golden_4x1_global():
 def test_skip_indivisible_leaves_layers_dense_and_uncounted():
     gen = torch.Generator().manual_seed(0)
     scores = {"ok": torch.rand(8, 8, generator=gen), "odd": torch.rand(6, 5, generator=gen)}
-    with pytest.raises(ValueError, match=r"pattern '4x1' does not divide layer 'odd' \(got shape \(6, 5\), 2-D view \(6, 5\)\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"pattern '4x1' does not divide layer 'odd' "
+        r"\(got shape \(6, 5\), 2-D view \(6, 5\)\)",
+    ):
         fprune.masks(scores, pattern="4x1", sparsity=0.5)
     m = fprune.masks(scores, pattern="4x1", sparsity=0.5, skip_indivisible=True)
     assert bool(m["odd"].all()) and int((~m["ok"]).sum()) == 32
@@ -146,21 +184,32 @@ def test_skip_indivisible_leaves_layers_dense_and_uncounted():
 
 def test_masks_bad_arguments():
     s = {"w": torch.rand(4, 4)}
-    with pytest.raises(ValueError, match=r"masks: unknown scope \(got 'globl'\)\. Did you mean 'global'\?"):
+    with pytest.raises(
+        ValueError, match=r"masks: unknown scope \(got 'globl'\)\. Did you mean 'global'\?"
+    ):
         fprune.masks(s, pattern="4x1", sparsity=0.5, scope="globl")
     with pytest.raises(ValueError, match=r"masks: unknown reduce \(got 'avg'\)"):
         fprune.masks(s, pattern="4x1", sparsity=0.5, reduce="avg")
-    with pytest.raises(ValueError, match=r"masks: layer 'b' has fewer than 2 dimensions \(got \(4,\)\)"):
+    with pytest.raises(
+        ValueError, match=r"masks: layer 'b' has fewer than 2 dimensions \(got \(4,\)\)"
+    ):
         fprune.masks({"w": torch.rand(4, 4), "b": torch.rand(4)}, pattern="1x1", sparsity=0.5)
     with pytest.raises(ValueError, match=r"parse_pattern: malformed pattern \(got '4y1'\)"):
         fprune.masks(s, pattern="4y1", sparsity=0.5)
-    with pytest.raises(ValueError, match=r"masks: sparsity must be a fraction in \[0, 1\) \(got 1.0\)"):
+    with pytest.raises(
+        ValueError, match=r"masks: sparsity must be a fraction in \[0, 1\) \(got 1.0\)"
+    ):
         fprune.masks(s, pattern="4x1", sparsity=1.0)
-    with pytest.raises(ValueError, match=r"masks: sparsity exceeds max_layer_sparsity \(got sparsity 0.99 > max 0.98\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"masks: sparsity exceeds max_layer_sparsity \(got sparsity 0.99 > max 0.98\)",
+    ):
         fprune.masks(s, pattern="1x1", sparsity=0.99)
     with pytest.raises(ValueError, match=r"masks: min_layer_sparsity exceeds sparsity"):
         fprune.masks(s, pattern="1x1", sparsity=0.5, min_layer_sparsity=0.7)
-    with pytest.raises(TypeError, match=r"masks: scores\['w'\] must be a floating tensor \(got torch.int32\)"):
+    with pytest.raises(
+        TypeError, match=r"masks: scores\['w'\] must be a floating tensor \(got torch.int32\)"
+    ):
         fprune.masks({"w": torch.ones(4, 4, dtype=torch.int32)}, pattern="1x1", sparsity=0.5)
     with pytest.raises(ValueError, match=r"masks: scores is empty"):
         fprune.masks({}, pattern="1x1", sparsity=0.5)
@@ -169,7 +218,9 @@ def test_masks_bad_arguments():
 @given(strategies.any_patterns, st.data())
 def test_pattern_lock_keeps_exactly_the_nonzero_structure(pattern, data):
     params = data.draw(strategies.score_dicts(pattern, specials=False))
-    zeroed = {n: torch.where(torch.rand(p.shape) < 0.6, torch.zeros_like(p), p) for n, p in params.items()}
+    zeroed = {
+        n: torch.where(torch.rand(p.shape) < 0.6, torch.zeros_like(p), p) for n, p in params.items()
+    }
     before = {n: p.clone() for n, p in zeroed.items()}
     locked = fprune.pattern_lock_masks(zeroed, pattern=pattern)
     assert same_bits(zeroed, before)
@@ -185,10 +236,15 @@ def test_pattern_lock_keeps_exactly_the_nonzero_structure(pattern, data):
 def test_pattern_lock_golden():
     # INC sums signed weights and locks this 4x1 block as pruned; fprune keeps it.
     w = {"w": torch.tensor([[0.5], [-0.5], [0.25], [-0.25], [0.0], [0.0], [0.0], [0.0]])}
-    assert fprune.pattern_lock_masks(w, pattern="4x1")["w"].flatten().tolist() == [True] * 4 + [False] * 4
+    assert (
+        fprune.pattern_lock_masks(w, pattern="4x1")["w"].flatten().tolist()
+        == [True] * 4 + [False] * 4
+    )
     # INC wipes a 2:4-sparse layer under an N:M lock; fprune keeps it at exactly 50%.
     dense = torch.randn(16, 16, generator=torch.Generator().manual_seed(0))
-    sparse = fprune.apply_masks({"w": dense}, fprune.masks({"w": dense.abs()}, pattern="2:4", sparsity=0.5))
+    sparse = fprune.apply_masks(
+        {"w": dense}, fprune.masks({"w": dense.abs()}, pattern="2:4", sparsity=0.5)
+    )
     locked = fprune.pattern_lock_masks(sparse, pattern="2:4")
     assert float(fprune.total_sparsity(locked)) == 0.5
     assert torch.equal(locked["w"], sparse["w"] != 0)
@@ -198,7 +254,9 @@ def test_pattern_lock_golden():
 
 def test_pattern_lock_skip_indivisible():
     p = {"w": torch.zeros(6, 4)}
-    with pytest.raises(ValueError, match=r"pattern_lock_masks: pattern '4x1' does not divide layer 'w'"):
+    with pytest.raises(
+        ValueError, match=r"pattern_lock_masks: pattern '4x1' does not divide layer 'w'"
+    ):
         fprune.pattern_lock_masks(p, pattern="4x1")
     assert bool(fprune.pattern_lock_masks(p, pattern="4x1", skip_indivisible=True)["w"].all())
 
@@ -222,9 +280,18 @@ def test_apply_masks_keeps_gradients_for_kept_weights():
 
 def test_apply_masks_bad_arguments():
     p = {"w": torch.ones(2)}
-    with pytest.raises(ValueError, match=r"apply_masks: masks has names that params lacks \(got \['v'\]\)"):
+    with pytest.raises(
+        ValueError, match=r"apply_masks: masks has names that params lacks \(got \['v'\]\)"
+    ):
         fprune.apply_masks(p, {"v": torch.ones(2, dtype=torch.bool)})
-    with pytest.raises(ValueError, match=r"apply_masks: masks\['w'\] has a different shape from params\['w'\] \(got \(3,\) vs \(2,\)\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"apply_masks: masks\['w'\] has a different shape from params\['w'\] "
+        r"\(got \(3,\) vs \(2,\)\)",
+    ):
         fprune.apply_masks(p, {"w": torch.ones(3, dtype=torch.bool)})
-    with pytest.raises(TypeError, match=r"apply_masks: masks\['w'\] must be a torch.bool mask \(got torch.float32\)"):
+    with pytest.raises(
+        TypeError,
+        match=r"apply_masks: masks\['w'\] must be a torch.bool mask \(got torch.float32\)",
+    ):
         fprune.apply_masks(p, {"w": torch.ones(2)})

@@ -44,16 +44,28 @@ def test_nm_groups_are_dense_or_exactly_n_sparse_with_exact_group_count(case, sc
 
 
 @pytest.mark.usefixtures("math_only")  # the accelerator: tests/test_eager.py
-@given(nm_case(), st.sampled_from(["global", "local"]), st.sampled_from(["mean", "sum", "max"]), st.data())
+@given(
+    nm_case(),
+    st.sampled_from(["global", "local"]),
+    st.sampled_from(["mean", "sum", "max"]),
+    st.data(),
+)
 def test_nm_masks_equal_sort_reference(case, scope, reduce, data):
     pattern, scores, sparsity = case
     views = {n: to_2d(s) for n, s in scores.items()}
     previous = data.draw(strategies.previous_masks(views))
     got = fprune.grid_masks(
-        views, pattern=pattern, sparsity=sparsity, scope=scope, previous=previous, reduce=reduce,
+        views,
+        pattern=pattern,
+        sparsity=sparsity,
+        scope=scope,
+        previous=previous,
+        reduce=reduce,
         max_layer_sparsity=1.0,
     )
-    want = reference.nm_masks(views, pattern.n, pattern.m, sparsity, scope, previous=previous, reduce=reduce)
+    want = reference.nm_masks(
+        views, pattern.n, pattern.m, sparsity, scope, previous=previous, reduce=reduce
+    )
     assert same_bits(got, want)
 
 
@@ -62,7 +74,9 @@ def test_iterative_nm_nests(case, fractions):
     pattern, scores, _ = case
     previous = None
     for f in sorted(fractions):
-        current = fprune.masks(scores, pattern=pattern, sparsity=f * pattern.max_sparsity, previous=previous)
+        current = fprune.masks(
+            scores, pattern=pattern, sparsity=f * pattern.max_sparsity, previous=previous
+        )
         if previous is not None:
             assert all(torch.all(~previous[n] <= ~current[n]) for n in scores)
         previous = current
@@ -79,9 +93,13 @@ def test_nm_golden():
 
 def test_nm_ties_inside_a_group_go_to_the_lower_index():
     s = {"w": torch.ones(1, 4)}
-    assert fprune.masks(s, pattern="2:4", sparsity=0.5)["w"].tolist() == [[False, False, True, True]]
+    assert fprune.masks(s, pattern="2:4", sparsity=0.5)["w"].tolist() == [
+        [False, False, True, True]
+    ]
     s = {"w": torch.tensor([[3.0, 1.0, 2.0, 1.0]])}
-    assert fprune.masks(s, pattern="1:4", sparsity=0.25)["w"].tolist() == [[True, False, True, True]]
+    assert fprune.masks(s, pattern="1:4", sparsity=0.25)["w"].tolist() == [
+        [True, False, True, True]
+    ]
 
 
 def test_nm_on_conv_groups_input_channels_at_one_tap():
@@ -95,7 +113,10 @@ def test_nm_on_conv_groups_input_channels_at_one_tap():
 @pytest.mark.parametrize(("pattern", "bad"), [("2:4", 0.6), ("1:4", 0.3), ("1:2", 0.51)])
 def test_nm_sparsity_above_n_over_m_raises(pattern, bad):
     cap = parse_pattern(pattern).max_sparsity
-    with pytest.raises(ValueError, match=rf"masks: pattern '{pattern}' cannot exceed sparsity N/M = {cap} \(got {bad}\)"):
+    with pytest.raises(
+        ValueError,
+        match=rf"masks: pattern '{pattern}' cannot exceed sparsity N/M = {cap} \(got {bad}\)",
+    ):
         fprune.masks({"w": torch.rand(4, 8)}, pattern=pattern, sparsity=bad)
 
 
@@ -106,11 +127,17 @@ def test_nm_reaches_exactly_n_over_m():
 
 
 def test_nm_rejects_indivisible_inputs():
-    with pytest.raises(ValueError, match=r"pattern '2:4' does not divide layer 'w' \(got shape \(4, 6\)"):
+    with pytest.raises(
+        ValueError, match=r"pattern '2:4' does not divide layer 'w' \(got shape \(4, 6\)"
+    ):
         fprune.masks({"w": torch.rand(4, 6)}, pattern="2:4", sparsity=0.5)
 
 
-@given(st.one_of(nm_case(), nm_case(st.just("3:16"))), st.sampled_from(["mean", "sum", "max"]), st.data())
+@given(
+    st.one_of(nm_case(), nm_case(st.just("3:16"))),
+    st.sampled_from(["mean", "sum", "max"]),
+    st.data(),
+)
 def test_within_groups_equal_a_stable_sort_of_each_group(case, reduce, data):
     """Groups up to ``PAIRWISE`` are ranked by comparisons, larger ones by a sort: both give
     each group's N lowest by a stable sort of its rank keys (ties to the lower index), and
@@ -119,7 +146,11 @@ def test_within_groups_equal_a_stable_sort_of_each_group(case, reduce, data):
     n, m = pattern.n, pattern.m
     for view in (to_2d(s) for s in scores.values()):
         seed = data.draw(st.one_of(st.none(), st.integers(0, 2**16)))
-        pruned = None if seed is None else torch.rand(view.shape, generator=torch.Generator().manual_seed(seed)) < 0.3
+        pruned = (
+            None
+            if seed is None
+            else torch.rand(view.shape, generator=torch.Generator().manual_seed(seed)) < 0.3
+        )
         low, score = nm.within_groups(view, pattern, pruned=pruned, reduce=reduce)
         keys = fprune.rank_keys(view, pruned=pruned).reshape(view.shape[0], -1, m)
         first = torch.sort(keys, dim=-1, stable=True).indices[..., :n]
@@ -135,8 +166,10 @@ def test_within_groups_equal_a_stable_sort_of_each_group(case, reduce, data):
 
 @given(st.integers(1, 7), st.sampled_from([2, 3, 4, 8]), st.data())
 def test_ranks_are_each_position_in_a_stable_sort(n_groups, m, data):
-    keys = torch.tensor(data.draw(st.lists(st.integers(-3, 3), min_size=m * n_groups, max_size=m * n_groups)),
-                        dtype=torch.int32).reshape(1, n_groups, m)
+    keys = torch.tensor(
+        data.draw(st.lists(st.integers(-3, 3), min_size=m * n_groups, max_size=m * n_groups)),
+        dtype=torch.int32,
+    ).reshape(1, n_groups, m)
     ranks = torch.stack(nm.ranks(keys), dim=-1)
     order = torch.sort(keys, dim=-1, stable=True).indices
     assert torch.equal(ranks.long(), torch.argsort(order, dim=-1))

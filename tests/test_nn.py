@@ -26,11 +26,29 @@ def test_head_detection_follows_inc():
 
 
 def test_prunable_uses_regex_search_exclusions_and_type_substrings():
-    model = nn.ModuleDict({"blocks": nn.ModuleList([nn.ModuleDict({"fc1": nn.Linear(4, 4), "conv": nn.Conv1d(4, 4, 3),
-                                                                   "norm": nn.LayerNorm(4)})]),
-                           "out": nn.ReLU()})
-    assert prunable(model, op_names=["fc"]).names == ("blocks.0.fc1.weight",)  # search, not fullmatch
-    assert prunable(model).names == ("blocks.0.fc1.weight", "blocks.0.conv.weight")  # LayerNorm: 1-D, not Linear
+    model = nn.ModuleDict(
+        {
+            "blocks": nn.ModuleList(
+                [
+                    nn.ModuleDict(
+                        {
+                            "fc1": nn.Linear(4, 4),
+                            "conv": nn.Conv1d(4, 4, 3),
+                            "norm": nn.LayerNorm(4),
+                        }
+                    )
+                ]
+            ),
+            "out": nn.ReLU(),
+        }
+    )
+    assert prunable(model, op_names=["fc"]).names == (
+        "blocks.0.fc1.weight",
+    )  # search, not fullmatch
+    assert prunable(model).names == (
+        "blocks.0.fc1.weight",
+        "blocks.0.conv.weight",
+    )  # LayerNorm: 1-D, not Linear
     assert prunable(model, op_types=["Conv"]).names == ("blocks.0.conv.weight",)
     assert prunable(model, excluded_op_names=[r"conv$"]).names == ("blocks.0.fc1.weight",)
 
@@ -73,10 +91,15 @@ def test_masked_optimizer_state_zeroes_pruned_moments(opt_cls):
     snapshot = {k: {kk: vv.clone() for kk, vv in v.items()} for k, v in before["state"].items()}
     sd = masked_optimizer_state(before, masks, names=names)
     idx = names.index("fc2.weight")
-    tensors = [v for v in sd["state"][idx].values() if isinstance(v, torch.Tensor) and v.shape == (32, 32)]
+    tensors = [
+        v for v in sd["state"][idx].values() if isinstance(v, torch.Tensor) and v.shape == (32, 32)
+    ]
     assert tensors and all(bool((t[~masks["fc2.weight"]] == 0).all()) for t in tensors)
-    assert all(bool((t[masks["fc2.weight"]] == snapshot[idx][k][masks["fc2.weight"]]).all())
-               for k, t in sd["state"][idx].items() if isinstance(t, torch.Tensor) and t.shape == (32, 32))
+    assert all(
+        bool((t[masks["fc2.weight"]] == snapshot[idx][k][masks["fc2.weight"]]).all())
+        for k, t in sd["state"][idx].items()
+        if isinstance(t, torch.Tensor) and t.shape == (32, 32)
+    )
     for k, v in before["state"].items():  # the input is unchanged
         assert all(torch.equal(vv, snapshot[k][kk]) for kk, vv in v.items())
     opt.load_state_dict(sd)  # it is a valid state dict

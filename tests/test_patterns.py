@@ -10,7 +10,9 @@ from hypothesis import strategies as st
 from fprune.patterns import NM, Blocks, parse_pattern
 
 side = st.one_of(st.none(), st.integers(1, 64))
-block_values = st.tuples(side, side).filter(lambda rc: rc != (None, None)).map(lambda rc: Blocks(*rc))
+block_values = (
+    st.tuples(side, side).filter(lambda rc: rc != (None, None)).map(lambda rc: Blocks(*rc))
+)
 nm_values = st.integers(1, 15).flatmap(lambda n: st.integers(n + 1, 16).map(lambda m: NM(n, m)))
 
 
@@ -40,8 +42,25 @@ def test_parse_pattern_golden(text, expected):
 
 @pytest.mark.parametrize(
     "text",
-    ["4y1", "0x1", "1x0", "4:2", "2:2", "0:4", "x4", "4x", "", "channelxchannel", "4x1x1",
-     "-1x1", " 4x1", "4X1", "2/4", "a:b", "1.5x1"],
+    [
+        "4y1",
+        "0x1",
+        "1x0",
+        "4:2",
+        "2:2",
+        "0:4",
+        "x4",
+        "4x",
+        "",
+        "channelxchannel",
+        "4x1x1",
+        "-1x1",
+        " 4x1",
+        "4X1",
+        "2/4",
+        "a:b",
+        "1.5x1",
+    ],
 )
 def test_parse_pattern_rejects_malformed(text):
     with pytest.raises(ValueError, match=r"^parse_pattern: .*\(got '.*'\)\. .+") as info:

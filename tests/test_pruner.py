@@ -15,7 +15,10 @@ from tests.models import MLP, ConvNet, train
 
 CRITERIA = ("magnitude", "gradient", "snip", "snip_momentum")
 PATTERNS = ("1x1", "4x1", "channelx1", "1xchannel", "2:4")
-SCHEDULES = {"oneshot": dict(start_step=2, end_step=2), "iterative": dict(start_step=1, end_step=7, frequency=2)}
+SCHEDULES = {
+    "oneshot": dict(start_step=2, end_step=2),
+    "iterative": dict(start_step=1, end_step=7, frequency=2),
+}
 
 
 def _units(mask: torch.Tensor, pattern: str) -> tuple[int, int]:
@@ -23,11 +26,15 @@ def _units(mask: torch.Tensor, pattern: str) -> tuple[int, int]:
     pat = fprune.parse_pattern(pattern)
     if isinstance(pat, fprune.NM):
         groups = (~to_2d(mask)).reshape(mask.shape[0], -1, pat.m).sum(-1)
-        assert bool(((groups == 0) | (groups == pat.n)).all()), "an N:M group is neither dense nor N:M"
+        assert bool(((groups == 0) | (groups == pat.n)).all()), (
+            "an N:M group is neither dense nor N:M"
+        )
         return int((groups == pat.n).sum()), groups.numel()
     grid = fprune.reduce_masks({"m": mask}, pattern=pat)["m"]
     # block constancy: expanding the grid gives the mask back
-    assert torch.equal(fprune.expand_masks({"m": grid}, pattern=pat, shapes={"m": mask.shape})["m"], mask)
+    assert torch.equal(
+        fprune.expand_masks({"m": grid}, pattern=pat, shapes={"m": mask.shape})["m"], mask
+    )
     return int((~grid).sum()), grid.numel()
 
 
@@ -46,9 +53,12 @@ def test_pruner_matrix(criterion, pattern, scope, schedule, model_cls):
     names = fprune.nn.prunable(model).names
     sparsity = 0.5 if pattern == "2:4" else 0.7
     window = SCHEDULES[schedule]
-    prune = fprune.pruner(sparsity, pattern=pattern, criterion=criterion, scope=scope, decay="cube", **window)
+    prune = fprune.pruner(
+        sparsity, pattern=pattern, criterion=criterion, scope=scope, decay="cube", **window
+    )
     expected = (
-        fprune.oneshot(sparsity, start_step=window["start_step"]) if schedule == "oneshot"
+        fprune.oneshot(sparsity, start_step=window["start_step"])
+        if schedule == "oneshot"
         else fprune.iterative(sparsity, decay="cube", **window)
     )
     params = dict(model.named_parameters())
@@ -89,8 +99,11 @@ def test_pruner_matches_the_masks_primitive(criterion):
     crit = fprune.criterion(criterion, pattern="4x1")
     scores, _ = crit.update(crit.init(params), params, grads)
     if criterion == "snip_momentum":
-        want = fprune.expand_masks(fprune.grid_masks(scores, pattern="4x1", sparsity=0.6), pattern="4x1",
-                                   shapes={n: p.shape for n, p in params.items()})
+        want = fprune.expand_masks(
+            fprune.grid_masks(scores, pattern="4x1", sparsity=0.6),
+            pattern="4x1",
+            shapes={n: p.shape for n, p in params.items()},
+        )
     else:
         want = fprune.masks(scores, pattern="4x1", sparsity=0.6)
     assert all(torch.equal(got[n], want[n]) for n in params)
@@ -128,11 +141,20 @@ def test_non_prune_steps_keep_masks_and_accumulate_scores():
 def test_pruner_global_bounds_ramp_with_the_schedule(sparsity, lo, hi, seed):
     """Every prune step: total exact, each layer in [min * r / sparsity, max] (in blocks)."""
     g = torch.Generator().manual_seed(seed)
-    params = {"a": torch.randn(8, 8, generator=g), "b": torch.randn(16, 8, generator=g) * 10,
-              "c": torch.randn(4, 32, generator=g) * 0.1}
+    params = {
+        "a": torch.randn(8, 8, generator=g),
+        "b": torch.randn(16, 8, generator=g) * 10,
+        "c": torch.randn(4, 32, generator=g) * 0.1,
+    }
     lo = min(lo, sparsity)
-    prune = fprune.pruner(sparsity, pattern="4x1", criterion="magnitude", end_step=4,
-                          min_layer_sparsity=lo, max_layer_sparsity=hi)
+    prune = fprune.pruner(
+        sparsity,
+        pattern="4x1",
+        criterion="magnitude",
+        end_step=4,
+        min_layer_sparsity=lo,
+        max_layer_sparsity=hi,
+    )
     state = prune.init(params)
     for _ in range(5):
         state, masks = prune.step(state, params)
@@ -158,8 +180,15 @@ def test_lock_init_sparsity_starts_from_existing_zeros():
     torch.manual_seed(0)
     w = torch.randn(8, 8)
     w[:4, :4] = 0  # 4 of the 16 4x1 blocks
-    prune = fprune.pruner(0.5, pattern="4x1", criterion="magnitude", start_step=0, end_step=2,
-                          decay="linear", lock_init_sparsity=True)
+    prune = fprune.pruner(
+        0.5,
+        pattern="4x1",
+        criterion="magnitude",
+        start_step=0,
+        end_step=2,
+        decay="linear",
+        lock_init_sparsity=True,
+    )
     state = prune.init({"w": w})
     assert float(state.initial_target) == 0.25 and bool((~state.masks["w"][:4, :4]).all())
     targets = []
@@ -188,7 +217,10 @@ def test_custom_criteria():
 
     counter = fprune.Criterion(
         init=lambda params: {"n": torch.zeros(())},
-        update=lambda aux, params, grads: ({k: p.abs() for k, p in params.items()}, {"n": aux["n"] + 1}),
+        update=lambda aux, params, grads: (
+            {k: p.abs() for k, p in params.items()},
+            {"n": aux["n"] + 1},
+        ),
         needs_grads=False,
     )
     prune = fprune.pruner(0.25, pattern="1x1", criterion=counter)
@@ -208,7 +240,9 @@ def test_pruner_is_pure():
     kept = {k: v.clone() for k, v in state.state_dict().items()}
     new, _ = prune.step(state, params, grads)
     assert torch.equal(params["w"], copies["w"]) and torch.equal(grads["w"], copies["g"])
-    assert all(torch.equal(v, kept[k]) for k, v in state.state_dict().items())  # old state untouched
+    assert all(
+        torch.equal(v, kept[k]) for k, v in state.state_dict().items()
+    )  # old state untouched
     assert int(new.step) == 1 and int(state.step) == 0
 
 
@@ -226,13 +260,19 @@ def test_pattern_lock_pruner_keeps_structure():
 
 def test_callable_and_registered_schedules():
     params = {"w": torch.randn(8, 8)}
-    prune = fprune.pruner(0.5, pattern="1x1", criterion="magnitude", end_step=3,
-                          schedule=lambda s: 0.1 * s + 0.9)  # clamped to the target
+    prune = fprune.pruner(
+        0.5, pattern="1x1", criterion="magnitude", end_step=3, schedule=lambda s: 0.1 * s + 0.9
+    )  # clamped to the target
     state = prune.init(params)
     state, _ = prune.step(state, params)
     assert float(state.current_target) == 0.5
-    prune = fprune.pruner(0.5, pattern="1x1", criterion="magnitude", end_step=3,
-                          schedule=fprune.iterative(0.5, start_step=0, end_step=3, decay="linear"))
+    prune = fprune.pruner(
+        0.5,
+        pattern="1x1",
+        criterion="magnitude",
+        end_step=3,
+        schedule=fprune.iterative(0.5, start_step=0, end_step=3, decay="linear"),
+    )
     state = prune.init(params)
     targets = []
     for _ in range(4):
@@ -241,30 +281,65 @@ def test_callable_and_registered_schedules():
     assert targets == [0.0, 0.166667, 0.333333, 0.5]
 
 
-@pytest.mark.parametrize(("kwargs", "error", "message"), [
-    (dict(sparsity=float("nan")), ValueError, r"sparsity must be a fraction in \[0, 1\) \(got nan\)"),
-    (dict(sparsity=float("inf")), ValueError, r"sparsity must be a fraction in \[0, 1\) \(got inf\)"),
-    (dict(sparsity=1.0), ValueError, "sparsity must be a fraction"),
-    (dict(sparsity="0.5"), TypeError, "sparsity must be a float"),
-    (dict(sparsity=torch.tensor(0.5)), TypeError, "sparsity must be a Python float"),
-    (dict(sparsity=0.5, pattern="4y1"), ValueError, "pattern"),
-    (dict(sparsity=0.6, pattern="2:4"), ValueError, r"cannot exceed sparsity N/M = 0.5 \(got 0.6\)"),
-    (dict(sparsity=0.99), ValueError, "sparsity exceeds max_layer_sparsity"),
-    (dict(sparsity=0.5, min_layer_sparsity=0.6), ValueError, "min_layer_sparsity exceeds sparsity"),
-    (dict(sparsity=0.5, max_layer_sparsity=torch.tensor(0.9)), TypeError, "layer bounds must be Python floats"),
-    (dict(sparsity=0.5, criterion="snipp"), ValueError, "unknown criterion .* Did you mean 'snip'"),
-    (dict(sparsity=0.5, criterion=3), TypeError, "criterion must be a name, a Criterion or a function"),
-    (dict(sparsity=0.5, scope="layer"), ValueError, "unknown scope"),
-    (dict(sparsity=0.5, reduce="median"), ValueError, "unknown reduce"),
-    (dict(sparsity=0.5, decay="sqrt", end_step=4), ValueError, "unknown decay"),
-    (dict(sparsity=0.5, schedule="oneshot", end_step=4), ValueError, "a oneshot schedule prunes once"),
-    (dict(sparsity=0.5, schedule="linear"), ValueError, "unknown scheduler"),
-    (dict(sparsity=0.5, schedule=3), TypeError, "schedule must be a name or a callable"),
-    (dict(sparsity=0.5, start_step=-1), ValueError, "start_step must be >= 0"),
-    (dict(sparsity=0.5, start_step=4, end_step=2), ValueError, "end_step is before start_step"),
-    (dict(sparsity=0.5, frequency=0), ValueError, "frequency must be >= 1"),
-    (dict(sparsity=0.5, low_memory_usage=1), TypeError, "low_memory_usage must be a bool"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        (
+            dict(sparsity=float("nan")),
+            ValueError,
+            r"sparsity must be a fraction in \[0, 1\) \(got nan\)",
+        ),
+        (
+            dict(sparsity=float("inf")),
+            ValueError,
+            r"sparsity must be a fraction in \[0, 1\) \(got inf\)",
+        ),
+        (dict(sparsity=1.0), ValueError, "sparsity must be a fraction"),
+        (dict(sparsity="0.5"), TypeError, "sparsity must be a float"),
+        (dict(sparsity=torch.tensor(0.5)), TypeError, "sparsity must be a Python float"),
+        (dict(sparsity=0.5, pattern="4y1"), ValueError, "pattern"),
+        (
+            dict(sparsity=0.6, pattern="2:4"),
+            ValueError,
+            r"cannot exceed sparsity N/M = 0.5 \(got 0.6\)",
+        ),
+        (dict(sparsity=0.99), ValueError, "sparsity exceeds max_layer_sparsity"),
+        (
+            dict(sparsity=0.5, min_layer_sparsity=0.6),
+            ValueError,
+            "min_layer_sparsity exceeds sparsity",
+        ),
+        (
+            dict(sparsity=0.5, max_layer_sparsity=torch.tensor(0.9)),
+            TypeError,
+            "layer bounds must be Python floats",
+        ),
+        (
+            dict(sparsity=0.5, criterion="snipp"),
+            ValueError,
+            "unknown criterion .* Did you mean 'snip'",
+        ),
+        (
+            dict(sparsity=0.5, criterion=3),
+            TypeError,
+            "criterion must be a name, a Criterion or a function",
+        ),
+        (dict(sparsity=0.5, scope="layer"), ValueError, "unknown scope"),
+        (dict(sparsity=0.5, reduce="median"), ValueError, "unknown reduce"),
+        (dict(sparsity=0.5, decay="sqrt", end_step=4), ValueError, "unknown decay"),
+        (
+            dict(sparsity=0.5, schedule="oneshot", end_step=4),
+            ValueError,
+            "a oneshot schedule prunes once",
+        ),
+        (dict(sparsity=0.5, schedule="linear"), ValueError, "unknown scheduler"),
+        (dict(sparsity=0.5, schedule=3), TypeError, "schedule must be a name or a callable"),
+        (dict(sparsity=0.5, start_step=-1), ValueError, "start_step must be >= 0"),
+        (dict(sparsity=0.5, start_step=4, end_step=2), ValueError, "end_step is before start_step"),
+        (dict(sparsity=0.5, frequency=0), ValueError, "frequency must be >= 1"),
+        (dict(sparsity=0.5, low_memory_usage=1), TypeError, "low_memory_usage must be a bool"),
+    ],
+)
 def test_pruner_bad_arguments(kwargs, error, message):
     with pytest.raises(error, match=message):
         fprune.pruner(**kwargs)
@@ -278,7 +353,9 @@ def test_init_and_step_bad_inputs():
         prune.init({"w": torch.ones(8, 8, dtype=torch.int64)})
     with pytest.raises(ValueError, match="params is empty"):
         prune.init({})
-    bad = fprune.pruner(0.5, pattern="1x1", criterion=lambda p, g: {n: t.sum(0) for n, t in p.items()})
+    bad = fprune.pruner(
+        0.5, pattern="1x1", criterion=lambda p, g: {n: t.sum(0) for n, t in p.items()}
+    )
     params = {"w": torch.ones(4, 4)}
     with pytest.raises(ValueError, match="the criterion's score for 'w' has the wrong shape"):
         bad.step(bad.init(params), params)
@@ -295,11 +372,15 @@ def test_stateless_criteria_are_evaluated_on_prune_steps_only():
         return {n: p.abs() for n, p in params.items()}
 
     params = {"w": torch.randn(4, 4), "v": torch.randn(4, 8)}
-    prune = fprune.pruner(0.5, pattern="1x1", criterion=counted, start_step=2, end_step=6, frequency=2)
+    prune = fprune.pruner(
+        0.5, pattern="1x1", criterion=counted, start_step=2, end_step=6, frequency=2
+    )
     state = prune.init(params)
     for _ in range(9):
         state, _ = prune.step(state, params)
-    assert calls == [["v", "w"]] * 3  # steps 2, 4 and 6, all layers at once (it may look across them)
+    assert (
+        calls == [["v", "w"]] * 3
+    )  # steps 2, 4 and 6, all layers at once (it may look across them)
 
 
 @given(
@@ -313,7 +394,9 @@ def test_stateless_criteria_are_evaluated_on_prune_steps_only():
     criterion=st.sampled_from(["magnitude", "snip_momentum"]),
     seed=st.integers(0, 2**16),
 )
-def test_pruner_properties(pattern, scope, decay, start, length, frequency, fraction, criterion, seed):
+def test_pruner_properties(
+    pattern, scope, decay, start, length, frequency, fraction, criterion, seed
+):
     """Any window, decay and target: the target is the schedule's at every step, masks change on
     prune steps only and are nested, and the last prune step hits the exact count."""
     pat = fprune.parse_pattern(pattern)
@@ -321,10 +404,23 @@ def test_pruner_properties(pattern, scope, decay, start, length, frequency, frac
     g = torch.Generator().manual_seed(seed)
     params = {"a": torch.randn(4, 8, generator=g), "b": torch.randn(8, 4, 2, generator=g)}
     end = start + length
-    prune = fprune.pruner(sparsity, pattern=pattern, criterion=criterion, scope=scope, decay=decay,
-                          start_step=start, end_step=end, frequency=frequency)
-    schedule = (fprune.oneshot(sparsity, start_step=start) if length == 0
-                else fprune.iterative(sparsity, start_step=start, end_step=end, frequency=frequency, decay=decay))
+    prune = fprune.pruner(
+        sparsity,
+        pattern=pattern,
+        criterion=criterion,
+        scope=scope,
+        decay=decay,
+        start_step=start,
+        end_step=end,
+        frequency=frequency,
+    )
+    schedule = (
+        fprune.oneshot(sparsity, start_step=start)
+        if length == 0
+        else fprune.iterative(
+            sparsity, start_step=start, end_step=end, frequency=frequency, decay=decay
+        )
+    )
     state = prune.init(params)
     previous = state.masks
     for s in range(end + 3):
@@ -340,7 +436,9 @@ def test_pruner_properties(pattern, scope, decay, start, length, frequency, frac
     r = sparsity * pat.m / pat.n if isinstance(pat, fprune.NM) else sparsity
     if scope == "global":  # exact, unless the per-layer caps (default 0.98) cannot hold that many
         cap = sum(_count(0.98, u) for _, u in units.values())
-        assert sum(p for p, _ in units.values()) == min(_count(r, sum(u for _, u in units.values())), cap)
+        assert sum(p for p, _ in units.values()) == min(
+            _count(r, sum(u for _, u in units.values())), cap
+        )
     else:
         assert all(p == _count(r, u) for p, u in units.values())
 
@@ -349,12 +447,14 @@ def test_pruner_properties(pattern, scope, decay, start, length, frequency, frac
 @pytest.mark.parametrize("criterion", CRITERIA)
 @pytest.mark.parametrize("pattern", ["4x1", "2:4"])
 def test_pruner_in_every_float_dtype(dtype, criterion, pattern):
-    """Exact counts in every dtype; 16-bit accumulators are float32 (bfloat16 with low_memory_usage)."""
+    """Exact counts in every dtype; 16-bit accumulators are float32 (bfloat16 with
+    low_memory_usage)."""
     torch.manual_seed(0)
     params = {"a": torch.randn(8, 16).to(dtype), "b": (torch.randn(16, 8) * 100).to(dtype)}
     for low_memory_usage in (False, True):
-        prune = fprune.pruner(0.5, pattern=pattern, criterion=criterion, end_step=2,
-                              low_memory_usage=low_memory_usage)
+        prune = fprune.pruner(
+            0.5, pattern=pattern, criterion=criterion, end_step=2, low_memory_usage=low_memory_usage
+        )
         state = prune.init(params)
         for _ in range(3):
             grads = {n: torch.randn(p.shape).to(dtype) for n, p in params.items()}
@@ -364,7 +464,10 @@ def test_pruner_in_every_float_dtype(dtype, criterion, pattern):
         assert sum(p for p, _ in units) == _count(fraction, sum(u for _, u in units))
         if criterion == "snip_momentum":
             wide = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-            assert all(a.dtype == (torch.bfloat16 if low_memory_usage else wide) for a in state.aux.values())
+            assert all(
+                a.dtype == (torch.bfloat16 if low_memory_usage else wide)
+                for a in state.aux.values()
+            )
 
 
 def test_step_takes_parameters_that_require_grad_without_building_graphs():
@@ -390,7 +493,8 @@ def test_pruner_unpacks_as_init_step_pair():
 
 
 def test_golden_inc_local_4x1_at_0_7():
-    """INC's recorded local case: 4x1 at r = 0.7 leaves a 64x64 layer at floor(1024 * 0.7) / 1024."""
+    """INC's recorded local case: 4x1 at r = 0.7 leaves a 64x64 layer at
+    floor(1024 * 0.7) / 1024."""
     params = {"w": torch.randn(64, 64, generator=torch.Generator().manual_seed(3))}
     prune = fprune.pruner(0.7, pattern="4x1", criterion="magnitude", scope="local")
     _, masks = prune.step(prune.init(params), params)

@@ -40,8 +40,13 @@ def test_snapshot_restores():
 @pytest.mark.parametrize("kind", registry.KINDS)
 def test_unknown_names_suggest_the_closest(kind):
     get = getattr(fprune, f"get_{kind}")
-    name = {"criterion": "snip_momentun", "pattern": "tensorcore", "scheduler": "iterativ",
-            "reg": "group_laso", "pruner": "basik"}[kind]
+    name = {
+        "criterion": "snip_momentun",
+        "pattern": "tensorcore",
+        "scheduler": "iterativ",
+        "reg": "group_laso",
+        "pruner": "basik",
+    }[kind]
     if kind == "pattern":
         fprune.register_pattern("tensor_core", fprune.NM(2, 4))
     with pytest.raises(ValueError, match=f"unknown {kind}.*Did you mean"):
@@ -72,7 +77,10 @@ def test_names_and_objects_are_interchangeable():
         prune = fprune.pruner(0.5, end_step=0, **kw)
         return prune.step(prune.init(params), params, grads)[1]["w"]
 
-    assert torch.equal(run(pattern="rows4", criterion="wxg"), run(pattern=fprune.Blocks(4, 1), criterion=fprune.snip))
+    assert torch.equal(
+        run(pattern="rows4", criterion="wxg"),
+        run(pattern=fprune.Blocks(4, 1), criterion=fprune.snip),
+    )
     assert torch.equal(run(pattern="4x1", criterion="snip"), run(pattern="rows4", criterion="wxg"))
 
 
@@ -81,7 +89,9 @@ def test_criterion_factory_protocol():
 
     def make(*, pattern, reduce, dtype):
         seen.update(pattern=str(pattern), reduce=reduce)
-        return fprune.Criterion(lambda p: {}, lambda aux, p, g: ({n: t.abs() for n, t in p.items()}, {}), False)
+        return fprune.Criterion(
+            lambda p: {}, lambda aux, p, g: ({n: t.abs() for n, t in p.items()}, {}), False
+        )
 
     fprune.register_criterion("made", make)
     prune = fprune.pruner(0.5, pattern="2x2", criterion="made", reduce="max")
@@ -115,7 +125,9 @@ def test_registered_pruner_from_config():
 
 def test_regularize_resolves_a_registered_pattern_name():
     fprune.register_pattern("rows4", fprune.Blocks(4, 1))
-    (p,) = fprune.from_config({"pattern": "rows4", "reg_type": "group_lasso", "reg_coeff": 1.0, "end_step": 3})
+    (p,) = fprune.from_config(
+        {"pattern": "rows4", "reg_type": "group_lasso", "reg_coeff": 1.0, "end_step": 3}
+    )
     params = {"w": torch.randn(8, 8, generator=torch.Generator().manual_seed(0))}
     got = p.regularize(params, step=1, lr=0.5)
     want = fprune.group_lasso(params, pattern="4x1", strength=0.5)

@@ -21,7 +21,9 @@ def block_norms(w: torch.Tensor, pattern: str) -> torch.Tensor:
 
 @given(
     st.sampled_from(["1x1", "4x1", "2x2", "channelx1", "1xchannel"]).flatmap(
-        lambda p: st.tuples(st.just(p), strategies.score_dicts(p, dtype=torch.float64, specials=False))
+        lambda p: st.tuples(
+            st.just(p), strategies.score_dicts(p, dtype=torch.float64, specials=False)
+        )
     ),
     st.floats(0, 50),
 )
@@ -54,7 +56,8 @@ def test_zero_strength_is_identity_and_tensor_strength_works():
 
 
 def test_inc_mode_golden():
-    # factor = 1 - t / (||g_b|| + 1e-12): gradient norms 5 and 0.5 with t = 1 -> 0.8 and -1 (a sign flip)
+    # factor = 1 - t / (||g_b|| + 1e-12): gradient norms 5 and 0.5 with t = 1 -> 0.8 and -1
+    # (a sign flip)
     w = {"w": torch.tensor([[1.0, 1.0], [1.0, 1.0]], dtype=torch.float64)}
     g = {"w": torch.tensor([[3.0, 0.3], [4.0, 0.4]], dtype=torch.float64)}
     out = fprune.group_lasso(w, pattern="2x1", strength=1.0, grads=g, mode="inc")["w"]
@@ -82,15 +85,25 @@ def test_half_precision_params():
 
 def test_group_lasso_bad_arguments():
     w = {"w": torch.ones(4, 4)}
-    with pytest.raises(ValueError, match=r"group_lasso: group lasso needs a block pattern \(got '2:4'\)"):
+    with pytest.raises(
+        ValueError, match=r"group_lasso: group lasso needs a block pattern \(got '2:4'\)"
+    ):
         fprune.group_lasso(w, pattern="2:4", strength=0.1)
-    with pytest.raises(ValueError, match=r"group_lasso: strength must be a number >= 0 \(got -0.1\)"):
+    with pytest.raises(
+        ValueError, match=r"group_lasso: strength must be a number >= 0 \(got -0.1\)"
+    ):
         fprune.group_lasso(w, pattern="4x1", strength=-0.1)
-    with pytest.raises(ValueError, match=r"group_lasso: strength must be a number >= 0 \(got nan\)"):
+    with pytest.raises(
+        ValueError, match=r"group_lasso: strength must be a number >= 0 \(got nan\)"
+    ):
         fprune.group_lasso(w, pattern="4x1", strength=float("nan"))
-    with pytest.raises(ValueError, match=r"group_lasso: mode='inc' scales by gradient norms and needs grads"):
+    with pytest.raises(
+        ValueError, match=r"group_lasso: mode='inc' scales by gradient norms and needs grads"
+    ):
         fprune.group_lasso(w, pattern="4x1", strength=0.1, mode="inc")
-    with pytest.raises(ValueError, match=r"group_lasso: unknown mode \(got 'prox'\)\. Did you mean 'proximal'\?"):
+    with pytest.raises(
+        ValueError, match=r"group_lasso: unknown mode \(got 'prox'\)\. Did you mean 'proximal'\?"
+    ):
         fprune.group_lasso(w, pattern="4x1", strength=0.1, mode="prox")
     with pytest.raises(ValueError, match=r"group_lasso: pattern '4x1' does not divide layer 'w'"):
         fprune.group_lasso({"w": torch.ones(6, 4)}, pattern="4x1", strength=0.1)

@@ -13,8 +13,12 @@ from fprune.report import layer_report, pattern_violation, total_report
 from tests import strategies
 
 
-def _masked_weights(pattern: str, sparsity: float, seed: int, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    w = torch.randn(shape, generator=torch.Generator().manual_seed(seed)) + 10.0  # no accidental zero
+def _masked_weights(
+    pattern: str, sparsity: float, seed: int, shape: tuple[int, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    w = (
+        torch.randn(shape, generator=torch.Generator().manual_seed(seed)) + 10.0
+    )  # no accidental zero
     pattern_obj = fprune.parse_pattern(pattern)
     if isinstance(pattern_obj, fprune.NM):
         sparsity = min(sparsity, pattern_obj.max_sparsity)
@@ -23,8 +27,11 @@ def _masked_weights(pattern: str, sparsity: float, seed: int, shape: tuple[int, 
 
 
 @given(
-    pattern=strategies.any_patterns, sparsity=strategies.sparsities, seed=st.integers(0, 2**16),
-    conv=st.booleans(), data=st.data(),
+    pattern=strategies.any_patterns,
+    sparsity=strategies.sparsities,
+    seed=st.integers(0, 2**16),
+    conv=st.booleans(),
+    data=st.data(),
 )
 def test_layer_report_matches_the_masks(pattern, sparsity, seed, conv, data):
     shape = data.draw(strategies.divisible_shape(*strategies._pattern_sides(pattern), conv=conv))
@@ -39,7 +46,12 @@ def test_layer_report_matches_the_masks(pattern, sparsity, seed, conv, data):
         assert r.satisfies and r.violation is None
 
 
-@given(pattern=strategies.block_patterns, seed=st.integers(0, 2**16), conv=st.booleans(), data=st.data())
+@given(
+    pattern=strategies.block_patterns,
+    seed=st.integers(0, 2**16),
+    conv=st.booleans(),
+    data=st.data(),
+)
 def test_pattern_violation_finds_a_broken_block(pattern, seed, conv, data):
     shape = data.draw(strategies.divisible_shape(*strategies._pattern_sides(pattern), conv=conv))
     w, mask = _masked_weights(pattern, 0.5, seed, shape)
@@ -81,21 +93,40 @@ def test_pattern_violation_finds_a_short_group(pattern, seed, conv, data):
 def test_golden_report():
     w = torch.tensor([[0.0, -0.0, 1.0, 2.0], [0.0, 3.0, float("nan"), 0.0]])
     r = layer_report("fc.weight", w, pattern="2:4")
-    assert (r.zeros, r.sparsity, r.satisfies, r.violation) == (4, 0.5, True, None)  # -0.0 is zero, NaN is kept
+    assert (r.zeros, r.sparsity, r.satisfies, r.violation) == (
+        4,
+        0.5,
+        True,
+        None,
+    )  # -0.0 is zero, NaN is kept
     assert r.unit_sparsity == 0.5
     r = layer_report("fc.weight", w, pattern="1x2")
     assert (r.satisfies, r.violation, r.unit_sparsity) == (False, (1, 0), 0.25)
     r = layer_report("fc.weight", w, pattern="4x4")
     assert r.note is not None and r.satisfies is None and r.unit_sparsity is None
     assert r.as_dict()["shape"] == [2, 4]
-    totals = total_report([layer_report("a", w, pattern="1x2"), layer_report("b", torch.zeros(2, 2), pattern="1x2")])
-    assert totals == {"layers": 2, "size": 12, "zeros": 8, "sparsity": 8 / 12, "checked": 2, "satisfying": 1}
+    totals = total_report(
+        [layer_report("a", w, pattern="1x2"), layer_report("b", torch.zeros(2, 2), pattern="1x2")]
+    )
+    assert totals == {
+        "layers": 2,
+        "size": 12,
+        "zeros": 8,
+        "sparsity": 8 / 12,
+        "checked": 2,
+        "satisfying": 1,
+    }
 
 
 def test_conv_violation_is_in_the_weights_own_coordinates():
     w = torch.ones(2, 3, 2, 2)  # [O, C, kh, kw]; the view's columns are (kh, kw, C), C innermost
     w[1, 2, 1, 0] = 0.0
-    assert pattern_violation(w, pattern="1x3") == (1, 0, 1, 0)  # the group of 3 channels at tap (1, 0)
+    assert pattern_violation(w, pattern="1x3") == (
+        1,
+        0,
+        1,
+        0,
+    )  # the group of 3 channels at tap (1, 0)
     assert pattern_violation(w, pattern="2x1") == (0, 2, 1, 0)
 
 

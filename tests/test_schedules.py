@@ -32,8 +32,16 @@ def test_exp_golden_inc_values():
     [
         ("linear", [0.0, 0.2, 0.4, 0.6, 0.8]),
         ("cube", [0.0, 0.8 / 64, 0.8 / 8, 0.8 * 27 / 64, 0.8]),
-        ("cos", [0.0, 0.8 * (1 - math.cos(math.pi / 8)), 0.8 * (1 - math.cos(math.pi / 4)),
-                 0.8 * (1 - math.cos(3 * math.pi / 8)), 0.8]),
+        (
+            "cos",
+            [
+                0.0,
+                0.8 * (1 - math.cos(math.pi / 8)),
+                0.8 * (1 - math.cos(math.pi / 4)),
+                0.8 * (1 - math.cos(3 * math.pi / 8)),
+                0.8,
+            ],
+        ),
     ],
 )
 def test_other_decays_golden(decay, expected):
@@ -42,15 +50,26 @@ def test_other_decays_golden(decay, expected):
 
 
 @given(windows, st.floats(0, 0.99), st.floats(0, 1), st.sampled_from(DECAYS))
-def test_iterative_is_monotone_piecewise_constant_and_exact_at_the_end(window, target, init_frac, decay):
+def test_iterative_is_monotone_piecewise_constant_and_exact_at_the_end(
+    window, target, init_frac, decay
+):
     start, end, freq = window
     initial = target * init_frac
-    s = iterative(target, start_step=start, end_step=end, frequency=freq, decay=decay, initial_sparsity=initial)
+    s = iterative(
+        target,
+        start_step=start,
+        end_step=end,
+        frequency=freq,
+        decay=decay,
+        initial_sparsity=initial,
+    )
     steps = prune_steps(start_step=start, end_step=end, frequency=freq)
     values = [s(k) for k in range(end + freq + 3)]
     assert all(a <= b for a, b in itertools.pairwise(values))
     assert all(0.0 <= v <= target for v in values)
-    assert s(steps[-1]) == target and values[-1] == target  # exactly at the last prune step and after
+    assert (
+        s(steps[-1]) == target and values[-1] == target
+    )  # exactly at the last prune step and after
     assert all(values[k] == initial for k in range(start))
     if len(steps) > 1:
         assert s(steps[0]) == initial  # INC's t = 0: the first prune step is at the initial ratio
@@ -75,13 +94,21 @@ def test_oneshot():
 @given(windows, st.floats(0, 0.99), st.sampled_from(DECAYS))
 def test_tensor_steps_equal_python_steps(window, target, decay):
     start, end, freq = window
-    s = iterative(target, start_step=start, end_step=end, frequency=freq, decay=decay, initial_sparsity=target / 3)
+    s = iterative(
+        target,
+        start_step=start,
+        end_step=end,
+        frequency=freq,
+        decay=decay,
+        initial_sparsity=target / 3,
+    )
     for k in range(end + freq + 2):
         t = s(torch.tensor(k))
         assert isinstance(t, torch.Tensor) and t.dtype == torch.float64 and t.ndim == 0
         assert float(t) == pytest.approx(s(k), abs=1e-15)
-        assert bool(is_prune_step(torch.tensor(k), start_step=start, end_step=end, frequency=freq)) == (
-            is_prune_step(k, start_step=start, end_step=end, frequency=freq))
+        assert bool(
+            is_prune_step(torch.tensor(k), start_step=start, end_step=end, frequency=freq)
+        ) == (is_prune_step(k, start_step=start, end_step=end, frequency=freq))
     assert float(s(torch.tensor(end))) == s(end)
     o = oneshot(target, start_step=start)
     assert [float(o(torch.tensor(k))) for k in range(start + 2)] == [o(k) for k in range(start + 2)]
@@ -91,7 +118,11 @@ def test_tensor_steps_equal_python_steps(window, target, decay):
 def test_prune_steps_agree_with_is_prune_step(window):
     start, end, freq = window
     listed = list(prune_steps(start_step=start, end_step=end, frequency=freq))
-    assert listed == [k for k in range(end + 5) if is_prune_step(k, start_step=start, end_step=end, frequency=freq)]
+    assert listed == [
+        k
+        for k in range(end + 5)
+        if is_prune_step(k, start_step=start, end_step=end, frequency=freq)
+    ]
     assert listed[0] == start and listed[-1] <= end < listed[-1] + freq
 
 
@@ -102,7 +133,11 @@ def test_custom_decay_callable():
 
 @pytest.mark.parametrize(
     ("run", "blocks"),
-    [("mlp_4x1_mag_global_exp", 8192), ("mlp_4x1_snipm_global_cube", 8192), ("mlp_2in4_mag_global_linear", 8192)],
+    [
+        ("mlp_4x1_mag_global_exp", 8192),
+        ("mlp_4x1_snipm_global_cube", 8192),
+        ("mlp_2in4_mag_global_linear", 8192),
+    ],
 )
 def test_schedule_and_counts_reproduce_inc_traces(run, blocks):
     """INC's recorded per-step zero fractions follow from the schedule and the exact counts.
@@ -114,8 +149,13 @@ def test_schedule_and_counts_reproduce_inc_traces(run, blocks):
     info = json.loads((RUNS / f"{run}.json").read_text())
     cfg = info["config"]
     shift = 1 if cfg["pruning_type"] == "snip_momentum" else 0
-    s = iterative(cfg["target"], start_step=cfg["start"] - shift, end_step=cfg["end"] - shift,
-                  frequency=cfg["freq"], decay=cfg["decay"])
+    s = iterative(
+        cfg["target"],
+        start_step=cfg["start"] - shift,
+        end_step=cfg["end"] - shift,
+        frequency=cfg["freq"],
+        decay=cfg["decay"],
+    )
     weights = 4 * blocks
     trace = []
     for step in range(info["training"]["steps"]):
@@ -133,13 +173,25 @@ def test_schedule_and_counts_reproduce_inc_traces(run, blocks):
     [
         (dict(decay="sqrt"), ValueError, r"iterative: unknown decay \(got 'sqrt'\)\. Did you mean"),
         (dict(decay="expo"), ValueError, r"Did you mean 'exp'\?"),
-        (dict(start_step=5, end_step=2), ValueError, r"iterative: end_step is before start_step \(got start_step=5, end_step=2\)"),
+        (
+            dict(start_step=5, end_step=2),
+            ValueError,
+            r"iterative: end_step is before start_step \(got start_step=5, end_step=2\)",
+        ),
         (dict(frequency=0), ValueError, r"iterative: frequency must be >= 1 \(got 0\)"),
         (dict(start_step=-1), ValueError, r"iterative: start_step must be >= 0 \(got -1\)"),
         (dict(start_step=1.5), TypeError, r"iterative: start_step must be an int \(got 1.5\)"),
-        (dict(sparsity=1.0), ValueError, r"iterative: sparsity must be a fraction in \[0, 1\) \(got 1.0\)"),
+        (
+            dict(sparsity=1.0),
+            ValueError,
+            r"iterative: sparsity must be a fraction in \[0, 1\) \(got 1.0\)",
+        ),
         (dict(sparsity=float("nan")), ValueError, r"iterative: sparsity must be a fraction"),
-        (dict(initial_sparsity=0.9), ValueError, r"iterative: initial_sparsity exceeds sparsity \(got 0.9 > 0.5\)"),
+        (
+            dict(initial_sparsity=0.9),
+            ValueError,
+            r"iterative: initial_sparsity exceeds sparsity \(got 0.9 > 0.5\)",
+        ),
     ],
 )
 def test_iterative_bad_arguments(kwargs, error, message):
@@ -150,13 +202,17 @@ def test_iterative_bad_arguments(kwargs, error, message):
 
 def test_numpy_integers_and_floats_are_accepted():
     np = pytest.importorskip("numpy")
-    a = iterative(np.float64(0.8), start_step=np.int64(0), end_step=np.int64(8), frequency=np.int32(2))
+    a = iterative(
+        np.float64(0.8), start_step=np.int64(0), end_step=np.int64(8), frequency=np.int32(2)
+    )
     b = iterative(0.8, start_step=0, end_step=8, frequency=2)
     assert [a(k) for k in range(10)] == [b(k) for k in range(10)]
 
 
 def test_oneshot_bad_arguments():
-    with pytest.raises(ValueError, match=r"oneshot: sparsity must be a fraction in \[0, 1\) \(got -0.5\)"):
+    with pytest.raises(
+        ValueError, match=r"oneshot: sparsity must be a fraction in \[0, 1\) \(got -0.5\)"
+    ):
         oneshot(-0.5)
     with pytest.raises(TypeError, match=r"oneshot: sparsity must be a Python float"):
         oneshot(torch.tensor(0.5))

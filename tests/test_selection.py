@@ -74,7 +74,9 @@ def test_masks_nest_as_sparsity_grows(scores, levels):
         fresh = [chained[0]]
         for sparsity in levels[1:]:
             chained.append(select(scores, sparsity=sparsity, previous=chained[-1]))
-            fresh.append(select(scores, sparsity=sparsity))  # no previous: nested by the order alone
+            fresh.append(
+                select(scores, sparsity=sparsity)
+            )  # no previous: nested by the order alone
         for seq in (chained, fresh):
             for lower, higher in itertools.pairwise(seq):
                 assert all(torch.all(~lower[n] <= ~higher[n]) for n in scores)
@@ -97,12 +99,17 @@ def test_masks_nest_across_steps_with_new_scores(scores, r1, r2, seed):
 
 
 @given(
-    st.sampled_from([torch.bfloat16, torch.float32, torch.float64]).flatmap(
+    st.sampled_from([torch.bfloat16, torch.float32, torch.float64])
+    .flatmap(
         lambda dt: st.fixed_dictionaries(
-            {}, optional={n: strategies.tensors((4, 3), dtype=dt, specials=strategies.NORMAL_SPECIALS)
-                          for n in ("a.weight", "b.weight", "c.weight")}
+            {},
+            optional={
+                n: strategies.tensors((4, 3), dtype=dt, specials=strategies.NORMAL_SPECIALS)
+                for n in ("a.weight", "b.weight", "c.weight")
+            },
         )
-    ).filter(bool),
+    )
+    .filter(bool),
     bound_pairs,
     st.integers(-8, 8),
 )
@@ -114,7 +121,9 @@ def test_masks_invariant_to_power_of_two_scaling(scores, bounds, exponent):
     assert same_bits(local_masks(scores, sparsity=sparsity), local_masks(scaled, sparsity=sparsity))
 
 
-@given(strategies.score_dicts(conv=False, min_layers=2), bound_pairs, st.randoms(use_true_random=False))
+@given(
+    strategies.score_dicts(conv=False, min_layers=2), bound_pairs, st.randoms(use_true_random=False)
+)
 def test_masks_invariant_to_dict_order(scores, bounds, rnd):
     sparsity, lo, hi = bounds
     names = list(scores)
@@ -132,18 +141,28 @@ def test_selection_is_pure(scores, bounds, data):
     previous = data.draw(strategies.previous_masks(scores))
     before = {n: s.clone() for n, s in scores.items()}
     prev_before = None if previous is None else {n: m.clone() for n, m in previous.items()}
-    global_masks(scores, sparsity=sparsity, min_layer_sparsity=lo, max_layer_sparsity=hi, previous=previous)
+    global_masks(
+        scores, sparsity=sparsity, min_layer_sparsity=lo, max_layer_sparsity=hi, previous=previous
+    )
     local_masks(scores, sparsity=sparsity, previous=previous)
     assert same_bits(scores, before)
     assert previous is None or same_bits(previous, prev_before)
 
 
-@given(st.lists(strategies.values(), min_size=1, max_size=40), st.sampled_from(strategies.FLOAT_DTYPES), st.data())
+@given(
+    st.lists(strategies.values(), min_size=1, max_size=40),
+    st.sampled_from(strategies.FLOAT_DTYPES),
+    st.data(),
+)
 def test_rank_keys_follow_the_canonical_order(vals, dtype, data):
     scores = torch.tensor(vals, dtype=torch.float64).to(dtype)
-    pruned = torch.tensor(data.draw(st.lists(st.booleans(), min_size=len(vals), max_size=len(vals))))
+    pruned = torch.tensor(
+        data.draw(st.lists(st.booleans(), min_size=len(vals), max_size=len(vals)))
+    )
     keys = rank_keys(scores, pruned=pruned)
-    ranks = [reference.rank(float(v), bool(p)) for v, p in zip(scores.double(), pruned, strict=True)]
+    ranks = [
+        reference.rank(float(v), bool(p)) for v, p in zip(scores.double(), pruned, strict=True)
+    ]
     for i in range(len(vals)):
         for j in range(len(vals)):
             assert (keys[i] < keys[j]) == (ranks[i] < ranks[j])
@@ -172,7 +191,8 @@ def test_ties_break_by_sorted_name_then_index():
     m = global_masks({"b.weight": ones, "a.weight": ones.clone()}, sparsity=0.25)
     assert m["a.weight"].tolist() == [False, False, True, True]
     assert local_masks({"w": torch.ones(2, 3)}, sparsity=0.5)["w"].tolist() == [
-        [False, False, False], [True, True, True]
+        [False, False, False],
+        [True, True, True],
     ]
 
 
@@ -204,7 +224,11 @@ def test_global_max_equal_to_sparsity_caps_every_layer():
     # floor(0.5 * 3) = 1 per layer cannot hold floor(0.5 * 6) = 3: each layer ends at its max.
     scores = {"a.weight": torch.tensor([1.0, 2.0, 3.0]), "b.weight": torch.tensor([4.0, 5.0, 6.0])}
     m = global_masks(scores, sparsity=0.5, max_layer_sparsity=0.5)
-    assert m["a.weight"].tolist() == [False, True, True] and m["b.weight"].tolist() == [False, True, True]
+    assert m["a.weight"].tolist() == [False, True, True] and m["b.weight"].tolist() == [
+        False,
+        True,
+        True,
+    ]
 
 
 def test_exact_count_survives_float_error():
@@ -225,8 +249,10 @@ def test_large_layers_count_in_int64():
 def test_global_masks_random_against_reference_many_layers():
     rnd = random.Random(1)
     gen = torch.Generator().manual_seed(1)
-    scores = {f"layers.{i}.weight": torch.randint(0, 5, (rnd.randint(1, 40),), generator=gen).float()
-              for i in range(12)}
+    scores = {
+        f"layers.{i}.weight": torch.randint(0, 5, (rnd.randint(1, 40),), generator=gen).float()
+        for i in range(12)
+    }
     for sparsity, lo, hi in [(0.7, 0.2, 0.8), (0.5, 0.0, 0.6), (0.9, 0.9, 0.95)]:
         got = global_masks(scores, sparsity=sparsity, min_layer_sparsity=lo, max_layer_sparsity=hi)
         assert same_bits(got, reference.global_masks(scores, sparsity, lo, hi))
@@ -234,7 +260,9 @@ def test_global_masks_random_against_reference_many_layers():
 
 @pytest.mark.parametrize("bad", [1.0, -0.1, 1.5, float("nan"), float("inf")])
 def test_sparsity_out_of_range_raises(bad):
-    with pytest.raises(ValueError, match=r"global_masks: sparsity must be a fraction in \[0, 1\) \(got "):
+    with pytest.raises(
+        ValueError, match=r"global_masks: sparsity must be a fraction in \[0, 1\) \(got "
+    ):
         global_masks({"w": torch.ones(4)}, sparsity=bad)
     with pytest.raises(ValueError, match=r"local_masks: sparsity must be a fraction"):
         local_masks({"w": torch.ones(4)}, sparsity=bad)
@@ -248,9 +276,13 @@ def test_sparsity_of_wrong_type_raises(bad):
 
 def test_bounds_must_bracket_sparsity():
     s = {"w": torch.ones(4)}
-    with pytest.raises(ValueError, match=r"min_layer_sparsity exceeds sparsity \(got min 0.6 > sparsity 0.5\)"):
+    with pytest.raises(
+        ValueError, match=r"min_layer_sparsity exceeds sparsity \(got min 0.6 > sparsity 0.5\)"
+    ):
         global_masks(s, sparsity=0.5, min_layer_sparsity=0.6)
-    with pytest.raises(ValueError, match=r"sparsity exceeds max_layer_sparsity \(got sparsity 0.9 > max 0.8\)"):
+    with pytest.raises(
+        ValueError, match=r"sparsity exceeds max_layer_sparsity \(got sparsity 0.9 > max 0.8\)"
+    ):
         global_masks(s, sparsity=0.9, max_layer_sparsity=0.8)
     with pytest.raises(ValueError, match=r"max_layer_sparsity must be a fraction in \[0, 1\]"):
         global_masks(s, sparsity=0.5, max_layer_sparsity=1.5)
@@ -259,18 +291,30 @@ def test_bounds_must_bracket_sparsity():
 def test_bad_dicts_raise():
     with pytest.raises(ValueError, match=r"global_masks: scores is empty \(got \{\}\)\. "):
         global_masks({}, sparsity=0.5)
-    with pytest.raises(TypeError, match=r"scores\['w'\] must be a floating tensor \(got torch.int64\)"):
+    with pytest.raises(
+        TypeError, match=r"scores\['w'\] must be a floating tensor \(got torch.int64\)"
+    ):
         global_masks({"w": torch.ones(4, dtype=torch.int64)}, sparsity=0.5)
-    with pytest.raises(TypeError, match=r"scores\['w'\] must be a floating tensor \(got torch.bool\)"):
+    with pytest.raises(
+        TypeError, match=r"scores\['w'\] must be a floating tensor \(got torch.bool\)"
+    ):
         local_masks({"w": torch.ones(4, dtype=torch.bool)}, sparsity=0.5)
     with pytest.raises(TypeError, match=r"scores must be a mapping"):
         global_masks([torch.ones(4)], sparsity=0.5)
     with pytest.raises(TypeError, match=r"previous\['w'\] must be a torch.bool mask"):
         global_masks({"w": torch.ones(4)}, sparsity=0.5, previous={"w": torch.ones(4)})
-    with pytest.raises(ValueError, match=r"previous and scores have different keys \(got missing \['w'\], unexpected \['v'\]\)"):
-        global_masks({"w": torch.ones(4)}, sparsity=0.5, previous={"v": torch.ones(4, dtype=torch.bool)})
+    with pytest.raises(
+        ValueError,
+        match=r"previous and scores have different keys "
+        r"\(got missing \['w'\], unexpected \['v'\]\)",
+    ):
+        global_masks(
+            {"w": torch.ones(4)}, sparsity=0.5, previous={"v": torch.ones(4, dtype=torch.bool)}
+        )
     with pytest.raises(ValueError, match=r"previous\['w'\] has a different shape"):
-        global_masks({"w": torch.ones(4)}, sparsity=0.5, previous={"w": torch.ones(3, dtype=torch.bool)})
+        global_masks(
+            {"w": torch.ones(4)}, sparsity=0.5, previous={"w": torch.ones(3, dtype=torch.bool)}
+        )
 
 
 def test_numpy_scalars_are_numbers():
@@ -288,9 +332,14 @@ def test_tensor_sparsity_equals_float_sparsity():
         assert same_bits(global_masks(scores, sparsity=t), global_masks(scores, sparsity=r))
         assert same_bits(local_masks(scores, sparsity=t), local_masks(scores, sparsity=r))
         assert same_bits(
-            global_masks(scores, sparsity=t, max_layer_sparsity=torch.tensor(0.8, dtype=torch.float64)),
-            global_masks(scores, sparsity=r, max_layer_sparsity=0.8) if r <= 0.8 else
-            global_masks(scores, sparsity=t, max_layer_sparsity=torch.tensor(0.8, dtype=torch.float64)),
+            global_masks(
+                scores, sparsity=t, max_layer_sparsity=torch.tensor(0.8, dtype=torch.float64)
+            ),
+            global_masks(scores, sparsity=r, max_layer_sparsity=0.8)
+            if r <= 0.8
+            else global_masks(
+                scores, sparsity=t, max_layer_sparsity=torch.tensor(0.8, dtype=torch.float64)
+            ),
         )
 
 

@@ -32,7 +32,9 @@ def row_splits(draw, scores, world):
     """Per layer, ``world`` contiguous row ranges covering its rows (any sizes, empty too)."""
     out = {}
     for name, s in scores.items():
-        cuts = sorted(draw(st.lists(st.integers(0, s.shape[0]), min_size=world - 1, max_size=world - 1)))
+        cuts = sorted(
+            draw(st.lists(st.integers(0, s.shape[0]), min_size=world - 1, max_size=world - 1))
+        )
         edges = [0, *cuts, s.shape[0]]
         out[name] = list(itertools.pairwise(edges))
     return out
@@ -42,8 +44,12 @@ def _run_sharded(scores, previous, splits, world, **kw):
     """Run the sharded selection on ``world`` thread ranks; each layer's rows back in order."""
 
     def rank(comm, r):
-        mine = {n: s[splits[n][r][0]:splits[n][r][1]] for n, s in scores.items()}
-        prev = None if previous is None else {n: p[splits[n][r][0]:splits[n][r][1]] for n, p in previous.items()}
+        mine = {n: s[splits[n][r][0] : splits[n][r][1]] for n, s in scores.items()}
+        prev = (
+            None
+            if previous is None
+            else {n: p[splits[n][r][0] : splits[n][r][1]] for n, p in previous.items()}
+        )
         got = sharded.select(flat_keys(mine, prev), comm=comm, **{"lo": 0.0, "hi": 1.0, **kw})
         return {n: ~got[n].reshape(mine[n].shape) for n in mine}
 
@@ -53,11 +59,19 @@ def _run_sharded(scores, previous, splits, world, **kw):
 
 def small_samples():
     """Sample small layers too, so the bracket (and its misses) run on hypothesis' sizes."""
-    return tuned(shard_sample=8, shard_layer_sample=4, shard_density=1, shard_z=1.0)  # a narrow bracket: misses
+    return tuned(
+        shard_sample=8, shard_layer_sample=4, shard_density=1, shard_z=1.0
+    )  # a narrow bracket: misses
 
 
-@given(strategies.score_dicts(conv=False), bound_pairs, st.integers(1, 4), st.sampled_from(["global", "local"]),
-       st.booleans(), st.data())
+@given(
+    strategies.score_dicts(conv=False),
+    bound_pairs,
+    st.integers(1, 4),
+    st.sampled_from(["global", "local"]),
+    st.booleans(),
+    st.data(),
+)
 def test_sharded_selection_equals_the_sort_reference(scores, bounds, world, scope, bracketed, data):
     """With ``bracketed``, even small layers are narrowed by a sample first (a narrow bracket
     that often misses, so both outcomes run); without, the search runs on all keys."""
@@ -65,7 +79,9 @@ def test_sharded_selection_equals_the_sort_reference(scores, bounds, world, scop
     previous = data.draw(strategies.previous_masks(scores))
     splits = data.draw(row_splits(scores, world))
     with small_samples() if bracketed else contextlib.nullcontext():
-        got, _ = _run_sharded(scores, previous, splits, world, scope=scope, sparsity=sparsity, lo=lo, hi=hi)
+        got, _ = _run_sharded(
+            scores, previous, splits, world, scope=scope, sparsity=sparsity, lo=lo, hi=hi
+        )
     if scope == "global":
         want = reference.global_masks(scores, sparsity, lo, hi, previous)
     else:
@@ -83,11 +99,19 @@ def test_sharded_nm_selection_equals_the_single_process_one(scores, sparsity, wo
     splits = data.draw(row_splits(scores, world))
     fraction = sparsity * 0.5
     scope = data.draw(st.sampled_from(["global", "local"]))
-    kwargs = dict(pattern=pattern, sparsity=fraction, scope=scope, lo=0.0, hi=1.0, previous=None, reduce="mean")
+    kwargs = dict(
+        pattern=pattern,
+        sparsity=fraction,
+        scope=scope,
+        lo=0.0,
+        hi=1.0,
+        previous=None,
+        reduce="mean",
+    )
     want = select_grids(scores, **kwargs)
 
     def rank(comm, r):
-        mine = {n: s[splits[n][r][0]:splits[n][r][1]] for n, s in scores.items()}
+        mine = {n: s[splits[n][r][0] : splits[n][r][1]] for n, s in scores.items()}
         return select_grids(mine, **kwargs, comm=comm)
 
     parts, _ = run_ranks(world, rank)
@@ -118,9 +142,17 @@ def test_sharded_selection_exchanges_a_fixed_number_of_small_collectives():
             sizes.append(t.numel())
             return self.comm.before(t)
 
-    run_ranks(2, lambda comm, r: sharded.select(
-        flat_keys({n: s[splits[n][r][0]:splits[n][r][1]] for n, s in scores.items()}, None), comm=Recorder(comm),
-        scope="global", sparsity=0.7, lo=0.0, hi=1.0))
+    run_ranks(
+        2,
+        lambda comm, r: sharded.select(
+            flat_keys({n: s[splits[n][r][0] : splits[n][r][1]] for n, s in scores.items()}, None),
+            comm=Recorder(comm),
+            scope="global",
+            sparsity=0.7,
+            lo=0.0,
+            hi=1.0,
+        ),
+    )
     assert max(sizes) == 2 * 256  # two layers' histograms of one radix digit
 
 
@@ -136,7 +168,11 @@ def test_rows_of_is_torch_chunk():
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
 def test_sharded_selection_ranks_every_dtype_like_rank_keys(dtype):
-    scores = {"w": torch.tensor([[0.0, -0.0, 1.0], [float("nan"), -float("inf"), 1.0], [2.0, 1.0, -1.0]], dtype=dtype)}
+    scores = {
+        "w": torch.tensor(
+            [[0.0, -0.0, 1.0], [float("nan"), -float("inf"), 1.0], [2.0, 1.0, -1.0]], dtype=dtype
+        )
+    }
     splits = {"w": [(0, 1), (1, 3)]}
     got, _ = _run_sharded(scores, None, splits, 2, scope="local", sparsity=0.6)
     order = torch.argsort(rank_keys(scores["w"].reshape(-1)), stable=True)
@@ -150,7 +186,10 @@ def test_the_bracket_narrows_the_search_on_large_layers():
     percent of the keys (one sample of 2^14 in global scope, 2^10 per layer in local);
     the result equals the single-process selection."""
     g = torch.Generator().manual_seed(0)
-    scores = {"a": torch.randn(1024, 512, generator=g).abs(), "b": torch.randn(512, 1024, generator=g).abs()}
+    scores = {
+        "a": torch.randn(1024, 512, generator=g).abs(),
+        "b": torch.randn(512, 1024, generator=g).abs(),
+    }
     splits = {n: [(0, 300), (300, s.shape[0])] for n, s in scores.items()}
     counted = []
     search = _radix.search
@@ -163,7 +202,13 @@ def test_the_bracket_narrows_the_search_on_large_layers():
     with mock.patch.object(_radix, "search", spy):  # counts the keys each search reads
         for scope in ("global", "local"):
             counted.clear()
-            got, _ = _run_sharded(scores, None, splits, 2, scope=scope, sparsity=0.8, lo=0.0, hi=1.0)
-            pruned = select(flat_keys(scores, None), scope=scope, sparsity=0.8)  # one process, tested elsewhere
+            got, _ = _run_sharded(
+                scores, None, splits, 2, scope=scope, sparsity=0.8, lo=0.0, hi=1.0
+            )
+            pruned = select(
+                flat_keys(scores, None), scope=scope, sparsity=0.8
+            )  # one process, tested elsewhere
             assert same_bits(got, {n: ~p.reshape(scores[n].shape) for n, p in pruned.items()})
-            assert counted and max(counted) < 0.1 * sum(s.numel() for s in scores.values())  # keys counted
+            assert counted and max(counted) < 0.1 * sum(
+                s.numel() for s in scores.values()
+            )  # keys counted

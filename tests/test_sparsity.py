@@ -10,8 +10,12 @@ from fprune.patterns import parse_pattern
 from tests import reference, strategies
 
 
-@given(st.dictionaries(strategies.names, st.tuples(st.integers(1, 6), st.integers(1, 6)), min_size=1, max_size=4),
-       st.integers(0, 2**31 - 1))
+@given(
+    st.dictionaries(
+        strategies.names, st.tuples(st.integers(1, 6), st.integers(1, 6)), min_size=1, max_size=4
+    ),
+    st.integers(0, 2**31 - 1),
+)
 def test_element_sparsity_counts_zeros(shapes, seed):
     gen = torch.Generator().manual_seed(seed)
     masks = {n: torch.rand(s, generator=gen) < 0.5 for n, s in shapes.items()}
@@ -43,7 +47,9 @@ def test_unit_sparsity_matches_the_requested_count(pattern, data):
 def test_sparsity_golden():
     m = {"w": torch.tensor([[False, True, False, False], [False, False, True, True]])}
     assert float(fprune.layer_sparsity(m)["w"]) == 5 / 8
-    assert float(fprune.layer_sparsity(m, pattern="2x1")["w"]) == 1 / 4  # only column 0 is all-pruned
+    assert (
+        float(fprune.layer_sparsity(m, pattern="2x1")["w"]) == 1 / 4
+    )  # only column 0 is all-pruned
     assert float(fprune.layer_sparsity(m, pattern="1x2")["w"]) == 2 / 4
     # 2:4: row 0 has 3 pruned (>= 2, converted), row 1 has 2 (converted): 2/2 groups * 0.5
     assert float(fprune.layer_sparsity(m, pattern="2:4")["w"]) == 0.5
@@ -54,5 +60,7 @@ def test_sparsity_golden():
 def test_sparsity_bad_arguments():
     with pytest.raises(TypeError, match=r"layer_sparsity: masks\['w'\] must be a torch.bool mask"):
         fprune.layer_sparsity({"w": torch.ones(2, 2)})
-    with pytest.raises(ValueError, match=r"total_sparsity: pattern '4x1' does not divide layer 'w'"):
+    with pytest.raises(
+        ValueError, match=r"total_sparsity: pattern '4x1' does not divide layer 'w'"
+    ):
         fprune.total_sparsity({"w": torch.ones(2, 2, dtype=torch.bool)}, pattern="4x1")

@@ -72,8 +72,11 @@ def test_state_dict_round_trips_through_safetensors(pattern, tmp_path):
 
 
 @pytest.mark.parametrize("model_cls", [MLP, ConvNet])
-@given(k=st.integers(0, 8), criterion=st.sampled_from(["magnitude", "snip", "snip_momentum"]),
-       pattern=st.sampled_from(["4x1", "2:4", "channelx1"]))
+@given(
+    k=st.integers(0, 8),
+    criterion=st.sampled_from(["magnitude", "snip", "snip_momentum"]),
+    pattern=st.sampled_from(["4x1", "2:4", "channelx1"]),
+)
 def test_resume_equals_the_uninterrupted_run_bit_for_bit(model_cls, k, criterion, pattern):
     """Save everything at step k (model, optimizer, prune state), load, go on: same bits."""
     steps = 9
@@ -83,7 +86,9 @@ def test_resume_equals_the_uninterrupted_run_bit_for_bit(model_cls, k, criterion
         torch.manual_seed(0)
         model = model_cls()
         names = fprune.nn.prunable(model).names
-        prune = fprune.pruner(sparsity, pattern=pattern, criterion=criterion, start_step=1, end_step=7, frequency=2)
+        prune = fprune.pruner(
+            sparsity, pattern=pattern, criterion=criterion, start_step=1, end_step=7, frequency=2
+        )
         return model, names, prune, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
 
     def run(model, names, prune, opt, state, start, stop):
@@ -93,20 +98,39 @@ def test_resume_equals_the_uninterrupted_run_bit_for_bit(model_cls, k, criterion
             x, y = data[s % len(data)]
             opt.zero_grad()
             torch.nn.functional.cross_entropy(model(x), y).backward()
-            state, masks = prune.step(state, {n: params[n].detach() for n in names},
-                                      {n: params[n].grad for n in names})
+            state, masks = prune.step(
+                state, {n: params[n].detach() for n in names}, {n: params[n].grad for n in names}
+            )
             opt.step()
             fprune.nn.apply_masks_(model, masks)
         return state
 
     model, names, prune, opt = fresh()
-    whole = run(model, names, prune, opt, prune.init({n: p.detach() for n, p in model.named_parameters() if n in names}), 0, steps)
+    whole = run(
+        model,
+        names,
+        prune,
+        opt,
+        prune.init({n: p.detach() for n, p in model.named_parameters() if n in names}),
+        0,
+        steps,
+    )
     want = {n: p.detach().clone() for n, p in model.named_parameters()}
 
     model, names, prune, opt = fresh()
-    state = run(model, names, prune, opt, prune.init({n: p.detach() for n, p in model.named_parameters() if n in names}), 0, k)
+    state = run(
+        model,
+        names,
+        prune,
+        opt,
+        prune.init({n: p.detach() for n, p in model.named_parameters() if n in names}),
+        0,
+        k,
+    )
     buf = io.BytesIO()
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "prune": state.state_dict()}, buf)
+    torch.save(
+        {"model": model.state_dict(), "opt": opt.state_dict(), "prune": state.state_dict()}, buf
+    )
     buf.seek(0)
     saved = torch.load(buf, weights_only=True)
     model, names, prune, opt = fresh()  # a new process would rebuild everything the same way
@@ -128,12 +152,18 @@ def test_step_rejects_a_state_from_another_pruner():
 def test_step_rejects_changed_params():
     prune, params, state = _state()
     grads = {n: torch.ones_like(p) for n, p in params.items()}
-    with pytest.raises(ValueError, match=r"different keys \(got missing \['b'\], unexpected \['c'\]\)"):
+    with pytest.raises(
+        ValueError, match=r"different keys \(got missing \['b'\], unexpected \['c'\]\)"
+    ):
         prune.step(state, {"a": params["a"], "c": params["b"]}, grads)
     with pytest.raises(ValueError, match=r"params\['a'\] has a different shape"):
         prune.step(state, {**params, "a": torch.randn(8, 8)}, grads)
     with pytest.raises(ValueError, match="params dtypes differ from those given to init"):
-        prune.step(state, {n: p.double() for n, p in params.items()}, {n: g.double() for n, g in grads.items()})
+        prune.step(
+            state,
+            {n: p.double() for n, p in params.items()},
+            {n: g.double() for n, g in grads.items()},
+        )
     with pytest.raises(ValueError, match=r"grads\['a'\] has a different shape"):
         prune.step(state, params, {**grads, "a": torch.ones(8, 8)})
     with pytest.raises(ValueError, match="this criterion needs gradients"):

@@ -63,8 +63,11 @@ def run_ranks(world: int, fn: Callable[[ThreadComm, int], Any]) -> tuple[list[An
             errors.append(e)
             meeting.barrier.abort()
 
-    # each thread runs in a copy of this context, so settings made here (fprune._tuning.tuned) hold there
-    threads = [threading.Thread(target=contextvars.copy_context().run, args=(body, r)) for r in range(world)]
+    # each thread runs in a copy of this context: settings made here (fprune._tuning.tuned) hold
+    threads = [
+        threading.Thread(target=contextvars.copy_context().run, args=(body, r))
+        for r in range(world)
+    ]
     for t in threads:
         t.start()
     for t in threads:

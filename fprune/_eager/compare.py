@@ -28,7 +28,11 @@ def indices(mask: torch.Tensor) -> torch.Tensor:
 
 
 def compare_into(
-    sure: torch.Tensor, inside: torch.Tensor, score: torch.Tensor, lo_end: float, hi_end: float,
+    sure: torch.Tensor,
+    inside: torch.Tensor,
+    score: torch.Tensor,
+    lo_end: float,
+    hi_end: float,
     buf: torch.Tensor | None,
 ) -> int | None:
     """``sure = score > hi_end`` and ``inside = lo_end <= score <= hi_end`` (bool, flat);

@@ -15,7 +15,10 @@ _INF_BITS = {torch.int32: 0x7F800000, torch.int64: 0x7FF0000000000000}  # the bi
 
 
 def rank_keys(
-    scores: torch.Tensor, *, pruned: torch.Tensor | None = None, wide: bool = False,
+    scores: torch.Tensor,
+    *,
+    pruned: torch.Tensor | None = None,
+    wide: bool = False,
     share: bool = False,
 ) -> torch.Tensor:
     """:func:`fprune.selection.rank_keys`, eager; with ``share`` the keys may be a view of

@@ -43,7 +43,11 @@ __all__ = [
 _WORDS = {4: torch.int32}  # m byte-sized ranks packed in one integer (2 and 8 were slower)
 _OFFSET = 64  # a packed byte holds rank + 64 - n, so bit 6 is set exactly when rank >= n
 _BITS = {torch.float32: torch.int32, torch.float64: torch.int64}  # a float's bits as an integer
-_GROUP_WORDS = {2: torch.int16, 4: torch.int32, 8: torch.int64}  # a group's M flag bytes as one integer
+_GROUP_WORDS = {
+    2: torch.int16,
+    4: torch.int32,
+    8: torch.int64,
+}  # a group's M flag bytes as one integer
 
 
 def ranks_by_position(m: int, device: torch.device) -> bool:
@@ -93,17 +97,19 @@ def packed_ranks(keys: torch.Tensor, n: int) -> torch.Tensor:
     word = torch.empty(groups, dtype=_WORDS[m], device=keys.device)
     base = sum((m - 1 - i + _OFFSET - n) << 8 * i for i in range(m))
     chunk = min(_tuning.current().nm_chunk, groups)
-    cols = None if keys.stride(0) == 1 else torch.empty(m, chunk, dtype=keys.dtype, device=keys.device)
+    cols = (
+        None if keys.stride(0) == 1 else torch.empty(m, chunk, dtype=keys.dtype, device=keys.device)
+    )
     first = torch.empty(chunk, dtype=word.dtype, device=keys.device)
     for start in range(0, groups, chunk):
         size = min(chunk, groups - start)
-        w, f = word[start:start + size], first[:size]
+        w, f = word[start : start + size], first[:size]
         if cols is None:
-            part = keys[start:start + size].t()  # [m, size], each row contiguous
+            part = keys[start : start + size].t()  # [m, size], each row contiguous
         else:
             part = cols[:, :size]
             for i in range(m):  # one strided copy per column, then contiguous work
-                part[i].copy_(keys[start:start + size, i])
+                part[i].copy_(keys[start : start + size, i])
         w.fill_(base)
         for i in range(m):
             for j in range(i + 1, m):
@@ -168,7 +174,11 @@ def _low_flags(keys: torch.Tensor, pattern: NM, complement: bool, consume: bool)
 
 
 def within_groups(
-    view: torch.Tensor, pattern: NM, *, pruned: torch.Tensor | None, reduce: str | None,
+    view: torch.Tensor,
+    pattern: NM,
+    *,
+    pruned: torch.Tensor | None,
+    reduce: str | None,
     complement: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """:func:`fprune.nm.within_groups` for eager calls: ``view`` may also be grouped,
@@ -245,8 +255,13 @@ def drop_lowest(low: torch.Tensor, chosen: torch.Tensor, shape: tuple[int, int])
 
 
 def _choose_groups(
-    scores: dict[str, torch.Tensor], kept: dict[str, torch.Tensor] | None, *, scope: str,
-    fraction: float, lo: float, hi: float,
+    scores: dict[str, torch.Tensor],
+    kept: dict[str, torch.Tensor] | None,
+    *,
+    scope: str,
+    fraction: float,
+    lo: float,
+    hi: float,
 ) -> dict[str, torch.Tensor]:
     """Chosen groups (True = converted) by the eager selection, or by the general path where
     its bracket misses."""
@@ -263,8 +278,15 @@ def _choose_groups(
 
 
 def nm_masks(
-    views: Mapping[str, torch.Tensor], *, pattern: NM, sparsity: float, scope: str, lo: float, hi: float,
-    previous: Mapping[str, torch.Tensor] | None, reduce: str,
+    views: Mapping[str, torch.Tensor],
+    *,
+    pattern: NM,
+    sparsity: float,
+    scope: str,
+    lo: float,
+    hi: float,
+    previous: Mapping[str, torch.Tensor] | None,
+    reduce: str,
     grouped: Callable[[str], torch.Tensor | None] | None = None,
 ) -> dict[str, torch.Tensor]:
     """:func:`fprune.nm.nm_masks` for eager calls (float fractions, read as numbers).
@@ -284,18 +306,27 @@ def nm_masks(
         rows, cols = shapes[name] = _view_shape(view, pattern.m)
         prev = None if previous is None else previous.get(name)
         pruned = None if prev is None or all_true(prev) else ~prev
-        low[name], score = within_groups(view, pattern, pruned=pruned, reduce=None if every else reduce,
-                                         complement=every)
+        low[name], score = within_groups(
+            view, pattern, pruned=pruned, reduce=None if every else reduce, complement=every
+        )
         if score is not None:
             group_scores[name] = score
             # a group with a pruned weight was converted: it ranks first
-            kept_groups[name] = None if pruned is None else ~pruned.reshape(rows, cols // pattern.m, pattern.m).any(-1)
+            kept_groups[name] = (
+                None
+                if pruned is None
+                else ~pruned.reshape(rows, cols // pattern.m, pattern.m).any(-1)
+            )
     if every:  # the flags are already the kept masks
         return {name: low[name].reshape(shapes[name]) for name in low}
     kept = None
     if any(k is not None for k in kept_groups.values()):
-        kept = {n: torch.ones_like(group_scores[n], dtype=torch.bool) if k is None else k
-                for n, k in kept_groups.items()}
+        kept = {
+            n: torch.ones_like(group_scores[n], dtype=torch.bool) if k is None else k
+            for n, k in kept_groups.items()
+        }
     bounds = float(group_fraction(lo, pattern)), float(group_fraction(hi, pattern))
-    chosen = _choose_groups(group_scores, kept, scope=scope, fraction=fraction, lo=bounds[0], hi=bounds[1])
+    chosen = _choose_groups(
+        group_scores, kept, scope=scope, fraction=fraction, lo=bounds[0], hi=bounds[1]
+    )
     return {name: drop_lowest(low[name], chosen[name], shapes[name]) for name in low}

@@ -17,13 +17,29 @@ import torch
 from fprune import _tuning
 from fprune._eager.keys import rank_keys
 
-__all__ = ["Cut", "SortedKeys", "counts_at", "cut_candidates", "key_scores", "order", "sort", "threshold"]
+__all__ = [
+    "Cut",
+    "SortedKeys",
+    "counts_at",
+    "cut_candidates",
+    "key_scores",
+    "order",
+    "sort",
+    "threshold",
+]
 
 
-def counts_at(sorted_keys: list[torch.Tensor], base: list[int], t: int, *, right: bool) -> list[int]:
+def counts_at(
+    sorted_keys: list[torch.Tensor], base: list[int], t: int, *, right: bool
+) -> list[int]:
     """Per layer: ``base`` plus the number of keys ``<= t`` (``right``) or ``< t``."""
     return [
-        b + (int(torch.searchsorted(k, torch.tensor([t], dtype=k.dtype), right=right)) if k.numel() else 0)
+        b
+        + (
+            int(torch.searchsorted(k, torch.tensor([t], dtype=k.dtype), right=right))
+            if k.numel()
+            else 0
+        )
         for b, k in zip(base, sorted_keys, strict=True)
     ]
 
@@ -39,7 +55,9 @@ def sort(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     tuning, n = _tuning.current(), keys.numel()
     if keys.is_floating_point() or not tuning.pad_from <= n < tuning.radix:
         return torch.sort(keys, stable=True)
-    pad = torch.full((tuning.radix - n,), torch.iinfo(keys.dtype).max, dtype=keys.dtype, device=keys.device)
+    pad = torch.full(
+        (tuning.radix - n,), torch.iinfo(keys.dtype).max, dtype=keys.dtype, device=keys.device
+    )
     values, indices = torch.sort(torch.cat([keys, pad]), stable=True)
     return values[:n].clone(), indices[:n]  # a copy: callers hold the values
 
@@ -49,16 +67,22 @@ def _sort_alone(keys: list[torch.Tensor], idx: list[torch.Tensor], i: int) -> No
     idx[i] = idx[i].index_select(0, moved)
 
 
-def _sort_group(keys: list[torch.Tensor], idx: list[torch.Tensor], group: list[tuple[int, int, int]]) -> None:
+def _sort_group(
+    keys: list[torch.Tensor], idx: list[torch.Tensor], group: list[tuple[int, int, int]]
+) -> None:
     """Sort the layers of ``group`` (``(layer, smallest key, span bits)``) in one sort: each
     key less its layer's smallest, plus the layer's place in the group above every span."""
     bits = max(b for _, _, b in group)
-    composite = torch.cat([keys[i].sub(low).add_(place << bits) for place, (i, low, _) in enumerate(group)])
+    composite = torch.cat(
+        [keys[i].sub(low).add_(place << bits) for place, (i, low, _) in enumerate(group)]
+    )
     values, moved_order = sort(composite)
     del composite
     moved = torch.cat([idx[i] for i, _, _ in group]).index_select(0, moved_order)
     sizes = [keys[i].numel() for i, _, _ in group]
-    for place, ((i, low, _), v, m) in enumerate(zip(group, values.split(sizes), moved.split(sizes), strict=True)):
+    for place, ((i, low, _), v, m) in enumerate(
+        zip(group, values.split(sizes), moved.split(sizes), strict=True)
+    ):
         keys[i], idx[i] = v.sub_(place << bits).add_(low), m  # each scalar within int32
 
 
@@ -91,7 +115,9 @@ def order(keys: list[torch.Tensor], idx: list[torch.Tensor]) -> None:
     _flush(keys, idx, group)
 
 
-def _flush(keys: list[torch.Tensor], idx: list[torch.Tensor], group: list[tuple[int, int, int]]) -> None:
+def _flush(
+    keys: list[torch.Tensor], idx: list[torch.Tensor], group: list[tuple[int, int, int]]
+) -> None:
     if len(group) == 1:
         _sort_alone(keys, idx, group[0][0])
     elif group:
@@ -119,7 +145,9 @@ def key_scores(values: list[torch.Tensor], wide: bool) -> None:
         start = end
 
 
-def _single_layer_threshold(keys: torch.Tensor, base: int, k: int, low: int, high: int) -> int | None:
+def _single_layer_threshold(
+    keys: torch.Tensor, base: int, k: int, low: int, high: int
+) -> int | None:
     """:func:`threshold` of one layer: ``clamp(base + c, low, high) >= k`` iff ``high >= k``
     and ``c >= k - base``, read off its sorted keys."""
     need = k - base
@@ -131,7 +159,10 @@ def _single_layer_threshold(keys: torch.Tensor, base: int, k: int, low: int, hig
 
 
 def _probe(
-    sorted_keys: list[torch.Tensor], values: torch.Tensor, k: int, bounds: tuple[torch.Tensor, ...],
+    sorted_keys: list[torch.Tensor],
+    values: torch.Tensor,
+    k: int,
+    bounds: tuple[torch.Tensor, ...],
     before: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """The first of the sorted key ``values`` whose bounded count reaches ``k``, with every
@@ -180,7 +211,9 @@ def threshold(
         probes = min(max(math.isqrt(size), 64), tuning.probes)
         exact = exact or size <= tuning.exact
         every = 1 if exact else max(1, size // probes)
-        values = torch.unique(torch.cat([*(keys[every - 1::every] for keys in inside), top]))  # sorted
+        values = torch.unique(
+            torch.cat([*(keys[every - 1 :: every] for keys in inside), top])
+        )  # sorted
         found = _probe(sorted_keys, values, k, bounds, below)
         if found is None:
             return None  # not even the largest key reaches k (only possible in the first round)
@@ -188,7 +221,9 @@ def threshold(
         if exact:  # every key that can be the answer was probed
             return int(value)
         top = value.reshape(1)
-        inside = [keys[s:e] for keys, s, e in zip(sorted_keys, below.tolist(), upto.tolist(), strict=True)]
+        inside = [
+            keys[s:e] for keys, s, e in zip(sorted_keys, below.tolist(), upto.tolist(), strict=True)
+        ]
         kept = sum(keys.numel() for keys in inside)
         exact = kept >= size  # no progress (a run of ties): probe every distinct key left
         size = kept
@@ -199,7 +234,9 @@ class Cut(NamedTuple):
 
     key: int  # the threshold's key
     end: int  # the pruned keys are the first ``end`` sorted keys, less those of held layers
-    free: torch.Tensor | None  # per sorted key: its layer is not held at a bound (None: no layer is)
+    free: (
+        torch.Tensor | None
+    )  # per sorted key: its layer is not held at a bound (None: no layer is)
     at_high: torch.Tensor  # per layer: held at its upper bound
     at_low: torch.Tensor  # per layer: held at its lower bound
 
@@ -228,13 +265,14 @@ class SortedKeys:
     def __init__(self, flat: torch.Tensor, sizes: list[int]) -> None:
         self.sizes = sizes
         self.values, self.order = sort(flat)
-        owner = torch.repeat_interleave(torch.arange(len(sizes), dtype=torch.int32),
-                                        torch.tensor(sizes, dtype=torch.int64))
+        owner = torch.repeat_interleave(
+            torch.arange(len(sizes), dtype=torch.int32), torch.tensor(sizes, dtype=torch.int64)
+        )
         self.layer = owner.index_select(0, self.order)  # each sorted key's layer
         self._per_layer: list[torch.Tensor] | None = None
 
     def per_layer(self) -> list[torch.Tensor]:
-        """Every layer's keys, sorted (a stable sort of the layers keeps each one's keys in order)."""
+        """Every layer's keys, sorted (a stable sort by layer keeps each one's keys in order)."""
         if self._per_layer is None:
             by_layer = torch.sort(self.layer, stable=True).indices
             self._per_layer = list(self.values.index_select(0, by_layer).split(self.sizes))
@@ -262,8 +300,11 @@ class SortedKeys:
         at_low = torch.zeros(len(self.sizes), dtype=torch.bool)
         for _ in range(_tuning.current().cut_rounds):
             held = at_high | at_low
-            guess = self._guess(held, k - int(high_t[at_high].sum() + low_t[at_low].sum() + base_t[~held].sum()),
-                                base_t)
+            guess = self._guess(
+                held,
+                k - int(high_t[at_high].sum() + low_t[at_low].sum() + base_t[~held].sum()),
+                base_t,
+            )
             if guess is None:
                 return None
             over, under = ~held & (guess.top > high_t), ~held & (guess.below < low_t)
@@ -273,7 +314,9 @@ class SortedKeys:
             at_low |= under
         else:
             return None
-        if bool((guess.below[at_high] < high_t[at_high]).any()) or bool((guess.top[at_low] > low_t[at_low]).any()):
+        if bool((guess.below[at_high] < high_t[at_high]).any()) or bool(
+            (guess.top[at_low] > low_t[at_low]).any()
+        ):
             return None  # a held layer's bound is crossed at t itself: not sure
         return Cut(int(guess.key), guess.end_at + 1, guess.free, at_high, at_low)
 
@@ -311,7 +354,9 @@ class SortedKeys:
         if cut.free is None:
             taken = self._count_below(cut.end)
         else:
-            taken = torch.bincount(self.layer[: cut.end][cut.free[: cut.end]], minlength=len(self.sizes))
+            taken = torch.bincount(
+                self.layer[: cut.end][cut.free[: cut.end]], minlength=len(self.sizes)
+            )
         counts = torch.where(cut.at_low, torch.tensor(low), taken + torch.tensor(base))
         return torch.where(cut.at_high, torch.tensor(high), counts).tolist()
 
@@ -332,7 +377,9 @@ def cut_candidates(
     if cut is None:
         return None
     counts = union.counts(cut, base, low, high)
-    pruned = union.order[: cut.end] if cut.free is None else union.order[: cut.end][cut.free[: cut.end]]
+    pruned = (
+        union.order[: cut.end] if cut.free is None else union.order[: cut.end][cut.free[: cut.end]]
+    )
     keep = torch.ones(union.values.numel(), dtype=torch.bool)
     keep[pruned] = False
     held = (cut.at_high | cut.at_low).tolist()

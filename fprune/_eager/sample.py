@@ -42,7 +42,7 @@ class Placer(Protocol):
     """
 
     def covers(self, name: str) -> bool:
-        """Whether this layer's masks are to be weight-shaped (else its flat unit mask is returned)."""
+        """Whether this layer's masks are to be weight-shaped (else its flat unit mask)."""
         ...
 
     def spread(self, name: str, units: torch.Tensor) -> torch.Tensor:
@@ -70,7 +70,11 @@ class Units:
 
     def place(self, name: str, units: torch.Tensor) -> torch.Tensor:
         """A layer's result: its weight-shaped mask where the placer covers it, else ``units``."""
-        return self.placer.spread(name, units) if self.placer is not None and self.placer.covers(name) else units
+        return (
+            self.placer.spread(name, units)
+            if self.placer is not None and self.placer.covers(name)
+            else units
+        )
 
     def kept(self, name: str) -> torch.Tensor:
         """The previous kept mask of a layer known to have pruned units."""
@@ -147,8 +151,12 @@ def key_to_score(key: int, wide: bool) -> float | None:
 
 
 def bracket(
-    keys: SortedKeys | list[torch.Tensor], fraction: float, low: list[int], high: list[int],
-    sizes: list[int], wide: bool,
+    keys: SortedKeys | list[torch.Tensor],
+    fraction: float,
+    low: list[int],
+    high: list[int],
+    sizes: list[int],
+    wide: bool,
 ) -> tuple[float, float] | None:
     """Scores ``a <= b`` that bracket the threshold at ``fraction`` of the units (from the
     sample's rank keys: all layers' in :class:`SortedKeys`, or sorted per layer), with the

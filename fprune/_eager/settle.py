@@ -75,10 +75,14 @@ class BracketPass:
     (call :meth:`close` after the passes). ``ordered``: every pass keys its candidates and
     puts them in pruning order (else it hands back their scores, in index order)."""
 
-    def __init__(self, sampled: SampledLayers, sizes: list[int], *, wide: dict[str, bool], ordered: bool) -> None:
+    def __init__(
+        self, sampled: SampledLayers, sizes: list[int], *, wide: dict[str, bool], ordered: bool
+    ) -> None:
         self.sampled, self.wide, self.ordered = sampled, wide, ordered
         self.largest = max(sizes)
-        self.buffers = {"inside": torch.empty(self.largest, dtype=torch.bool, device=sampled.device)}
+        self.buffers = {
+            "inside": torch.empty(self.largest, dtype=torch.bool, device=sampled.device)
+        }
 
     def close(self) -> None:
         self.buffers.clear()
@@ -93,7 +97,9 @@ class BracketPass:
             self.buffers[key] = torch.empty(size, dtype=score.dtype, device=score.device)
         return self.buffers[key]
 
-    def __call__(self, name: str, size: int, bounds: Bracket) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    def __call__(
+        self, name: str, size: int, bounds: Bracket
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
         """The layer's sure-kept units (its mask), its candidates' keys and indices in pruning
         order (or their scores and indices in index order, without ``ordered``), and its count
         below the bracket."""
@@ -131,8 +137,13 @@ class Candidates:
 
 
 def finish(
-    names: Sequence[str], sizes: list[int], found: Candidates, counts: list[int], units: Units,
-    wide: dict[str, bool], flags: list[torch.Tensor | None] | None = None,
+    names: Sequence[str],
+    sizes: list[int],
+    found: Candidates,
+    counts: list[int],
+    units: Units,
+    wide: dict[str, bool],
+    flags: list[torch.Tensor | None] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Each layer prunes its ``base`` units below its bracket, then its candidates in pruning
     order up to its count; the rest are kept (set in its sure-kept mask, in place): a layer's
@@ -160,7 +171,9 @@ def alone(name: str, size: int, units: Units, count: int, wide: bool) -> torch.T
     got = settle([name], [size], own, count, [0], [size])
     if got is not None:
         return got[name]
-    keys = rank_keys(score.reshape(-1), pruned=None if prev is None else ~prev.reshape(-1), wide=wide)
+    keys = rank_keys(
+        score.reshape(-1), pruned=None if prev is None else ~prev.reshape(-1), wide=wide
+    )
     return units.place(name, ~lowest(keys, torch.tensor(count)))
 
 
@@ -176,8 +189,15 @@ class OwnBrackets:
 
 
 def own_brackets(
-    names: Sequence[str], sizes: list[int], samples: list[torch.Tensor], sample_keys: SortedKeys,
-    pruned_before: list[int], high: list[int], ends: Bracket, sampled: SampledLayers, wide: bool,
+    names: Sequence[str],
+    sizes: list[int],
+    samples: list[torch.Tensor],
+    sample_keys: SortedKeys,
+    pruned_before: list[int],
+    high: list[int],
+    ends: Bracket,
+    sampled: SampledLayers,
+    wide: bool,
 ) -> OwnBrackets:
     """Layers the sample shows pruned to their cap below the global bracket ``[a, b]``, each
     with a bracket around its own cap, so that one pass settles them too: those whose own
@@ -192,11 +212,18 @@ def own_brackets(
         return own
     tuning, (a, b) = _tuning.current(), ends
     for i in _near_cap(sizes, samples, pruned_before, high, a, tuning.z):
-        name, size, allowed, unpruned = names[i], sizes[i], high[i] - pruned_before[i], sizes[i] - pruned_before[i]
+        name, size, allowed, unpruned = (
+            names[i],
+            sizes[i],
+            high[i] - pruned_before[i],
+            sizes[i] - pruned_before[i],
+        )
         keys = sample_keys.per_layer()[i]  # every layer's at once: one sort
         got = bracket([keys], allowed / unpruned, [0], [unpruned], [unpruned], wide)
         if (got is None or got[1] >= a) and keys.numel() < tuning.alone_sample // 2:
-            finer = sort(rank_keys(sampled.take(name, stride_for(size, tuning.alone_sample)), wide=wide))[0]
+            finer = sort(
+                rank_keys(sampled.take(name, stride_for(size, tuning.alone_sample)), wide=wide)
+            )[0]
             got = bracket([finer], allowed / unpruned, [0], [unpruned], [unpruned], wide)
         if got is not None and got[1] < a:
             own.capped[name] = got
@@ -206,11 +233,18 @@ def own_brackets(
 
 
 def _near_cap(
-    sizes: list[int], samples: list[torch.Tensor], pruned_before: list[int], high: list[int], a: float, z: float,
+    sizes: list[int],
+    samples: list[torch.Tensor],
+    pruned_before: list[int],
+    high: list[int],
+    a: float,
+    z: float,
 ) -> list[int]:
-    """The layers whose cap may lie below the bracket's lower end ``a``, as far as the sample tells."""
+    """The layers whose cap may lie below the bracket's lower end ``a``, as the sample tells."""
     near = []
-    for i, (size, sample, pruned, hi) in enumerate(zip(sizes, samples, pruned_before, high, strict=True)):
+    for i, (size, sample, pruned, hi) in enumerate(
+        zip(sizes, samples, pruned_before, high, strict=True)
+    ):
         allowed, unpruned = hi - pruned, size - pruned
         if not 0 < allowed < unpruned or sample.numel() == 0:
             continue
@@ -221,7 +255,11 @@ def _near_cap(
 
 
 def _brackets(
-    names: Sequence[str], sizes: list[int], sampled: SampledLayers, total: int, low: list[int],
+    names: Sequence[str],
+    sizes: list[int],
+    sampled: SampledLayers,
+    total: int,
+    low: list[int],
     high: list[int],
 ) -> tuple[Bracket, OwnBrackets, bool] | None:
     """The global bracket from every layer's sample, the layers' own brackets, and whether the
@@ -236,10 +274,12 @@ def _brackets(
         return None
     sample_keys = SortedKeys(rank_keys(torch.cat(samples), wide=wide), [s.numel() for s in samples])
     ends = bracket(
-        sample_keys, (total - sum(pruned_before)) / unpruned,
+        sample_keys,
+        (total - sum(pruned_before)) / unpruned,
         [max(lo - p, 0) for lo, p in zip(low, pruned_before, strict=True)],
         [max(hi - p, 0) for hi, p in zip(high, pruned_before, strict=True)],
-        [max(s - p, 1) for s, p in zip(sizes, pruned_before, strict=True)], wide,
+        [max(s - p, 1) for s, p in zip(sizes, pruned_before, strict=True)],
+        wide,
     )
     if ends is None:
         return None
@@ -248,8 +288,13 @@ def _brackets(
 
 
 def _pass_all(
-    names: Sequence[str], sizes: list[int], sampled: SampledLayers, ends: Bracket, own: OwnBrackets,
-    high: list[int], wide: bool,
+    names: Sequence[str],
+    sizes: list[int],
+    sampled: SampledLayers,
+    ends: Bracket,
+    own: OwnBrackets,
+    high: list[int],
+    wide: bool,
 ) -> Candidates:
     """One pass over every layer; a capped layer whose cap is not inside its own bracket is
     passed again with the global one. The candidates come back keyed, in index order."""
@@ -262,16 +307,25 @@ def _pass_all(
         found.idx.append(idx)
         found.base.append(below_end)
     for i, name in enumerate(names):
-        if name in own.capped and not found.base[i] < high[i] <= found.base[i] + found.keys[i].numel():
+        if (
+            name in own.capped
+            and not found.base[i] < high[i] <= found.base[i] + found.keys[i].numel()
+        ):
             del own.capped[name]
-            found.kept[name], found.keys[i], found.idx[i], found.base[i] = one_pass(name, sizes[i], ends)
+            found.kept[name], found.keys[i], found.idx[i], found.base[i] = one_pass(
+                name, sizes[i], ends
+            )
     one_pass.close()
     key_scores(found.keys, wide)
     return found
 
 
 def _in_search(
-    names: Sequence[str], found: Candidates, own: OwnBrackets, high: list[int], key_a: torch.Tensor,
+    names: Sequence[str],
+    found: Candidates,
+    own: OwnBrackets,
+    high: list[int],
+    key_a: torch.Tensor,
 ) -> tuple[list[int], list[torch.Tensor]]:
     """Each layer's base and keys in the global search. A capped layer's own threshold lies
     in its bracket, below the global one: verified, it prunes exactly its cap at any
@@ -297,8 +351,13 @@ def _bounded(counts: list[int], low: list[int], high: list[int]) -> int:
 
 
 def _by_cut(
-    names: Sequence[str], found: Candidates, own: OwnBrackets, search: tuple[list[int], list[torch.Tensor]],
-    total: int, low: list[int], high: list[int],
+    names: Sequence[str],
+    found: Candidates,
+    own: OwnBrackets,
+    search: tuple[list[int], list[torch.Tensor]],
+    total: int,
+    low: list[int],
+    high: list[int],
 ) -> tuple[list[int], list[torch.Tensor | None]] | None:
     """Counts and kept flags read off one sort of the searched candidates; the capped,
     straddling and held layers then prune their own first candidates in pruning order."""
@@ -306,7 +365,11 @@ def _by_cut(
     if settled is None:
         return None
     counts, flags = settled
-    mine = [i for i, name in enumerate(names) if name in own.capped or name in own.straddling or flags[i] is None]
+    mine = [
+        i
+        for i, name in enumerate(names)
+        if name in own.capped or name in own.straddling or flags[i] is None
+    ]
     own_keys, own_idx = [found.keys[i] for i in mine], [found.idx[i] for i in mine]
     order(own_keys, own_idx)
     for i, idx in zip(mine, own_idx, strict=True):
@@ -315,8 +378,14 @@ def _by_cut(
 
 
 def _by_search(
-    names: Sequence[str], found: Candidates, own: OwnBrackets, base: list[int], key_a: torch.Tensor,
-    total: int, low: list[int], high: list[int],
+    names: Sequence[str],
+    found: Candidates,
+    own: OwnBrackets,
+    base: list[int],
+    key_a: torch.Tensor,
+    total: int,
+    low: list[int],
+    high: list[int],
 ) -> list[int] | None:
     """Counts from a threshold search over every layer's candidates put in order."""
     order(found.keys, found.idx)
@@ -331,20 +400,32 @@ def _by_search(
 
 
 def settle(
-    names: Sequence[str], sizes: list[int], units: Units, total: int, low: list[int], high: list[int],
+    names: Sequence[str],
+    sizes: list[int],
+    units: Units,
+    total: int,
+    low: list[int],
+    high: list[int],
 ) -> dict[str, torch.Tensor] | None:
     """Kept flat masks pruning exactly ``total`` units of ``names`` (tie order) under per-layer
     count bounds ``[low, high]`` (``sum(low) <= total <= sum(high)``), or None if the bracket
     missed; weight-shaped for the layers the placer covers."""
-    if total == 0:  # nothing to prune (as the general path: earlier pruned units are not kept pruned)
-        return {n: units.place(n, torch.ones(s, dtype=torch.bool)) for n, s in zip(names, sizes, strict=True)}
+    if (
+        total == 0
+    ):  # nothing to prune (as the general path: earlier pruned units are not kept pruned)
+        return {
+            n: units.place(n, torch.ones(s, dtype=torch.bool))
+            for n, s in zip(names, sizes, strict=True)
+        }
     sampled = SampledLayers(units)
     got = _brackets(names, sizes, sampled, total, low, high)
     if got is None:
         return None
     ends, own, wide = got
     found = _pass_all(names, sizes, sampled, ends, own, high, wide)
-    key_a = rank_keys(torch.tensor([ends[0]], dtype=torch.float64 if wide else torch.float32), wide=wide)
+    key_a = rank_keys(
+        torch.tensor([ends[0]], dtype=torch.float64 if wide else torch.float32), wide=wide
+    )
     search = _in_search(names, found, own, high, key_a)
     ends_in_search = [b + k.numel() for b, k in zip(*search, strict=True)]
     if not _bounded(search[0], low, high) < total <= _bounded(ends_in_search, low, high):
@@ -363,7 +444,13 @@ def settle(
 
 
 def select_global(
-    names: Sequence[str], sizes: Sequence[int], units: Units, *, sparsity: float, lo: float, hi: float,
+    names: Sequence[str],
+    sizes: Sequence[int],
+    units: Units,
+    *,
+    sparsity: float,
+    lo: float,
+    hi: float,
 ) -> dict[str, torch.Tensor] | None:
     """Kept flat masks (True = kept) of the layers ``names`` (in tie order), or None if the
     bracket missed; weight-shaped for the layers ``units.placer`` covers."""
@@ -382,14 +469,20 @@ def _local_sample(size: int) -> int:
 
 
 def _local_brackets(
-    names: Sequence[str], sizes: list[int], counts: list[int], sampled: SampledLayers, out: dict[str, torch.Tensor],
+    names: Sequence[str],
+    sizes: list[int],
+    counts: list[int],
+    sampled: SampledLayers,
+    out: dict[str, torch.Tensor],
 ) -> tuple[dict[str, Bracket], dict[str, bool]]:
     """Each layer's own bracket around its count (a layer with nothing to prune goes to
     ``out`` at once), and whether its keys are int64."""
     brackets, wide = {}, {}
     for name, size, count in zip(names, sizes, counts, strict=True):  # one sample at a time
         if count == 0:  # nothing to prune (as when settled alone)
-            out[name] = sampled.units.place(name, torch.ones(size, dtype=torch.bool, device=sampled.device))
+            out[name] = sampled.units.place(
+                name, torch.ones(size, dtype=torch.bool, device=sampled.device)
+            )
             continue
         sample = sampled.first(name, size, stride_for(size, _local_sample(size)))
         wide[name] = sample.dtype == torch.float64
@@ -397,14 +490,25 @@ def _local_brackets(
         if count <= pruned or sample.numel() == 0:
             continue  # among the pruned units: settled alone
         keys = sort(rank_keys(sample, wide=wide[name]))[0]
-        got = bracket([keys], (count - pruned) / (size - pruned), [0], [size - pruned], [size - pruned], wide[name])
+        got = bracket(
+            [keys],
+            (count - pruned) / (size - pruned),
+            [0],
+            [size - pruned],
+            [size - pruned],
+            wide[name],
+        )
         if got is not None:
             brackets[name] = got
     return brackets, wide
 
 
 def select_local(
-    names: Sequence[str], sizes: Sequence[int], units: Units, *, sparsity: float,
+    names: Sequence[str],
+    sizes: Sequence[int],
+    units: Units,
+    *,
+    sparsity: float,
 ) -> dict[str, torch.Tensor]:
     """Kept flat masks, ``floor(sparsity * n + 1e-9)`` units pruned in each layer (weight-shaped
     for the layers ``units.placer`` covers).
@@ -423,11 +527,15 @@ def select_local(
         one_pass = BracketPass(sampled, [sizes[i] for i in chosen], wide=wide, ordered=True)
         found = Candidates({}, [], [], [])
         for i in chosen:
-            found.kept[names[i]], _, idx, below_end = one_pass(names[i], sizes[i], brackets[names[i]])
+            found.kept[names[i]], _, idx, below_end = one_pass(
+                names[i], sizes[i], brackets[names[i]]
+            )
             found.idx.append(idx)
             found.base.append(below_end)
         one_pass.close()
-        out.update(finish(sub, [sizes[i] for i in chosen], found, [counts[i] for i in chosen], units, wide))
+        out.update(
+            finish(sub, [sizes[i] for i in chosen], found, [counts[i] for i in chosen], units, wide)
+        )
     for name, size, count in zip(names, sizes, counts, strict=True):
         if name not in out:
             out[name] = alone(name, size, units, count, wide[name])

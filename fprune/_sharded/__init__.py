@@ -95,7 +95,12 @@ class Sharding:
         for name, t in local.items():
             shape = torch.Size(shapes[name])
             out[name] = DTensor.from_local(
-                t, self.mesh, self.placements, run_check=False, shape=shape, stride=_contiguous_stride(shape),
+                t,
+                self.mesh,
+                self.placements,
+                run_check=False,
+                shape=shape,
+                stride=_contiguous_stride(shape),
             )
         return out
 
@@ -109,17 +114,26 @@ class Sharding:
             chunk = rows_of(rows, self.world, 0)[1]
             if chunk < rows and chunk % block_rows:
                 if getattr(pattern, "rows", 0) is None:
-                    fix = (f"{str(pattern)!r} blocks span all rows of a layer, which Shard(0) splits; "
-                           "use blocks within a shard's rows (e.g. '1xchannel', '1x4') or an N:M pattern, or leave the layer out.")
+                    fix = (
+                        f"{str(pattern)!r} blocks span all rows of a layer, which Shard(0) splits; "
+                        "use blocks within a shard's rows (e.g. '1xchannel', '1x4') or an N:M "
+                        "pattern, or leave the layer out."
+                    )
                 else:
-                    fix = (f"Shard(0) splits rows every ceil(rows / ranks) = {chunk}; use blocks whose "
-                           f"row count divides {chunk} (e.g. '1x{pattern.block_shape(shape_2d(shape))[1]}' "
-                           "or an N:M pattern), or shard over a number of ranks for which it does, "
-                           "or leave the layer out.")
+                    cols = pattern.block_shape(shape_2d(shape))[1]
+                    fix = (
+                        f"Shard(0) splits rows every ceil(rows / ranks) = {chunk}; use blocks "
+                        f"whose row count divides {chunk} (e.g. '1x{cols}' "
+                        "or an N:M pattern), or shard over a number of ranks for which it does, "
+                        "or leave the layer out."
+                    )
                 raise _errors.value_error(
-                    func, f"a shard boundary cuts the {str(pattern)!r} blocks of layer {name!r}",
-                    _errors.detail(f"{rows} rows in shards of {chunk} rows over {self.world} ranks; "
-                                   f"blocks of {block_rows} rows"),
+                    func,
+                    f"a shard boundary cuts the {str(pattern)!r} blocks of layer {name!r}",
+                    _errors.detail(
+                        f"{rows} rows in shards of {chunk} rows over {self.world} ranks; "
+                        f"blocks of {block_rows} rows"
+                    ),
                     fix,
                 )
 
@@ -148,7 +162,9 @@ def detect(func: str, groups: Mapping[str, _Tensors | None]) -> Sharding | None:
     plain = [f"{arg}[{name!r}]" for arg, name, t in items if not isinstance(t, dtensor)]
     if plain:
         raise _errors.type_error(
-            func, "DTensor and plain tensors are mixed", _errors.detail(", ".join(plain[:3])),
+            func,
+            "DTensor and plain tensors are mixed",
+            _errors.detail(", ".join(plain[:3])),
             "Pass every param, grad and state tensor of one run as DTensors on one mesh (as "
             "fully_shard makes them), or all as plain tensors; a state from init on plain "
             "params does not step sharded params.",
@@ -156,13 +172,17 @@ def detect(func: str, groups: Mapping[str, _Tensors | None]) -> Sharding | None:
     arg, name, first = sharded[0]
     if torch.compiler.is_compiling():
         raise _errors.value_error(
-            func, "sharded (DTensor) inputs are pruned in eager calls only", _errors.detail(f"{arg}[{name!r}]"),
+            func,
+            "sharded (DTensor) inputs are pruned in eager calls only",
+            _errors.detail(f"{arg}[{name!r}]"),
             "Call it outside torch.compile when params are DTensors.",
         )
     mesh = first.device_mesh
     if mesh.ndim != 1:
         raise _errors.value_error(
-            func, f"{arg}[{name!r}] lies on a {mesh.ndim}-D device mesh", _errors.detail(str(mesh)),
+            func,
+            f"{arg}[{name!r}] lies on a {mesh.ndim}-D device mesh",
+            _errors.detail(str(mesh)),
             "Sharded pruning supports 1-D meshes (FSDP2 fully_shard over one group of ranks).",
         )
     rank, world = mesh.get_local_rank(), mesh.size()
@@ -171,12 +191,16 @@ def detect(func: str, groups: Mapping[str, _Tensors | None]) -> Sharding | None:
     for arg, name, t in sharded:
         if t.device_mesh != mesh:
             raise _errors.value_error(
-                func, f"{arg}[{name!r}] lies on another device mesh", _errors.detail(str(t.device_mesh)),
+                func,
+                f"{arg}[{name!r}] lies on another device mesh",
+                _errors.detail(str(t.device_mesh)),
                 f"Put every tensor on one mesh ({mesh}).",
             )
         if tuple(t.placements) != (Shard(0),):
             raise _errors.value_error(
-                func, f"{arg}[{name!r}] is not placed Shard(0)", _errors.detail(str(tuple(t.placements))),
+                func,
+                f"{arg}[{name!r}] is not placed Shard(0)",
+                _errors.detail(str(tuple(t.placements))),
                 "Sharded pruning needs rows split across ranks, as fully_shard does: "
                 "t.redistribute(placements=[Shard(0)]).",
             )
@@ -184,7 +208,8 @@ def detect(func: str, groups: Mapping[str, _Tensors | None]) -> Sharding | None:
         local = tuple(t.to_local().shape)
         if local != (stop - start, *t.shape[1:]):
             raise _errors.value_error(
-                func, f"the local shard of {arg}[{name!r}] is not torch.chunk's split of its rows",
+                func,
+                f"the local shard of {arg}[{name!r}] is not torch.chunk's split of its rows",
                 _errors.detail(f"shape {local} on rank {rank} of {world}; global {tuple(t.shape)}"),
                 f"Rank {rank} must hold rows {start}..{stop}: build it with distribute_tensor or "
                 "fully_shard rather than DTensor.from_local with custom sizes.",
@@ -192,8 +217,9 @@ def detect(func: str, groups: Mapping[str, _Tensors | None]) -> Sharding | None:
     return Sharding(mesh, tuple(first.placements), rank, world)
 
 
-def global_shapes(shapes: Mapping[str, Sequence[int]], local: _Tensors, sharding: Sharding, func: str,
-                  what: str) -> dict[str, tuple[int, ...]]:
+def global_shapes(
+    shapes: Mapping[str, Sequence[int]], local: _Tensors, sharding: Sharding, func: str, what: str
+) -> dict[str, tuple[int, ...]]:
     """Check that ``local`` tensors are this rank's ``Shard(0)`` rows of ``shapes``; return them."""
     out = {}
     for name, t in local.items():
@@ -201,7 +227,8 @@ def global_shapes(shapes: Mapping[str, Sequence[int]], local: _Tensors, sharding
         start, stop = rows_of(shape[0], sharding.world, sharding.rank)
         if tuple(t.shape) != (stop - start, *shape[1:]):
             raise _errors.value_error(
-                func, f"{what} for {name!r} is not sharded like its weight",
+                func,
+                f"{what} for {name!r} is not sharded like its weight",
                 _errors.detail(f"local {tuple(t.shape)} on rank {sharding.rank}; global {shape}"),
                 "A criterion used on sharded params must keep one row of state per weight row "
                 "(or per block row), as the built-in criteria do.",

@@ -59,12 +59,14 @@ def sizes(keys: list[torch.Tensor], comm: Comm) -> list[int]:
     """Each layer's number of units over all ranks."""
     if not keys:
         return []
-    return comm.sum(torch.tensor([k.numel() for k in keys], dtype=torch.int64, device=keys[0].device)).tolist()
+    return comm.sum(
+        torch.tensor([k.numel() for k in keys], dtype=torch.int64, device=keys[0].device)
+    ).tolist()
 
 
 def _samples(keys: list[torch.Tensor], strides: list[int], comm: Comm) -> list[torch.Tensor]:
-    """Every ``stride``-th key of each layer (none for 0) on every rank, gathered: one sample per layer,
-    the same on all ranks (two small gathers: the lengths, then the padded keys)."""
+    """Every ``stride``-th key of each layer (none for 0) on every rank, gathered: one sample
+    per layer, the same on all ranks (two small gathers: the lengths, then the padded keys)."""
     device = keys[0].device
     mine = [k[::s] if s else k[:0] for k, s in zip(keys, strides, strict=True)]  # stride 0: none
     lengths = comm.gather(torch.tensor([m.numel() for m in mine], dtype=torch.int64, device=device))
@@ -77,14 +79,19 @@ def _samples(keys: list[torch.Tensor], strides: list[int], comm: Comm) -> list[t
     for rank, row in enumerate(lengths.tolist()):
         at = 0
         for layer, n in enumerate(row):
-            per_layer[layer].append(everyone[rank, at:at + n])
+            per_layer[layer].append(everyone[rank, at : at + n])
             at += n
     return [torch.cat(parts) for parts in per_layer]
 
 
 def _ends(
-    samples: list[torch.Tensor], target: torch.Tensor, fraction: torch.Tensor, sizes_: list[int],
-    low: torch.Tensor | None, high: torch.Tensor | None, separate: bool,
+    samples: list[torch.Tensor],
+    target: torch.Tensor,
+    fraction: torch.Tensor,
+    sizes_: list[int],
+    low: torch.Tensor | None,
+    high: torch.Tensor | None,
+    separate: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample keys ``ka <= kb`` around the target count (per layer if ``separate``), from a
     water-filling search of the sample with the counts scaled to it."""
@@ -100,7 +107,9 @@ def _ends(
         spread = z * torch.sqrt(total_m * fraction * (1 - fraction)) + z
         centre = target.double() * total_m / n.sum()
     lo_s = None if low is None else list(torch.floor(low.double() * scale).long())
-    hi_s = None if high is None else list(torch.minimum(torch.ceil(high.double() * scale), m).long())
+    hi_s = (
+        None if high is None else list(torch.minimum(torch.ceil(high.double() * scale), m).long())
+    )
     cap = m if separate else m.sum()
     if hi_s is not None and not separate:
         cap = torch.minimum(cap, torch.stack(hi_s).sum().double())
@@ -109,7 +118,9 @@ def _ends(
     for k, side in ((centre - spread, "below"), (centre + spread, "above")):
         k = torch.floor(k)
         count = torch.minimum(torch.clamp(k, min=1), cap).long()
-        found = _radix.search(samples, count, lo_s, hi_s, separate=separate, bits=_BITS, narrow=True)
+        found = _radix.search(
+            samples, count, lo_s, hi_s, separate=separate, bits=_BITS, narrow=True
+        )
         # past the sample's first or last key the bracket is open on that side
         if side == "below":
             ends.append(torch.where(k < 1, torch.iinfo(dtype).min, found.tau))
@@ -119,7 +130,11 @@ def _ends(
 
 
 def _narrow(
-    keys: list[torch.Tensor], ka: torch.Tensor, kb: torch.Tensor, comm: Comm, separate: bool,
+    keys: list[torch.Tensor],
+    ka: torch.Tensor,
+    kb: torch.Tensor,
+    comm: Comm,
+    separate: bool,
     only: list[bool] | None = None,
 ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
     """Per layer (of those in ``only``; none of the others): the keys in ``[ka, kb]``, and
@@ -140,15 +155,21 @@ def _narrow(
     return cands, counts[0], counts[1]
 
 
-def _clamped(counts: torch.Tensor, low: torch.Tensor | None, high: torch.Tensor | None) -> torch.Tensor:
+def _clamped(
+    counts: torch.Tensor, low: torch.Tensor | None, high: torch.Tensor | None
+) -> torch.Tensor:
     if low is None or high is None:
         return counts
     return torch.minimum(torch.maximum(counts, low), high)
 
 
 def _take_shard(
-    keys: torch.Tensor, tau: torch.Tensor, below: torch.Tensor, at: torch.Tensor,
-    count: torch.Tensor, offset: torch.Tensor,
+    keys: torch.Tensor,
+    tau: torch.Tensor,
+    below: torch.Tensor,
+    at: torch.Tensor,
+    count: torch.Tensor,
+    offset: torch.Tensor,
 ) -> torch.Tensor:
     """This rank's part of a layer's ``count`` lowest keys, given the layer's counts over all
     ranks below and at ``tau``, and ``offset``, the ties at ``tau`` on the ranks before this
@@ -167,12 +188,16 @@ def _take_shard(
 def _layer_samples(keys: list[torch.Tensor], sizes_: list[int], counts: torch.Tensor, comm: Comm):
     """Each sampled layer's own bracket: its candidates and counts below and inside it."""
     tuning = _tuning.current()
-    sampled = [s >= tuning.shard_density * tuning.shard_layer_sample for s in sizes_]  # alike on all ranks
+    sampled = [
+        s >= tuning.shard_density * tuning.shard_layer_sample for s in sizes_
+    ]  # alike on all ranks
     if not any(sampled):
         zeros = torch.zeros((2, len(keys)), dtype=torch.int64, device=keys[0].device)
         return sampled, keys, zeros[0], zeros[1]
     n = torch.tensor(sizes_, dtype=torch.int64)
-    strides = [s // tuning.shard_layer_sample if u else 0 for s, u in zip(sizes_, sampled, strict=True)]
+    strides = [
+        s // tuning.shard_layer_sample if u else 0 for s, u in zip(sizes_, sampled, strict=True)
+    ]
     samples = _samples(keys, strides, comm)
     fraction = (counts.double().cpu() / n.clamp(min=1)).clamp(0, 1)
     ka, kb = _ends(samples, counts.cpu(), fraction, sizes_, None, None, separate=True)
@@ -198,16 +223,22 @@ def lowest_each(keys: list[torch.Tensor], counts: torch.Tensor, comm: Comm) -> l
         else:  # the bracket missed: all keys
             searched.append(k)
             base.append(torch.zeros_like(below[i]))
-    found = _radix.search(searched, counts_d, base=base, separate=True, combine=comm.sum, bits=_BITS,
-                          narrow=True)
+    found = _radix.search(
+        searched, counts_d, base=base, separate=True, combine=comm.sum, bits=_BITS, narrow=True
+    )
     offset = comm.before(torch.stack(found.mine))  # ties held by the ranks before this one
-    return [_take_shard(k, found.tau[i], found.below[i], found.at[i], counts_d[i], offset[i])
-            for i, k in enumerate(keys)]
+    return [
+        _take_shard(k, found.tau[i], found.below[i], found.at[i], counts_d[i], offset[i])
+        for i, k in enumerate(keys)
+    ]
 
 
 def _global_search(
-    ordered: list[torch.Tensor], sizes_: list[int], total: torch.Tensor,
-    bounds: tuple[torch.Tensor, torch.Tensor] | None, comm: Comm,
+    ordered: list[torch.Tensor],
+    sizes_: list[int],
+    total: torch.Tensor,
+    bounds: tuple[torch.Tensor, torch.Tensor] | None,
+    comm: Comm,
 ) -> _radix.Found:
     """The global threshold over all ranks: on the candidates of a gathered sample's bracket
     where there are enough units and it holds the threshold, else on all keys."""
@@ -221,16 +252,29 @@ def _global_search(
         ka, kb = _ends(samples, total.cpu(), fraction, sizes_, low, high, separate=False)
         cands, below, inside = _narrow(ordered, ka, kb, comm, separate=False)
         b_low, b_high = (None, None) if bounds is None else bounds
-        reach = (int(_clamped(below, b_low, b_high).sum()), int(_clamped(below + inside, b_low, b_high).sum()))
+        reach = (
+            int(_clamped(below, b_low, b_high).sum()),
+            int(_clamped(below + inside, b_low, b_high).sum()),
+        )
         if reach[0] < int(total) <= reach[1]:
-            return _radix.search(cands, total, *lo_hi, list(below.unbind()), combine=comm.sum, bits=_BITS,
-                                 narrow=True)
+            return _radix.search(
+                cands,
+                total,
+                *lo_hi,
+                list(below.unbind()),
+                combine=comm.sum,
+                bits=_BITS,
+                narrow=True,
+            )
     return _radix.search(ordered, total, *lo_hi, combine=comm.sum, bits=_BITS, narrow=True)
 
 
 def select_global(
-    keys: Mapping[str, torch.Tensor], sparsity: float | torch.Tensor,
-    lo: float | torch.Tensor, hi: float | torch.Tensor, comm: Comm,
+    keys: Mapping[str, torch.Tensor],
+    sparsity: float | torch.Tensor,
+    lo: float | torch.Tensor,
+    hi: float | torch.Tensor,
+    comm: Comm,
 ) -> dict[str, torch.Tensor]:
     """Pruned units (True) of this rank's shards, global scope (see
     :func:`fprune.selection.select_global`)."""
@@ -243,13 +287,22 @@ def select_global(
     counts = allocate(total, found.below, found.at, low_l, high_l)
     offsets = comm.before(torch.stack(found.mine)).unbind()  # ties held by the ranks before
     # a layer a bound moved off the global threshold has its own: one search for all such
-    own = [i for i, (b, a, c) in enumerate(zip(found.below, found.at, counts, strict=True))
-           if not int(b) <= int(c) <= int(b + a)]
-    alone = lowest_each([ordered[i] for i in own], torch.stack([counts[i] for i in own]), comm) if own else []
+    own = [
+        i
+        for i, (b, a, c) in enumerate(zip(found.below, found.at, counts, strict=True))
+        if not int(b) <= int(c) <= int(b + a)
+    ]
+    alone = (
+        lowest_each([ordered[i] for i in own], torch.stack([counts[i] for i in own]), comm)
+        if own
+        else []
+    )
     chosen = dict(zip((names[i] for i in own), alone, strict=True))
     for i, (n, k) in enumerate(zip(names, ordered, strict=True)):
         if n not in chosen:
-            chosen[n] = _take_shard(k, found.tau, found.below[i], found.at[i], counts[i], offsets[i])
+            chosen[n] = _take_shard(
+                k, found.tau, found.below[i], found.at[i], counts[i], offsets[i]
+            )
     return {n: chosen[n] for n in keys}
 
 
@@ -266,8 +319,13 @@ def select_local_shards(
 
 
 def select(
-    keys: Mapping[str, torch.Tensor], *, scope: str, sparsity: float | torch.Tensor,
-    lo: float | torch.Tensor, hi: float | torch.Tensor, comm: Comm,
+    keys: Mapping[str, torch.Tensor],
+    *,
+    scope: str,
+    sparsity: float | torch.Tensor,
+    lo: float | torch.Tensor,
+    hi: float | torch.Tensor,
+    comm: Comm,
 ) -> dict[str, torch.Tensor]:
     """:func:`fprune.selection.select` on this rank's shards of the layers' keys, with the
     ranks' counts exchanged through ``comm``."""
