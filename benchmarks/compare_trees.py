@@ -1,15 +1,19 @@
 """Paired before/after timing of ``prune.step`` in two source trees (a refactor's check).
 
-    python benchmarks/compare_trees.py BASE_TREE NEW_TREE [--pairs 3] [--repeats 9]
+    python benchmarks/compare_trees.py BASE_TREE NEW_TREE [--pairs 3] [--repeats 9] [--one-process]
 
 Each tree is a checkout holding ``fprune/`` (for example ``git worktree add /tmp/base main``).
 Its rows are the fprune rows of ``bench_step.py`` (the same workload, the public API only, so
-any version of the package runs them), timed round-robin in a fresh process per tree; the
-processes alternate, base then new, ``--pairs`` times, so that a slow spell of a shared
-machine lands on both trees alike. Per row it prints the median of each tree's per-process
-medians, and the paired ratio new / base (the median over pairs of the ratio of the two
-processes' medians), and the peak extra memory of a global update (``bench_step.py``'s
+any version of the package runs them). Per row it prints each tree's median time and the
+paired ratio new / base, and the peak extra memory of a global update (``bench_step.py``'s
 measure, in a fresh process per tree). Writes ``benchmarks/results/compare_trees.json``.
+
+By default each tree runs in a fresh process, the processes alternating base then new
+``--pairs`` times, and the paired ratio is the median over pairs of the two processes'
+medians. With ``--one-process`` the base package is copied under another name
+(``fprune_base``) and both run in one process, every round calling each row of both
+versions back to back: the paired ratio is then the median over rounds of the ratio within
+a round, which a process's own speed (its memory layout, the machine's load) cannot move.
 """
 
 from __future__ import annotations
@@ -18,9 +22,13 @@ import argparse
 import json
 import os
 import pathlib
+import re
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
+import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from _common import machine, write_json
@@ -56,17 +64,96 @@ def child(repeats: int, layers: int) -> None:
         fns[f"{scope} {pattern} {sparsity:.0%}"] = (lambda p, s: lambda: p.step(s, params, grads))(
             prune, state
         )
+    fns[NON_PRUNE] = _non_prune(fprune, params, grads)
+    times = round_robin(fns, repeats=repeats)
+    print(json.dumps({name: statistics.median(t) for name, t in times.items()}))
+
+
+def _non_prune(package, params, grads):
+    """A non-prune step of a snip_momentum 4x1 pruner, going on from the state it returns."""
     window = dict(start_step=0, end_step=1000, frequency=100)
-    momentum = fprune.pruner(0.8, pattern="4x1", criterion="snip_momentum", **window)
+    momentum = package.pruner(0.8, pattern="4x1", criterion="snip_momentum", **window)
     current = [momentum.step(momentum.init(params), params, grads)[0]]
 
-    def non_prune():
+    def run():
         current[0], masks = momentum.step(current[0], params, grads)
         return masks
 
-    fns[NON_PRUNE] = non_prune
-    times = round_robin(fns, repeats=repeats)
-    print(json.dumps({name: statistics.median(t) for name, t in times.items()}))
+    return run
+
+
+def one_process_child(repeats: int, layers: int, base_dir: str) -> None:
+    """Both versions in this process: ``fprune_base`` (from ``base_dir``) and ``fprune``; each
+    round calls every row of both, base then new."""
+    import torch
+    from _common import gradients, workload
+
+    sys.path.insert(0, base_dir)
+    import fprune_base
+
+    import fprune
+
+    torch.set_num_threads(2)
+    params = workload(layers)
+    grads = gradients(params)
+    rows: dict[str, dict[str, object]] = {}
+    for side, package in (("base", fprune_base), ("new", fprune)):
+        for scope, pattern, sparsity in ROWS:
+            prune = package.pruner(sparsity, pattern=pattern, criterion="magnitude", scope=scope)
+            state = prune.init(params)
+            rows.setdefault(f"{scope} {pattern} {sparsity:.0%}", {})[side] = (
+                lambda p, s: lambda: p.step(s, params, grads)
+            )(prune, state)
+        rows.setdefault(NON_PRUNE, {})[side] = _non_prune(package, params, grads)
+    times = {name: {"base": [], "new": []} for name in rows}
+    for side_fns in rows.values():  # one warm-up call each
+        for fn in side_fns.values():
+            fn()  # type: ignore[operator]
+    for _ in range(repeats):
+        for name, side_fns in rows.items():
+            for side in ("base", "new"):
+                start = time.perf_counter()
+                side_fns[side]()  # type: ignore[operator]
+                times[name][side].append(time.perf_counter() - start)
+    print(json.dumps(times))
+
+
+def _copy_renamed(tree: pathlib.Path, into: pathlib.Path) -> None:
+    """``tree/fprune`` copied to ``into/fprune_base`` with every reference to the package
+    renamed, so that it imports beside the other version."""
+    shutil.copytree(tree / "fprune", into / "fprune_base")
+    for path in (into / "fprune_base").rglob("*.py"):
+        path.write_text(re.sub(r"\bfprune\b", "fprune_base", path.read_text()))
+
+
+def _one_process(base: pathlib.Path, new: pathlib.Path, repeats: int, layers: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        _copy_renamed(base, pathlib.Path(tmp))
+        out = _run(new, ["--one-process-child", str(repeats), str(layers), tmp])
+    rows = []
+    for name, sides in out.items():
+        paired = statistics.median(n / b for b, n in zip(sides["base"], sides["new"], strict=True))
+        base_s, new_s = statistics.median(sides["base"]), statistics.median(sides["new"])
+        rows.append(dict(name=name, base_s=base_s, new_s=new_s, paired_new_over_base=paired))
+    return {"rows": rows, "times": out}
+
+
+def _alternated(trees: dict, pairs: int, repeats: int, layers: int) -> tuple[list[dict], dict]:
+    """Each tree in fresh processes, alternating; paired over the pairs of processes."""
+    runs: dict[str, list[dict[str, float]]] = {"base": [], "new": []}
+    for pair in range(pairs):
+        for side, tree in trees.items():
+            runs[side].append(_run(tree, ["--child", str(repeats), str(layers)]))
+        print(f"pair {pair + 1} of {pairs} done", file=sys.stderr, flush=True)
+    rows = []
+    for name in runs["base"][0]:
+        base = statistics.median(r[name] for r in runs["base"])
+        new = statistics.median(r[name] for r in runs["new"])
+        paired = statistics.median(
+            n[name] / b[name] for b, n in zip(runs["base"], runs["new"], strict=True)
+        )
+        rows.append(dict(name=name, base_s=base, new_s=new, paired_new_over_base=paired))
+    return rows, runs
 
 
 def _run(tree: pathlib.Path, args: list[str]) -> dict:
@@ -90,11 +177,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--layers", type=int, default=72)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--one-process", action="store_true", help="both versions in one process")
     parser.add_argument("--child", nargs=2, type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--one-process-child", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         child(*args.child)
+        return {}
+    if args.one_process_child:
+        repeats, layers, base_dir = args.one_process_child
+        one_process_child(int(repeats), int(layers), base_dir)
         return {}
     if args.memory_child:
         import bench_step
@@ -115,21 +208,17 @@ def main(argv: list[str] | None = None) -> dict:
         }
         for side, tree in trees.items()
     }
-    runs: dict[str, list[dict[str, float]]] = {"base": [], "new": []}
-    for pair in range(args.pairs):
-        for side, tree in trees.items():
-            runs[side].append(_run(tree, ["--child", str(args.repeats), str(args.layers)]))
-        print(f"pair {pair + 1} of {args.pairs} done", file=sys.stderr, flush=True)
-    rows = []
+    if args.one_process:
+        got = _one_process(trees["base"], trees["new"], args.repeats, args.layers)
+        rows, runs = got["rows"], got["times"]
+    else:
+        rows, runs = _alternated(trees, args.pairs, args.repeats, args.layers)
     print(f"{'row':38} {'base s':>8} {'new s':>8} {'new/base paired':>16}")
-    for name in runs["base"][0]:
-        base = statistics.median(r[name] for r in runs["base"])
-        new = statistics.median(r[name] for r in runs["new"])
-        paired = statistics.median(
-            n[name] / b[name] for b, n in zip(runs["base"], runs["new"], strict=True)
+    for row in rows:
+        print(
+            f"{row['name']:38} {row['base_s']:8.3f} {row['new_s']:8.3f} "
+            f"{row['paired_new_over_base']:16.3f}"
         )
-        rows.append(dict(name=name, base_s=base, new_s=new, paired_new_over_base=paired))
-        print(f"{name:38} {base:8.3f} {new:8.3f} {paired:16.3f}")
     print("peak extra memory of a global magnitude update, bytes per weight (base -> new):")
     for name in memory["base"]:
         print(f"  {name}: {memory['base'][name]:.3f} -> {memory['new'][name]:.3f}")

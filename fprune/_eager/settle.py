@@ -410,37 +410,46 @@ def settle(
     """Kept flat masks pruning exactly ``total`` units of ``names`` (tie order) under per-layer
     count bounds ``[low, high]`` (``sum(low) <= total <= sum(high)``), or None if the bracket
     missed; weight-shaped for the layers the placer covers."""
-    if (
-        total == 0
-    ):  # nothing to prune (as the general path: earlier pruned units are not kept pruned)
-        return {
-            n: units.place(n, torch.ones(s, dtype=torch.bool))
-            for n, s in zip(names, sizes, strict=True)
-        }
+    if total == 0:  # nothing to prune (as the general path: earlier pruned units are not kept)
+        ones = [torch.ones(s, dtype=torch.bool) for s in sizes]
+        return {n: units.place(n, m) for n, m in zip(names, ones, strict=True)}
     sampled = SampledLayers(units)
     got = _brackets(names, sizes, sampled, total, low, high)
     if got is None:
         return None
     ends, own, wide = got
     found = _pass_all(names, sizes, sampled, ends, own, high, wide)
-    key_a = rank_keys(
-        torch.tensor([ends[0]], dtype=torch.float64 if wide else torch.float32), wide=wide
-    )
+    settled = _counts(names, found, own, ends[0], wide, total, low, high)
+    if settled is None:
+        return None
+    found.keys = []  # only the candidates' indices are needed from here
+    return finish(names, sizes, found, settled[0], units, dict.fromkeys(names, wide), settled[1])
+
+
+def _counts(
+    names: Sequence[str],
+    found: Candidates,
+    own: OwnBrackets,
+    a: float,
+    wide: bool,
+    total: int,
+    low: list[int],
+    high: list[int],
+) -> tuple[list[int], list[torch.Tensor | None] | None] | None:
+    """Each layer's count, and which candidates the layers not held at a bound keep (or None:
+    each layer keeps its candidates after its first ``count - base``); None where the
+    threshold is not among the candidates. The search's keys are dropped on return."""
+    key_a = rank_keys(torch.tensor([a], dtype=torch.float64 if wide else torch.float32), wide=wide)
     search = _in_search(names, found, own, high, key_a)
     ends_in_search = [b + k.numel() for b, k in zip(*search, strict=True)]
     if not _bounded(search[0], low, high) < total <= _bounded(ends_in_search, low, high):
         return None  # the threshold is not a candidate
-    widths = dict.fromkeys(names, wide)
     if sum(ends_in_search) - sum(search[0]) <= _tuning.current().union_max:
         settled = _by_cut(names, found, own, search, total, low, high)
         if settled is not None:
-            found.keys = []
-            return finish(names, sizes, found, settled[0], units, widths, settled[1])
+            return settled
     counts = _by_search(names, found, own, search[0], key_a, total, low, high)
-    if counts is None:
-        return None
-    found.keys = []
-    return finish(names, sizes, found, counts, units, widths)
+    return None if counts is None else (counts, None)
 
 
 def select_global(
