@@ -9,6 +9,7 @@ inputs are never mutated. :func:`pruner` checks its arguments once, into a froze
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import types
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -24,7 +25,7 @@ from fprune.schedules import check_window, decay_curve
 from fprune.selection import check_bounds
 from fprune.state import PruneState, hash64
 
-__all__ = ["Pruner", "pruner"]
+__all__ = ["Pruner", "checked_settings", "pruner"]
 
 _Tensors = Mapping[str, torch.Tensor]
 
@@ -171,6 +172,31 @@ def pruner(
         return steps.step(settings, state, params, grads)
 
     return Pruner(init, step, types.MappingProxyType({**kwargs, "kind": "basic"}))
+
+
+def checked_settings(sparsity: float, **options: Any) -> steps.Settings:
+    """The :class:`~fprune.steps.Settings` that ``fprune.pruner(sparsity, **options)`` binds
+    its ``init`` and ``step`` to, for calling the functions of :mod:`fprune.steps` directly.
+
+    Example:
+        >>> import torch
+        >>> from fprune import steps
+        >>> settings = checked_settings(0.5, pattern="1x1", criterion="magnitude")
+        >>> state = steps.init(settings, {"w": torch.tensor([[3.0, -1.0], [0.5, 2.0]])})
+        >>> r, low = steps.targets(settings, state.step, state.initial_target,
+        ...                        state.current_target, state.final_target)
+        >>> float(r), low
+        (0.5, 0.0)
+    """
+    defaults = {
+        k: p.default for k, p in inspect.signature(pruner).parameters.items() if k != "sparsity"
+    }
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise _errors.type_error(
+            "checked_settings", "unknown options", unknown, f"Valid: {', '.join(defaults)}."
+        )
+    return _checked_settings(**{**defaults, **options, "sparsity": sparsity})[0]
 
 
 def _checked_settings(**given: Any) -> tuple[steps.Settings, dict[str, Any]]:

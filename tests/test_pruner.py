@@ -12,6 +12,7 @@ from hypothesis import given
 import fprune
 from fprune.layout import to_2d
 from tests.models import MLP, ConvNet, train
+from tests.strategies import same_bits
 
 CRITERIA = ("magnitude", "gradient", "snip", "snip_momentum")
 PATTERNS = ("1x1", "4x1", "channelx1", "1xchannel", "2:4")
@@ -499,3 +500,24 @@ def test_golden_inc_local_4x1_at_0_7():
     prune = fprune.pruner(0.7, pattern="4x1", criterion="magnitude", scope="local")
     _, masks = prune.step(prune.init(params), params)
     assert float(fprune.layer_sparsity(masks)["w"]) == 0.69921875 == 716 / 1024
+
+
+def test_the_step_functions_called_alone_equal_the_pruner():
+    """``checked_settings`` gives the settings ``pruner`` binds: ``steps.init`` and
+    ``steps.step`` called with them make the pruner's states and masks (fingerprint too)."""
+    from fprune import steps
+    from fprune.pruner import checked_settings
+
+    kwargs = dict(pattern="4x1", criterion="snip_momentum", start_step=0, end_step=4, scope="local")
+    prune, settings = fprune.pruner(0.5, **kwargs), checked_settings(0.5, **kwargs)
+    gen = torch.Generator().manual_seed(0)
+    params = {"a": torch.randn(8, 8, generator=gen), "b": torch.randn(16, 4, generator=gen)}
+    ours, theirs = steps.init(settings, params), prune.init(params)
+    for _ in range(5):
+        grads = {n: torch.randn(p.shape, generator=gen) for n, p in params.items()}
+        ours, our_masks = steps.step(settings, ours, params, grads)
+        theirs, their_masks = prune.step(theirs, params, grads)
+        assert same_bits(our_masks, their_masks)
+        assert same_bits(ours.state_dict(), theirs.state_dict())
+    with pytest.raises(TypeError, match=r"checked_settings: unknown options \(got \['patern'\]\)"):
+        checked_settings(0.5, patern="4x1")
