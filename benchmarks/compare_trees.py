@@ -32,16 +32,9 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from _common import machine, write_json
+from bench_step import FPRUNE_ROWS as ROWS  # imports only the public fprune: any version
+from bench_step import memory_child
 
-ROWS = [
-    ("global", "1x1", 0.8),
-    ("global", "4x1", 0.8),
-    ("global", "2:4", 0.5),
-    ("local", "1x1", 0.8),
-    ("local", "4x1", 0.8),
-    ("local", "2:4", 0.5),
-    ("global", "2:4", 0.3),
-]
 NON_PRUNE = "snip_momentum 4x1 non-prune step"
 MEMORY = [("1x1", "global"), ("4x1", "global"), ("2:4", "global")]
 
@@ -190,11 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
         one_process_child(int(repeats), int(layers), base_dir)
         return {}
     if args.memory_child:
-        import bench_step
-
-        bench_step.memory_child(
-            int(args.memory_child[0]), args.memory_child[1], args.memory_child[2]
-        )
+        memory_child(int(args.memory_child[0]), args.memory_child[1], args.memory_child[2])
         return {}
     if args.base is None or args.new is None:
         parser.error("give the two trees to compare: BASE NEW")
