@@ -13,7 +13,8 @@ By default each tree runs in a fresh process, the processes alternating base the
 medians. With ``--one-process`` the base package is copied under another name
 (``fprune_base``) and both run in one process, every round calling each row of both
 versions back to back: the paired ratio is then the median over rounds of the ratio within
-a round, which a process's own speed (its memory layout, the machine's load) cannot move.
+a round, which a process's own speed (its memory layout, the machine's load) cannot move;
+and the two versions' masks are compared (``masks equal``).
 """
 
 from __future__ import annotations
@@ -98,17 +99,23 @@ def one_process_child(repeats: int, layers: int, base_dir: str) -> None:
                 lambda p, s: lambda: p.step(s, params, grads)
             )(prune, state)
         rows.setdefault(NON_PRUNE, {})[side] = _non_prune(package, params, grads)
-    times = {name: {"base": [], "new": []} for name in rows}
-    for side_fns in rows.values():  # one warm-up call each
-        for fn in side_fns.values():
-            fn()  # type: ignore[operator]
+    times: dict[str, object] = {name: {"base": [], "new": []} for name in rows}
+    equal = {}
+    for name, side_fns in rows.items():  # one warm-up call each; the two versions' masks compared
+        base, new = (_masks_of(side_fns[side]()) for side in ("base", "new"))  # type: ignore[operator]
+        equal[name] = base.keys() == new.keys() and all(torch.equal(base[n], new[n]) for n in base)
     for _ in range(repeats):
         for name, side_fns in rows.items():
             for side in ("base", "new"):
                 start = time.perf_counter()
                 side_fns[side]()  # type: ignore[operator]
-                times[name][side].append(time.perf_counter() - start)
-    print(json.dumps(times))
+                times[name][side].append(time.perf_counter() - start)  # type: ignore[index]
+    print(json.dumps({"times": times, "masks_equal": equal}))
+
+
+def _masks_of(result):
+    """The masks of a row's call: ``step``'s ``(state, masks)``, or the masks alone."""
+    return result[1] if isinstance(result, tuple) else result
 
 
 def _copy_renamed(tree: pathlib.Path, into: pathlib.Path) -> None:
@@ -122,12 +129,21 @@ def _copy_renamed(tree: pathlib.Path, into: pathlib.Path) -> None:
 def _one_process(base: pathlib.Path, new: pathlib.Path, repeats: int, layers: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         _copy_renamed(base, pathlib.Path(tmp))
-        out = _run(new, ["--one-process-child", str(repeats), str(layers), tmp])
+        got = _run(new, ["--one-process-child", str(repeats), str(layers), tmp])
+    out, equal = got["times"], got["masks_equal"]
     rows = []
     for name, sides in out.items():
         paired = statistics.median(n / b for b, n in zip(sides["base"], sides["new"], strict=True))
         base_s, new_s = statistics.median(sides["base"]), statistics.median(sides["new"])
-        rows.append(dict(name=name, base_s=base_s, new_s=new_s, paired_new_over_base=paired))
+        rows.append(
+            dict(
+                name=name,
+                base_s=base_s,
+                new_s=new_s,
+                paired_new_over_base=paired,
+                masks_equal=equal[name],
+            )
+        )
     return {"rows": rows, "times": out}
 
 
@@ -202,11 +218,11 @@ def main(argv: list[str] | None = None) -> dict:
         rows, runs = got["rows"], got["times"]
     else:
         rows, runs = _alternated(trees, args.pairs, args.repeats, args.layers)
-    print(f"{'row':38} {'base s':>8} {'new s':>8} {'new/base paired':>16}")
+    print(f"{'row':38} {'base s':>8} {'new s':>8} {'new/base paired':>16} {'masks equal':>12}")
     for row in rows:
         print(
             f"{row['name']:38} {row['base_s']:8.3f} {row['new_s']:8.3f} "
-            f"{row['paired_new_over_base']:16.3f}"
+            f"{row['paired_new_over_base']:16.3f} {row.get('masks_equal', '-')!s:>12}"
         )
     print("peak extra memory of a global magnitude update, bytes per weight (base -> new):")
     for name in memory["base"]:
