@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import torch
 
 from fprune import _errors
-from fprune._dtypes import widen
+from fprune._dtypes import widen, widened
 from fprune.layout import from_2d, shape_2d, to_2d
 from fprune.patterns import NM, Pattern, parse_pattern
 
@@ -40,7 +40,9 @@ def reduce_blocks(
     """Reduce each ``block`` of a 2-D tensor to one value: the block grid.
 
     ``B[i, j] = R(view[i*bn:(i+1)*bn, j*bm:(j+1)*bm])`` with ``R`` in {mean, sum, max};
-    NaN propagates. 16-bit inputs are reduced in (and returned as) float32.
+    NaN propagates. 16-bit inputs are reduced in (and returned as) float32. Each block is
+    summed in row-major order whatever the input's memory layout (a transposed gradient
+    included), so equal values give equal bits.
 
     Args:
         view: ``[rows, cols]`` floating tensor (a 2-D view).
@@ -69,7 +71,8 @@ def reduce_blocks(
         )
     if (bn, bm) == (1, 1):
         return widen(view)
-    tiles = widen(view).reshape(rows // bn, bn, cols // bm, bm)
+    dense = view.to(widened(view.dtype), memory_format=torch.contiguous_format)
+    tiles = dense.reshape(rows // bn, bn, cols // bm, bm)
     return _REDUCE[reduce](tiles, dim=(1, 3))
 
 

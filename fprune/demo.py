@@ -89,8 +89,7 @@ def train(
     per_epoch = -(-len(x) // _BATCH)
     dense_steps = (2 if fast else _DENSE_EPOCHS) * per_epoch
     prune_steps = (4 if fast else _PRUNE_EPOCHS) * per_epoch
-    window = dict(start_step=0, end_step=prune_steps // 2, frequency=max(per_epoch // 2, 1))
-    prune = fprune.pruner(sparsity, pattern=pattern, criterion=criterion, scope=scope, **window)
+    prune = _pruner(sparsity, pattern, criterion, scope, prune_steps, per_epoch)
     params = dict(model.named_parameters())
     weights = lambda: {n: params[n].detach() for n in selection.names}  # noqa: E731
     state = prune.init(weights())
@@ -140,6 +139,21 @@ def train(
         "history": history,
         "seconds": round(time.perf_counter() - start, 2),
     }
+
+
+def _pruner(
+    sparsity: float, pattern: str, criterion: str, scope: str, prune_steps: int, per_epoch: int
+) -> fprune.Pruner:
+    """The demo's pruner: it ramps over the first half of the pruning phase, twice an epoch."""
+    return fprune.pruner(
+        sparsity,
+        pattern=pattern,
+        criterion=criterion,
+        scope=scope,
+        start_step=0,
+        end_step=prune_steps // 2,
+        frequency=max(per_epoch // 2, 1),
+    )
 
 
 def _mlp() -> torch.nn.Sequential:

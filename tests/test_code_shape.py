@@ -35,7 +35,8 @@ def test_the_shape_check_sees_a_cycle_a_long_function_and_an_underscored_import(
     )
     long_body = "".join(f"    x{i} = {i}\n" for i in range(90))
     (package / "b.py").write_text(
-        f'from fprune import a\n\n__all__ = ["h"]\n\n\ndef _g():\n    return a\n\n\ndef h():\n{long_body}'
+        'from fprune import a\n\n__all__ = ["h"]\n\n\n'
+        f"def _g():\n    return a\n\n\ndef h():\n{long_body}"
     )
     (package / "c.py").write_text("import fprune._eager\n\nX = 1\n")
     (package / "_eager.py").write_text("__all__ = []\n")

@@ -221,10 +221,10 @@ def own_brackets(
         keys = sample_keys.per_layer()[i]  # every layer's at once: one sort
         got = bracket([keys], allowed / unpruned, [0], [unpruned], [unpruned], wide)
         if (got is None or got[1] >= a) and keys.numel() < tuning.alone_sample // 2:
-            finer = sort(
+            own_sample = sort(
                 rank_keys(sampled.take(name, stride_for(size, tuning.alone_sample)), wide=wide)
             )[0]
-            got = bracket([finer], allowed / unpruned, [0], [unpruned], [unpruned], wide)
+            got = bracket([own_sample], allowed / unpruned, [0], [unpruned], [unpruned], wide)
         if got is not None and got[1] < a:
             own.capped[name] = got
         elif got is not None and got[0] < a:
