@@ -48,7 +48,7 @@ def sort(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``torch.sort(keys, stable=True)`` of a 1-D tensor, as ``(values, indices)``.
 
     Torch sorts fewer than ``radix`` (32768) integers by comparisons and more by radix, which
-    is several times faster a key. So from ``pad_from`` integer keys on, they are padded to
+    costs less a key. So from ``pad_from`` integer keys on, they are padded to
     ``radix`` with the dtype's largest value: stable, the padding sorts after every key
     (after equal ones by its indices), and the first ``n`` entries are the answer.
     """
