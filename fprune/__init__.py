@@ -17,6 +17,7 @@ from fprune import (
     _resolve,  # noqa: F401  (registers the built-ins)
     distributed,
     nn,
+    posttrain,
 )
 from fprune.blocks import (
     block_scores,
@@ -98,6 +99,7 @@ __all__ = [
     "parse_pattern",
     "pattern_lock",
     "pattern_lock_masks",
+    "posttrain",
     "prune_steps",
     "pruner",
     "rank_keys",

@@ -51,6 +51,7 @@ PUBLIC = {
     "to_config",
     "nn",
     "distributed",
+    "posttrain",
     "pattern_lock",
     "pruner",
     "get_criterion",
@@ -103,5 +104,6 @@ def test_every_public_name_is_in_the_api_reference():
         "Pattern",
         "nn",
         "distributed",
+        "posttrain",
     }  # a type alias, modules
     assert documented >= PUBLIC, sorted(PUBLIC - documented)
