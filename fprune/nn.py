@@ -7,6 +7,8 @@ and a ``torch.optim`` optimizer:
   exclusions, class-name substrings, automatic exclusion of the classifier head) and
   returns what it excluded, so nothing happens silently;
 * :func:`apply_masks_` and :func:`mask_grads_` zero pruned weights or gradients in place;
+* :func:`oneshot` prunes a pretrained model once from calibration data, block by block
+  (Wanda, SparseGPT or magnitude; :mod:`fprune.blockwise`);
 * :func:`masked_optimizer_state` zeroes the optimizer state (momentum, Adam moments) of
   pruned weights in an optimizer state dict, as a pure function.
 """
@@ -21,13 +23,16 @@ import torch
 from torch import nn
 
 from fprune import _errors
+from fprune.blockwise import LayerReport, oneshot
 
 __all__ = [
+    "LayerReport",
     "Selection",
     "apply_masks_",
     "classifier_head",
     "mask_grads_",
     "masked_optimizer_state",
+    "oneshot",
     "prunable",
 ]
 
