@@ -1,4 +1,4 @@
-"""The ``fprune`` command: ``demo``, ``prune`` and ``report``.
+"""The ``fprune`` command: ``demo``, ``prune``, ``report`` and ``oneshot``.
 
 Exit status: 0 on success; 1 when ``report --pattern`` finds a layer that breaks the pattern;
 2 for bad arguments and for files that cannot be read or written (a one-line message on
@@ -27,10 +27,13 @@ def _parser() -> argparse.ArgumentParser:
         prog="fprune",
         description="Functional, exact pruning for PyTorch: a demo and tools for checkpoint files.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,prune,report}")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="{demo,prune,report,oneshot}"
+    )
     _demo_args(sub)
     _prune_args(sub)
     _report_args(sub)
+    _oneshot_args(sub)
     return parser
 
 
@@ -111,6 +114,41 @@ def _report_args(sub: Any) -> None:
         "--all", action="store_true", help="report every floating tensor with 2+ dims"
     )
     report.add_argument(
+        "--json", action="store_true", help="print one JSON object instead of tables"
+    )
+
+
+def _oneshot_args(sub: Any) -> None:
+    oneshot = sub.add_parser(
+        "oneshot",
+        help="prune a Hugging Face model folder once from calibration text (Wanda, SparseGPT)",
+    )
+    oneshot.add_argument("model_dir", metavar="MODEL_DIR", help="a save_pretrained folder")
+    oneshot.add_argument(
+        "-o", "--output", required=True, metavar="OUT_DIR", help="where to save the pruned model"
+    )
+    oneshot.add_argument(
+        "--method",
+        choices=("sparsegpt", "wanda", "magnitude"),
+        default="sparsegpt",
+        help="default sparsegpt",
+    )
+    oneshot.add_argument("--pattern", default="1x1", help="1x1 or N:M such as 2:4 (default 1x1)")
+    oneshot.add_argument(
+        "--sparsity", type=float, help="fraction of each layer to prune (N:M: implied)"
+    )
+    oneshot.add_argument(
+        "--calibration", required=True, metavar="FILE", help="a UTF-8 text file to calibrate on"
+    )
+    oneshot.add_argument("--samples", type=int, default=128, help="windows of text (default 128)")
+    oneshot.add_argument("--seq-len", type=int, default=128, help="tokens a window (default 128)")
+    oneshot.add_argument(
+        "--batch-size", type=int, default=16, help="windows a forward pass (default 16)"
+    )
+    oneshot.add_argument(
+        "--force", action="store_true", help="write into OUT_DIR even if it is not empty"
+    )
+    oneshot.add_argument(
         "--json", action="store_true", help="print one JSON object instead of tables"
     )
 
@@ -280,6 +318,43 @@ def _report(args: argparse.Namespace) -> int:
     return 1 if broken else 0
 
 
+def _oneshot(args: argparse.Namespace) -> int:
+    from fprune.integrations import hf_oneshot
+
+    try:
+        with open(args.calibration, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise checkpoint.CheckpointError(f"{args.calibration}: cannot read the text ({e})") from e
+    report, copied = hf_oneshot.prune_folder(
+        args.model_dir,
+        args.output,
+        [text],
+        method=args.method,
+        sparsity=args.sparsity,
+        pattern=args.pattern,
+        samples=args.samples,
+        seq_len=args.seq_len,
+        batch_size=args.batch_size,
+        force=args.force,
+        progress=None if not args.json else False,
+    )
+    pruned = sum(r.sparsity * r.size for r in report.values())
+    size = sum(r.size for r in report.values())
+    if args.json:
+        layers = {n: {"sparsity": r.sparsity, "error": r.error} for n, r in report.items()}
+        print(json.dumps({"output": str(args.output), "layers": layers, "copied": copied}))
+        return 0
+    rows = [[n, f"{r.sparsity:.4f}", f"{r.error:.4f}"] for n, r in report.items()]
+    print(_table(rows, ["layer", "sparsity", "relative error"]))
+    print(
+        f"total: {round(pruned):,} of {size:,} weights pruned (sparsity {pruned / size:.4f}) "
+        f"in {len(report)} layers, {args.method}, {args.pattern}"
+    )
+    print(f"wrote {args.output}" + (f" (also copied: {', '.join(copied)})" if copied else ""))
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from fprune import demo
 
@@ -289,14 +364,17 @@ def _demo(args: argparse.Namespace) -> int:
 def _expected(e: Exception) -> bool:
     """Errors that are the user's to fix, shown as one line (FPRUNE_DEBUG=1 shows the traceback)."""
     from fprune.demo import MissingExtra
+    from fprune.integrations.hf_oneshot import MissingTransformers
 
-    return isinstance(e, checkpoint.CheckpointError | MissingExtra | ValueError | TypeError)
+    expected = checkpoint.CheckpointError | MissingExtra | MissingTransformers
+    return isinstance(e, expected | ValueError | TypeError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``fprune`` command line; returns the exit status."""
     args = _parser().parse_args(argv)
-    command = {"demo": _demo, "prune": _prune, "report": _report}[args.command]
+    commands = {"demo": _demo, "prune": _prune, "report": _report, "oneshot": _oneshot}
+    command = commands[args.command]
     try:
         return command(args)
     except Exception as e:
