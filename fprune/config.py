@@ -15,7 +15,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from fprune import _errors, registry
-from fprune.inc_keys import DEFAULTS, LEGACY_NAMES, UNSUPPORTED, config_dict
+from fprune.inc_keys import DEFAULTS, LEGACY_NAMES, ONE_SHOT, UNSUPPORTED, config_dict
+from fprune.posttrain import OneShot
 from fprune.pruner import Pruner
 
 __all__ = ["DEFAULTS", "LEGACY_NAMES", "UNSUPPORTED", "from_config", "to_config"]
@@ -29,8 +30,8 @@ def _unsupported(key: str, value: object) -> ValueError:
         _FUNC,
         f"{key} names an INC feature fprune does not support",
         value,
-        "fprune implements magnitude, gradient, snip, snip_momentum and pattern_lock pruning "
-        "(plus registered criteria); see docs/divergences.md.",
+        "fprune implements magnitude, gradient, snip, snip_momentum and pattern_lock pruning, "
+        "sparse_gpt and wanda (plus registered criteria); see docs/divergences.md.",
     )
 
 
@@ -195,8 +196,12 @@ def _pattern_text(pattern: str) -> str:
     return pattern
 
 
-def from_config(config: Mapping[str, Any], model: Any = None) -> list[Pruner]:
+def from_config(config: Mapping[str, Any], model: Any = None) -> list[Pruner | OneShot]:
     """Build one pruner per ``pruning_configs`` entry of an INC-style config dict.
+
+    An entry whose ``pruning_type`` is ``"sparse_gpt"`` or ``"wanda"`` gives a one-shot plan
+    (:class:`fprune.posttrain.OneShot`, run with :func:`fprune.nn.oneshot`) instead: it uses
+    ``target_sparsity``, ``pattern`` and the layer selection; the schedule keys do not apply.
 
     Each entry is filled from the global keys, then from INC's defaults (:data:`DEFAULTS`);
     an empty ``pruning_configs`` list means one pruner from the global keys. Legacy names
@@ -211,7 +216,8 @@ def from_config(config: Mapping[str, Any], model: Any = None) -> list[Pruner]:
         model: optional ``nn.Module`` to resolve layer names against.
 
     Returns:
-        A list of :class:`~fprune.pruner.Pruner`, in ``pruning_configs`` order.
+        A list of :class:`~fprune.pruner.Pruner` (or :class:`~fprune.posttrain.OneShot`), in
+        ``pruning_configs`` order.
 
     Raises:
         ValueError: unknown keys (the valid ones are listed), unsupported INC features,
@@ -239,10 +245,16 @@ def from_config(config: Mapping[str, Any], model: Any = None) -> list[Pruner]:
             entries,
             "Pass e.g. [{'op_names': ['fc1']}].",
         )
-    pruners, owner = [], {}
+    pruners: list[Pruner | OneShot] = []
+    owner: dict[str, int] = {}
     for i, entry in enumerate(entries or [{}]):
         where = f"pruning_configs[{i}]"
-        kind, settings, extras = _settings(where, {**DEFAULTS, **top, **_normalize(where, entry)})
+        given = {**top, **_normalize(where, entry)}
+        cfg = {**DEFAULTS, **given}
+        if cfg["pruning_type"] in ONE_SHOT:
+            pruners.append(_one_shot(cfg, "target_sparsity" in given, where, model, owner, i))
+            continue
+        kind, settings, extras = _settings(where, cfg)
         built = registry.get_pruner(kind)(**settings)
         if not isinstance(built, Pruner):
             raise _errors.type_error(
@@ -259,6 +271,30 @@ def from_config(config: Mapping[str, Any], model: Any = None) -> list[Pruner]:
             Pruner(built.init, built.step, settings, names, types.MappingProxyType(extras))
         )
     return pruners
+
+
+def _one_shot(
+    cfg: Mapping[str, Any],
+    sparsity_given: bool,
+    where: str,
+    model: Any,
+    owner: dict[str, int],
+    index: int,
+) -> OneShot:
+    """A ``sparse_gpt`` / ``wanda`` entry: its method, sparsity, pattern and layers. An N:M
+    pattern implies its sparsity, so INC's default ``target_sparsity`` does not apply to it."""
+    pattern = _pattern_text(_type("pattern", cfg["pattern"], str, "Pass e.g. '1x1' or '2:4'."))
+    extras = {
+        "op_names": _strings("op_names", cfg["op_names"]),
+        "excluded_op_names": _strings("excluded_op_names", cfg["excluded_op_names"]),
+        "pruning_op_types": _strings("pruning_op_types", cfg["pruning_op_types"]),
+    }
+    names = None if model is None else _layers(model, where, extras, owner, index)[0]
+    sparsity = _number("target_sparsity", cfg["target_sparsity"])
+    if ":" in pattern and not sparsity_given:
+        n, m = pattern.split(":")
+        sparsity = int(n) / int(m) if n.isdigit() and m.isdigit() and int(m) else sparsity
+    return OneShot(ONE_SHOT[cfg["pruning_type"]], sparsity, pattern, names, extras)
 
 
 def _layers(

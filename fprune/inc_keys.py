@@ -13,7 +13,7 @@ from typing import Any
 
 from fprune import _errors, registry
 
-__all__ = ["DEFAULTS", "LEGACY_NAMES", "UNSUPPORTED", "config_dict"]
+__all__ = ["DEFAULTS", "LEGACY_NAMES", "ONE_SHOT", "UNSUPPORTED", "config_dict"]
 
 #: INC 3.x keys and defaults (``pruning_op_types`` etc. as tuples: nothing mutable is shared).
 DEFAULTS: Mapping[str, Any] = types.MappingProxyType(
@@ -61,7 +61,11 @@ LEGACY_NAMES: Mapping[str, str] = types.MappingProxyType(
 )
 
 #: INC pruning types fprune does not implement.
-UNSUPPORTED = ("progressive", "block_mask", "retrain_free", "sparse_gpt", "mha", "wanda")
+UNSUPPORTED = ("progressive", "block_mask", "retrain_free", "mha")
+
+#: ``pruning_type`` values of one-shot methods: :func:`fprune.from_config` gives a
+#: :class:`fprune.posttrain.OneShot` plan for them, not a pruner.
+ONE_SHOT = {"sparse_gpt": "sparsegpt", "sparsegpt": "sparsegpt", "wanda": "wanda"}
 
 
 def _name_of(kind: str, value: object) -> str:

@@ -287,8 +287,8 @@ INVALID = [
     ({"pruning_type": "snip_momentum_progressive"}, ValueError, "does not support"),
     ({"pruning_type": "block_mask"}, ValueError, "does not support"),
     ({"pruning_type": "retrain_free"}, ValueError, "does not support"),
-    ({"pruning_type": "sparse_gpt"}, ValueError, "does not support"),
-    ({"pruning_type": "wanda"}, ValueError, "does not support"),
+    ({"pruning_type": "sparse_gpt"}, ValueError, "OneShot: SparseGPT prunes single weights"),
+    ({"pruning_type": "wanda", "pattern": "2:4", "target_sparsity": 0.3}, ValueError, "0.5"),
     ({"pattern": "mha"}, ValueError, "does not support"),
     ({"backend": "itex"}, ValueError, "Keras"),
 ]
@@ -335,3 +335,32 @@ def test_to_config_uses_inc_key_names():
         "max_sparsity_ratio_per_op",
         "criterion_reduce_type",
     } <= set(cfg)
+
+
+def test_sparse_gpt_and_wanda_entries_give_one_shot_plans():
+    cfg = {
+        "pruning_type": "snip_momentum",
+        "pruning_configs": [
+            {"op_names": ["fc1"], "pruning_type": "sparse_gpt", "pattern": "2:4"},
+            {
+                "op_names": ["fc2"],
+                "pruning_type": "wanda",
+                "pattern": "1x1",
+                "target_sparsity": 0.6,
+            },
+            {"op_names": ["fc3"], "pattern": "4x1", "end_step": 10},
+        ],
+    }
+    model = torch.nn.Sequential()
+    for name in ("fc1", "fc2", "fc3", "head"):
+        model.add_module(name, torch.nn.Linear(8, 8))
+    sgpt, wanda, pruner = fprune.from_config(cfg, model)
+    assert sgpt == fprune.posttrain.OneShot("sparsegpt", 0.5, "2:4", ("fc1.weight",), sgpt.extra)
+    assert wanda.options() == {
+        "method": "wanda",
+        "sparsity": 0.6,
+        "pattern": "1x1",
+        "names": ("fc2.weight",),
+    }
+    assert isinstance(pruner, fprune.Pruner) and pruner.names == ("fc3.weight",)
+    assert fprune.from_config({"pruning_type": "sparse_gpt", "pattern": "1x1"})[0].names is None
