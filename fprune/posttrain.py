@@ -212,40 +212,28 @@ def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
+def _floating(func: str, arg: str, value: object, shape: str, fits: bool, fix: str) -> torch.Tensor:
+    """``value`` if it is a floating tensor that ``fits``; else a TypeError naming ``shape``."""
+    if isinstance(value, torch.Tensor) and value.is_floating_point() and fits:
+        return value
+    got = (
+        _errors.detail(f"{value.dtype} tensor of shape {tuple(value.shape)}")
+        if isinstance(value, torch.Tensor)
+        else value
+    )
+    raise _errors.type_error(func, f"{arg} must be a floating tensor {shape}", got, fix)
+
+
 def _weight(func: str, weight: object) -> torch.Tensor:
-    if not isinstance(weight, torch.Tensor) or not weight.is_floating_point() or weight.ndim != 2:
-        got = (
-            _errors.detail(f"{weight.dtype} tensor of shape {tuple(weight.shape)}")
-            if isinstance(weight, torch.Tensor)
-            else weight
-        )
-        raise _errors.type_error(
-            func,
-            "weight must be a 2-D floating tensor [out, in]",
-            got,
-            "Pass a Linear weight (reshape a conv weight to [out, in * kh * kw]).",
-        )
-    return weight
+    fits = isinstance(weight, torch.Tensor) and weight.ndim == 2
+    fix = "Pass a Linear weight (reshape a conv weight to [out, in * kh * kw])."
+    return _floating(func, "weight", weight, "[out, in] (2-D)", fits, fix)
 
 
 def _vector(func: str, arg: str, value: object, length: int) -> torch.Tensor:
-    if (
-        not isinstance(value, torch.Tensor)
-        or not value.is_floating_point()
-        or tuple(value.shape) != (length,)
-    ):
-        got = (
-            _errors.detail(f"{value.dtype} tensor of shape {tuple(value.shape)}")
-            if isinstance(value, torch.Tensor)
-            else value
-        )
-        raise _errors.type_error(
-            func,
-            f"{arg} must be a floating tensor of shape [{length}] (one per input feature)",
-            got,
-            "Pass input_norms(stats) of this layer's statistics.",
-        )
-    return value
+    fits = isinstance(value, torch.Tensor) and tuple(value.shape) == (length,)
+    fix = "Pass input_norms(stats) of this layer's statistics."
+    return _floating(func, arg, value, f"of shape [{length}] (one per input feature)", fits, fix)
 
 
 def _nm_sparsity(func: str, sparsity: float | None, pattern: NM) -> float:
@@ -554,22 +542,9 @@ def _share(sparsity: float, before: int, through: int) -> int:
 
 
 def _square(func: str, hessian: object, cols: int) -> None:
-    if (
-        not isinstance(hessian, torch.Tensor)
-        or not hessian.is_floating_point()
-        or tuple(hessian.shape) != (cols, cols)
-    ):
-        got = (
-            _errors.detail(f"{hessian.dtype} tensor of shape {tuple(hessian.shape)}")
-            if isinstance(hessian, torch.Tensor)
-            else hessian
-        )
-        raise _errors.type_error(
-            func,
-            f"hessian must be a floating tensor of shape [{cols}, {cols}]",
-            got,
-            "Pass stats.gram of this layer's statistics (accumulate collects X^T X).",
-        )
+    fits = isinstance(hessian, torch.Tensor) and tuple(hessian.shape) == (cols, cols)
+    fix = "Pass stats.gram of this layer's statistics (accumulate collects X^T X)."
+    _floating(func, "hessian", hessian, f"of shape [{cols}, {cols}]", fits, fix)
 
 
 def reconstruction_error(
