@@ -12,6 +12,10 @@ of the object's name splits the pairs: 80% calibrate SNIP, 20% are held out.
 - snip: ``|w * g|`` with ``g`` from an in-batch contrastive loss between two dropout passes of
   the same calibration sentences (SimCSE-style, temperature 0.05). Distilling towards the
   dense model would give zero gradients at the dense weights.
+- wanda and sparsegpt: ``fprune.nn.oneshot`` on 128 windows of 128 tokens of the calibration
+  text, one encoder layer at a time (Wanda: ``|w| * ||x||`` within each output row;
+  SparseGPT: the kept weights updated to reconstruct each layer's outputs). See
+  docs/oneshot.md.
 
 Measured on the held-out pairs, for each criterion, pattern and scope:
 
@@ -19,7 +23,7 @@ Measured on the held-out pairs, for each criterion, pattern and scope:
 - retrieval: for each summary, is its own body the nearest (cosine) of all held-out bodies?
   (top-1 accuracy; the dense model's own score is the first row).
 
-Run ``python examples/minilm_oneshot.py`` (about a minute on 2 cores), or ``--quick``.
+Run ``python examples/minilm_oneshot.py`` (about four minutes on 2 cores), or ``--quick``.
 """
 
 from __future__ import annotations
@@ -106,6 +110,7 @@ MODULES = (
 )
 LAYERS = r"^encoder\.layer\.\d+\."  # the Linear modules of the 6 layers
 SETTINGS = [("1x1", 0.5), ("2:4", 0.5), ("4x1", 0.5)]
+ONE_SHOT = [("1x1", 0.5), ("2:4", None), ("4:8", None), ("1x1", 0.6), ("1x1", 0.7)]
 
 
 def _pairs() -> list[tuple[str, str, str]]:
@@ -207,6 +212,14 @@ def snip_gradients(
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
+def calibration(tokenizer, calib: list[tuple[str, str, str]], windows: int):
+    """``windows`` windows of 128 tokens of the calibration text, in batches of 32."""
+    from fprune.integrations.hf_oneshot import calibration_batches
+
+    text = "\n".join(t for p in calib for t in p[1:])
+    return calibration_batches(tokenizer, text, samples=windows, seq_len=128, batch_size=32)
+
+
 def retrieval(queries: torch.Tensor, docs: torch.Tensor) -> float:
     """Top-1 accuracy: the fraction of queries whose own document is the most similar."""
     best = (queries @ docs.T).argmax(dim=1)
@@ -277,6 +290,25 @@ def main(argv: list[str] | None = None) -> dict:
                         "retrieval": retrieval(emb[:n], emb[n:]),
                     }
                 )
+    batches = calibration(tokenizer, calib, 32 if args.quick else 128)
+    for pattern, sparsity in ONE_SHOT[:2] if args.quick else ONE_SHOT:
+        for method in ("wanda", "sparsegpt"):
+            model.load_state_dict(dense_state)
+            report = fprune.nn.oneshot(
+                model, batches, method=method, sparsity=sparsity, pattern=pattern, progress=False
+            )
+            emb = encode(model, tokenizer, texts)
+            pruned = sum(r.sparsity * r.size for r in report.values())
+            rows.append(
+                {
+                    "criterion": method,
+                    "pattern": pattern,
+                    "scope": "layer",
+                    "sparsity": pruned / sum(r.size for r in report.values()),
+                    "cosine": float((emb * dense).sum(dim=1).mean()),
+                    "retrieval": retrieval(emb[:n], emb[n:]),
+                }
+            )
     model.load_state_dict(dense_state)
 
     print(

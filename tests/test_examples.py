@@ -76,8 +76,12 @@ def test_minilm_oneshot_example(capsys):
     assert (
         dense["criterion"] == "dense" and dense["retrieval"] > 0.3
     )  # 64 candidates: chance is 1/64
-    assert len(pruned) == 6 and {r["pattern"] for r in pruned} == {"1x1", "2:4", "4x1"}
+    assert len(pruned) == 10 and {r["pattern"] for r in pruned} == {"1x1", "2:4", "4x1"}
     for row in pruned:
         assert row["sparsity"] == 0.5  # exact, over the 36 encoder weights
         assert 0.0 < row["cosine"] < 1.0
+    cosine = {(r["criterion"], r["pattern"], r["scope"]): r["cosine"] for r in pruned}
+    for pattern in ("1x1", "2:4"):  # the papers' order: reconstruction > activations > |w|
+        sparsegpt, wanda = cosine["sparsegpt", pattern, "layer"], cosine["wanda", pattern, "layer"]
+        assert sparsegpt > wanda > cosine["magnitude", pattern, "local"]
     assert "| magnitude | 2:4 | local | 0.500 |" in capsys.readouterr().out
