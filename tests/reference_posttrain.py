@@ -125,7 +125,9 @@ def sparsegpt_fast(
             share = count(sparsity, rows * stop) - count(sparsity, rows * start)
             metric = (w[:, start:stop] ** 2 / d**2).reshape(-1)
             lowest = torch.sort(metric, stable=True).indices[:share]
-            pruned[:, start:stop].view(-1)[lowest] = True
+            chosen = torch.zeros(metric.numel(), dtype=torch.bool)
+            chosen[lowest] = True
+            pruned[:, start:stop] = chosen.reshape(rows, stop - start)
         for j in range(start, stop):
             if nm is not None and (j - start) % nm[1] == 0:
                 group = w[:, j : j + nm[1]] ** 2 / torch.diagonal(u)[j : j + nm[1]] ** 2

@@ -153,6 +153,29 @@ def test_sparsegpt_equals_the_paper_reference(seed, rows, cols, block, sparsity,
     assert int((~mask).sum()) == count(sparsity, w.numel())
 
 
+@settings(max_examples=20)
+@given(
+    seed=st.integers(0, 2**16),
+    rows=st.integers(1, 6),
+    groups=st.integers(1, 6),
+    block=st.sampled_from([4, 8]),
+    nm=st.sampled_from([None, (2, 4), (1, 4)]),
+)
+def test_the_whole_model_reference_equals_the_per_weight_reference(seed, rows, groups, block, nm):
+    """``ref.sparsegpt_fast`` (used on MiniLM in benchmarks/bench_oneshot.py) is the paper's
+    Algorithm 1 vectorized over rows: it equals the per-weight loop."""
+    w, x = _layer(seed, rows, 4 * groups, tokens=10 * groups)
+    sparsity = 0.5 if nm is None else nm[0] / nm[1]
+    fast_w, fast_mask = ref.sparsegpt_fast(w, x.T @ x, sparsity, nm=nm, block=block)
+    slow_w, slow_mask = ref.sparsegpt(w, x.T @ x, sparsity, nm=nm, block=block)
+    assert torch.equal(fast_mask, slow_mask)
+    torch.testing.assert_close(fast_w, slow_w, rtol=1e-10, atol=1e-10)
+    norms = torch.linalg.norm(x, dim=0)
+    if nm is not None:
+        assert torch.equal(ref.wanda_nm_fast(w, norms, *nm), ref.wanda_nm(w, norms, *nm))
+    assert torch.equal(ref.wanda_rows(w, norms, 0.5), ref.wanda(w, norms, 0.5))
+
+
 @settings(max_examples=30)
 @given(
     seed=st.integers(0, 2**16),
