@@ -43,11 +43,14 @@ class LayerReport(NamedTuple):
         error: the relative reconstruction error ``||W X - W' X|| / ||W X||`` on the layer's
             calibration inputs (those the pruned blocks before it produce).
         size: the number of weights.
+        mask: the bool mask (True = kept): ``{n: r.mask for n, r in report.items()}`` is the
+            usual masks dict (for ``fprune.total_sparsity``, ``fprune.nn.apply_masks_``).
     """
 
     sparsity: float
     error: float
     size: int
+    mask: torch.Tensor
 
 
 class _Reached(Exception):
@@ -263,7 +266,7 @@ def _prune(module: nn.Linear, stats: posttrain.Stats, method: _Method) -> LayerR
     error = posttrain.reconstruction_error(weight, new, stats.gram)
     with torch.no_grad():
         module.weight.copy_(new)
-    return LayerReport(float((~mask).sum()) / mask.numel(), error, mask.numel())
+    return LayerReport(float((~mask).sum()) / mask.numel(), error, mask.numel(), mask)
 
 
 def _bar(total: int, progress: bool | None) -> Any:
@@ -353,7 +356,13 @@ def oneshot(
             stats = _collect(block, inputs, block_layers)
             for name, module in block_layers.items():
                 report[name] = _prune(module, stats.pop(name), how)
-                _log.info("oneshot %s: %s %s", method, name, report[name])
+                _log.info(
+                    "oneshot %s: %s sparsity %.4f error %.4f",
+                    method,
+                    name,
+                    report[name].sparsity,
+                    report[name].error,
+                )
             if i + 1 < len(chosen):  # the last block's outputs feed nothing
                 inputs = _advance(block, inputs)
             bar.update(1)

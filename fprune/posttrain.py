@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import torch
@@ -43,7 +44,9 @@ __all__ = [
     "reconstruction_error",
     "resolve",
     "sparsegpt",
+    "sparsegpt_layers",
     "wanda",
+    "wanda_masks",
     "wanda_scores",
 ]
 
@@ -545,6 +548,53 @@ def _square(func: str, hessian: object, cols: int) -> None:
     fits = isinstance(hessian, torch.Tensor) and tuple(hessian.shape) == (cols, cols)
     fix = "Pass stats.gram of this layer's statistics (accumulate collects X^T X)."
     _floating(func, "hessian", hessian, f"of shape [{cols}, {cols}]", fits, fix)
+
+
+def wanda_masks(
+    params: Mapping[str, torch.Tensor],
+    norms: Mapping[str, torch.Tensor],
+    *,
+    sparsity: float | None = None,
+    pattern: str | Pattern = "1x1",
+) -> dict[str, torch.Tensor]:
+    """:func:`wanda` of every layer: masks in the usual dict, for ``fprune.total_sparsity``,
+    ``fprune.nn.apply_masks_`` and the rest of fprune.
+
+    Example:
+        >>> m = wanda_masks({"fc": torch.tensor([[1., 2.]])}, {"fc": torch.ones(2)}, sparsity=0.5)
+        >>> m["fc"].tolist()
+        [[False, True]]
+    """
+    _errors.same_keys("wanda_masks", "norms", norms, "params", params)
+    return {n: wanda(w, norms[n], sparsity=sparsity, pattern=pattern) for n, w in params.items()}
+
+
+def sparsegpt_layers(
+    params: Mapping[str, torch.Tensor],
+    hessians: Mapping[str, torch.Tensor],
+    *,
+    sparsity: float | None = None,
+    pattern: str | Pattern = "1x1",
+    block_size: int = 128,
+    damp: float = 0.01,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """:func:`sparsegpt` of every layer: ``(new_params, masks)``, two dicts with the keys of
+    ``params``.
+
+    Example:
+        >>> new, m = sparsegpt_layers({"fc": torch.tensor([[1., 2.]])}, {"fc": torch.eye(2)},
+        ...                           sparsity=0.5)
+        >>> new["fc"].tolist(), m["fc"].tolist()
+        ([[0.0, 2.0]], [[False, True]])
+    """
+    _errors.same_keys("sparsegpt_layers", "hessians", hessians, "params", params)
+    out = {
+        n: sparsegpt(
+            w, hessians[n], sparsity=sparsity, pattern=pattern, block_size=block_size, damp=damp
+        )
+        for n, w in params.items()
+    }
+    return {n: w for n, (w, _) in out.items()}, {n: m for n, (_, m) in out.items()}
 
 
 def reconstruction_error(

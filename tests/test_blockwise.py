@@ -114,6 +114,7 @@ def test_the_driver_on_a_bert_equals_pruning_the_layers_by_hand(method, settings
     for name, kept in masks.items():
         assert torch.equal(params[name] != 0, kept), name
         torch.testing.assert_close(params[name], dict(twin.named_parameters())[name])
+        assert torch.equal(report[name].mask, kept)
         assert report[name].sparsity == pytest.approx(float((~kept).sum()) / kept.numel())
         assert 0.0 < report[name].error < 1.0
     fresh = dict(_bert()[0].named_parameters())

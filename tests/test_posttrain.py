@@ -8,6 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import fprune
 from fprune import posttrain
 from tests import reference_posttrain as ref
 from tests import strategies
@@ -307,3 +308,17 @@ def test_reconstruction_error_of_a_zero_output_is_zero():
     assert (
         posttrain.reconstruction_error(torch.ones(2, 3), torch.zeros(2, 3), torch.zeros(3, 3)) == 0
     )
+
+
+def test_dict_front_ends_give_the_usual_masks():
+    w, x = _layer(3, 8, 16, tokens=64, dtype=torch.float32)
+    params = {"a": w, "b": w[:4] * 2}
+    norms = {"a": torch.linalg.norm(x, dim=0), "b": torch.ones(16)}
+    masks = posttrain.wanda_masks(params, norms, sparsity=0.25)
+    assert fprune.total_sparsity(masks) == 0.25
+    assert torch.equal(masks["a"], posttrain.wanda(w, norms["a"], sparsity=0.25))
+    new, kept = posttrain.sparsegpt_layers(params, {"a": x.T @ x, "b": x.T @ x}, pattern="2:4")
+    assert fprune.total_sparsity(kept) == 0.5
+    assert torch.equal(new["b"], posttrain.sparsegpt(params["b"], x.T @ x, pattern="2:4")[0])
+    with pytest.raises(ValueError, match=r"wanda_masks: norms and params have different keys"):
+        posttrain.wanda_masks(params, {"a": norms["a"]}, sparsity=0.5)
