@@ -35,6 +35,7 @@ __all__ = [
     "check_output",
     "eligible",
     "load",
+    "overlapping",
     "prune",
     "save",
     "select",
@@ -108,6 +109,11 @@ def _safetensors() -> Any:
 
 def _walk(tree: Any, prefix: str, out: dict[str, torch.Tensor]) -> None:
     if isinstance(tree, torch.Tensor):
+        if prefix in out:  # {"a.b": x, "a": {"b": y}}: two entries, one dotted name
+            raise CheckpointError(
+                f"two entries of the checkpoint flatten to the same name {prefix!r}; "
+                "fprune names nested entries by joining their keys with '.', so rename one"
+            )
         out[prefix] = tree
     elif isinstance(tree, Mapping):
         for key, value in tree.items():
@@ -136,6 +142,33 @@ def _aliases(tensors: Mapping[str, torch.Tensor]) -> dict[str, str]:
         else:
             seen[key] = name
     return aliases
+
+
+def _extent(t: torch.Tensor) -> tuple[int, int]:
+    """The bytes ``[start, end)`` of its storage a tensor can reach."""
+    size = t.element_size()
+    last = sum((n - 1) * abs(s) for n, s in zip(t.shape, t.stride(), strict=True))
+    return t.storage_offset() * size, (t.storage_offset() + last + 1) * size
+
+
+def overlapping(ckpt: Checkpoint, names: Iterable[str]) -> tuple[str, str] | None:
+    """Two tensors that share bytes of a storage one of ``names`` lives in without being the
+    same view (a slice and its base, a transpose), or None. Pruning such a tensor would also
+    change the other, and prune the shared weights twice."""
+    chosen = set(names)
+    by_storage: dict[int, list[tuple[tuple[int, int], str]]] = {}
+    for name, t in ckpt.tensors.items():
+        if t.device.type == "meta" or t.numel() == 0 or name in ckpt.aliases:
+            continue
+        by_storage.setdefault(t.untyped_storage().data_ptr(), []).append((_extent(t), name))
+    for views in by_storage.values():
+        if not chosen.intersection(name for _, name in views):
+            continue
+        views.sort()  # by start: if any two overlap, two neighbours do
+        for ((_, end), a), ((start, _), b) in zip(views, views[1:], strict=False):
+            if start < end:
+                return a, b
+    return None
 
 
 def load(path: str | os.PathLike[str]) -> Checkpoint:
@@ -322,7 +355,8 @@ def prune(
 
     Raises:
         ValueError: bad pattern, sparsity, scope (fprune's own messages).
-        CheckpointError: a criterion that needs gradients, or nothing divisible to prune.
+        CheckpointError: a criterion that needs gradients, nothing divisible to prune, or a
+            chosen tensor that shares storage with another without being the same view.
     """
     import fprune
 
@@ -333,6 +367,12 @@ def prune(
             "use --criterion magnitude, or prune in your training loop with fprune.pruner"
         )
     names = list(names)
+    shared = overlapping(ckpt, names)
+    if shared is not None:
+        raise CheckpointError(
+            f"{shared[0]} and {shared[1]} share storage without being the same view, so pruning "
+            "one would change the other; save them as separate tensors (clone one) and retry"
+        )
     params = {n: ckpt.tensors[n] for n in names}
     left = dict.fromkeys(
         fprune.indivisible_layers(params, pattern=pattern), f"{pattern} does not divide it"

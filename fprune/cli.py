@@ -92,6 +92,12 @@ def _prune_args(sub: Any) -> None:
     prune.add_argument(
         "--scope", choices=("local", "global"), default="local", help="default local"
     )
+    prune.add_argument(
+        "--partial-nm",
+        action="store_true",
+        help="with an N:M pattern and a sparsity below N/M, convert only that share of the "
+        "groups (a ramp; the layers do not follow N:M)",
+    )
     _selection_args(prune)
     prune.add_argument(
         "--force", action="store_true", help="overwrite OUT if it exists, even when it is IN"
@@ -226,7 +232,25 @@ def _total_line(total: dict[str, Any], pattern: str | None) -> str:
     return line
 
 
+def _check_nm(pattern: str, sparsity: float, partial: bool) -> bool:
+    """Whether an N:M run converts only part of the groups: an error unless asked for."""
+    from fprune.patterns import NM, parse_pattern
+
+    parsed = parse_pattern(pattern)
+    if not isinstance(parsed, NM) or abs(sparsity - parsed.n / parsed.m) < 1e-9:
+        return False
+    if not partial:
+        full = parsed.n / parsed.m
+        raise ValueError(
+            f"--pattern {pattern} prunes {full:g} of the weights, but --sparsity is {sparsity:g}: "
+            f"pass --sparsity {full:g}, or --partial-nm to convert only part of the groups "
+            "(then no layer follows the pattern)"
+        )
+    return True
+
+
 def _prune(args: argparse.Namespace) -> int:
+    partial = _check_nm(args.pattern, args.sparsity, args.partial_nm)
     ckpt = checkpoint.load(args.input)
     checkpoint.check_output(args.input, args.output, ckpt.format, force=args.force)
     chosen = checkpoint.select(ckpt, include=args.include, exclude=args.exclude)
@@ -243,6 +267,11 @@ def _prune(args: argparse.Namespace) -> int:
     pruned = [n for n in chosen.names if n not in left]
     skipped = {**chosen.skipped, **left}
     reports = [layer_report(n, ckpt.tensors[n], pattern=args.pattern) for n in pruned]
+    broken = [r.name for r in reports if not partial and r.satisfies is False]
+    if broken:  # never write a file that breaks the pattern it was pruned to
+        raise checkpoint.CheckpointError(
+            f"{broken[0]} does not follow {args.pattern} after pruning; nothing was written"
+        )
     checkpoint.save(ckpt, args.output)
     total = total_report(reports)
     if args.json:

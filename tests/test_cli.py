@@ -285,7 +285,7 @@ def test_corrupt_and_non_tensor_files_fail_cleanly(st_file, tmp_path, capsys):
         (["--criterion", "snip"], "needs gradients"),
         (["--criterion", "snipp"], "Did you mean 'snip'"),
         (["--sparsity", "1.5"], "sparsity"),
-        (["--pattern", "3:4", "--sparsity", "0.9"], "N/M"),
+        (["--pattern", "3:4", "--sparsity", "0.9"], "prunes 0.75 of the weights"),
         (["--pattern", "4y1"], "pattern"),
         (["--include", "("], "--include '(' is not a valid regular expression"),
         (["--include", "nothing-matches"], "no tensor was selected"),
@@ -375,3 +375,85 @@ def test_python_dash_m_runs_without_traceback(tmp_path):
 def test_checkpoint_load_error_is_a_checkpoint_error(tmp_path):
     with pytest.raises(checkpoint.CheckpointError, match="no such file"):
         checkpoint.load(tmp_path / "nope.safetensors")
+
+
+@pytest.mark.parametrize(
+    "tree",
+    [
+        lambda b: {"w1": b, "w2": b[:4]},  # a slice and its base
+        lambda b: {"w": b, "wt": b.t()},  # a transpose
+        lambda b: {"w1": b[:, :4], "w2": b[:, 2:6]},  # two slices that overlap
+    ],
+)
+def test_prune_refuses_tensors_that_overlap_in_storage(tmp_path, capsys, tree):
+    """Pruning one would change the other and prune the shared weights twice (4x1 would
+    break its own pattern): refused, one line, nothing written, the input unchanged."""
+    path, out = tmp_path / "shared.pt", tmp_path / "out.pt"
+    torch.save(tree(torch.randn(8, 8, generator=torch.Generator().manual_seed(0))), path)
+    before = _digest(path)
+    code, stdout, err = _run(
+        capsys,
+        "prune",
+        str(path),
+        "-o",
+        str(out),
+        "--pattern",
+        "4x1",
+        "--sparsity",
+        "0.5",
+        "--include",
+        "w",
+    )
+    assert code == 2 and stdout == ""
+    assert "share storage without being the same view" in err and len(err.splitlines()) == 1
+    assert not out.exists() and _digest(path) == before
+    assert _run(capsys, "report", str(path))[0] == 0  # reading it is fine
+
+
+def test_slices_that_do_not_overlap_are_pruned_each_exactly(tmp_path, capsys):
+    base = torch.randn(8, 8, generator=torch.Generator().manual_seed(1))
+    path, out = tmp_path / "halves.pt", tmp_path / "out.pt"
+    torch.save({"top": base[:4], "bottom": base[4:]}, path)
+    code, _, _ = _run(
+        capsys,
+        "prune",
+        str(path),
+        "-o",
+        str(out),
+        "--pattern",
+        "4x1",
+        "--sparsity",
+        "0.5",
+        "--include",
+        ".",
+    )
+    assert code == 0
+    pruned = torch.load(out, weights_only=True)
+    for name in ("top", "bottom"):
+        assert layer_report(name, pruned[name], pattern="4x1").satisfies
+        assert float((pruned[name] == 0).float().mean()) == 0.5
+
+
+def test_entries_that_flatten_to_one_name_are_refused(tmp_path, capsys):
+    path = tmp_path / "clash.pt"
+    torch.save({"a.b": torch.ones(4, 4), "a": {"b": torch.zeros(4, 4)}}, path)
+    for command in (
+        ["report", str(path)],
+        ["prune", str(path), "-o", str(tmp_path / "o.pt"), "--pattern", "1x1", "--sparsity", "0.5"],
+    ):
+        code, _, err = _run(capsys, *command)
+        assert code == 2 and "flatten to the same name 'a.b'" in err
+    assert not (tmp_path / "o.pt").exists()
+
+
+def test_a_partial_nm_ramp_is_asked_for_explicitly(st_file, tmp_path, capsys):
+    out = tmp_path / "out.safetensors"
+    args = ["prune", str(st_file), "-o", str(out), "--pattern", "2:4", "--sparsity", "0.3"]
+    code, _, err = _run(capsys, *args)
+    assert code == 2 and "--partial-nm" in err and not out.exists()
+    code, _, _ = _run(capsys, *args, "--partial-nm", "--json")
+    assert code == 0
+    pruned = safetensors_torch.load_file(str(out))
+    w = pruned["encoder.0.weight"]
+    assert float((w == 0).float().mean()) == pytest.approx(0.3, abs=1 / 64)
+    assert not layer_report("w", w, pattern="2:4").satisfies  # a ramp, as asked
