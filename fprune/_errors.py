@@ -80,7 +80,8 @@ def fraction(func: str, arg: str, value: Any, *, allow_one: bool = False) -> flo
         raise type_error(func, f"{arg} must be a float", value, "Pass a number such as 0.8.")
     value = float(value)
     upper = "1]" if allow_one else "1)"
-    inside = 0.0 <= value <= 1.0 if allow_one else 0.0 <= value < 1.0
+    # counts are floor(s * n + 1e-9): within 1e-9 of 1 prunes every unit, like 1.0 itself
+    inside = 0.0 <= value <= 1.0 if allow_one else 0.0 <= value < 1.0 - 1e-9
     if not math.isfinite(value) or not inside:
         raise value_error(
             func,

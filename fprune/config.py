@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 import types
 from collections.abc import Mapping
 from typing import Any
@@ -18,6 +19,7 @@ from fprune import _errors, registry
 from fprune.inc_keys import DEFAULTS, LEGACY_NAMES, ONE_SHOT, UNSUPPORTED, config_dict
 from fprune.posttrain import OneShot
 from fprune.pruner import Pruner
+from fprune.schedules import DECAYS
 
 __all__ = ["DEFAULTS", "LEGACY_NAMES", "UNSUPPORTED", "from_config", "to_config"]
 
@@ -67,6 +69,13 @@ def _normalize(where: str, entry: object) -> dict[str, Any]:
                 key,
                 f"Valid keys: {', '.join(valid)}.",
             )
+        if value is None and DEFAULTS[name] is not None:  # an empty YAML value, say
+            raise _errors.value_error(
+                _FUNC,
+                f"{where}[{key!r}] is None, which this key does not take",
+                None,
+                f"Give a value (the default is {DEFAULTS[name]!r}) or leave the key out.",
+            )
         if name in out and out[name] != value and value is not None:
             raise _errors.value_error(
                 _FUNC,
@@ -110,6 +119,14 @@ def _strings(key: str, value: object) -> tuple[str, ...]:
         raise _errors.type_error(
             _FUNC, f"{key} must be a list of strings", value, f"Pass e.g. {key}=['fc1']."
         )
+    if key != "pruning_op_types":  # names are regexes: check them now, model or not
+        for item in value:
+            try:
+                re.compile(item)
+            except re.error as err:
+                raise _errors.value_error(
+                    _FUNC, f"{key} has an invalid regex ({err})", item, "Fix the pattern."
+                ) from None
     return tuple(value)
 
 
@@ -152,6 +169,9 @@ def _settings(where: str, cfg: Mapping[str, Any]) -> tuple[str, dict[str, Any], 
     }
     # a registered pruner name (pattern_lock, or the user's) picks that factory; else a criterion
     kind = ptype if ptype in registry.registered("pruner") and ptype != "basic" else "basic"
+    _errors.fraction(_FUNC, "target_sparsity", _number("target_sparsity", cfg["target_sparsity"]))
+    if isinstance(cfg["sparsity_decay_type"], str):  # checked even where a pruner ignores it
+        _errors.choice(_FUNC, "sparsity_decay_type", cfg["sparsity_decay_type"], DECAYS)
     settings = dict(
         sparsity=_number("target_sparsity", cfg["target_sparsity"]),
         pattern=_pattern_text(pattern),

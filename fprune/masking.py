@@ -313,7 +313,10 @@ def masks(
             ``sparsity`` (the bounds are then only checked against ``sparsity``).
         min_layer_sparsity, max_layer_sparsity: per-layer bounds in global scope.
         previous: earlier masks (True = kept); their pruned units rank first, so masks are
-            nested. A block counts as pruned when all of its weights are.
+            nested and none revives, as long as ``sparsity`` asks for at least as many
+            units as are already pruned (with fewer, the count is still exact and the
+            surplus previously pruned units revive). A block counts as pruned when all of
+            its weights are.
         reduce: block score reduction, ``"mean"``, ``"sum"`` or ``"max"`` (N:M: the
             reduction of the N scores a group would lose).
         skip_indivisible: leave layers the pattern does not divide dense (their previous

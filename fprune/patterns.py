@@ -21,8 +21,8 @@ from fprune import _errors
 __all__ = ["NM", "Blocks", "Pattern", "parse_pattern"]
 
 _CHANNEL = "channel"
-_BLOCKS_RE = re.compile(r"^(channel|[0-9]+)x(channel|[0-9]+)$")
-_NM_RE = re.compile(r"^([0-9]+):([0-9]+)$")
+_BLOCKS_RE = re.compile(r"(channel|[0-9]+)x(channel|[0-9]+)")  # fullmatch: no "\n" after
+_NM_RE = re.compile(r"([0-9]+):([0-9]+)")
 
 
 def _dim(func: str, arg: str, value: int | None) -> None:
@@ -159,7 +159,7 @@ def parse_pattern(pattern: str | Pattern) -> Pattern:
             pattern,
             f"Use {_FORMS}.",
         )
-    if m := _BLOCKS_RE.match(pattern):
+    if m := _BLOCKS_RE.fullmatch(pattern):
         rows, cols = (None if side == _CHANNEL else int(side) for side in m.groups())
         if rows == 0 or cols == 0:
             raise _errors.value_error(
@@ -173,7 +173,7 @@ def parse_pattern(pattern: str | Pattern) -> Pattern:
                 "Use 'channelxM' for whole input columns or 'Nxchannel' for whole output rows.",
             )
         return Blocks(rows, cols)
-    if m := _NM_RE.match(pattern):
+    if m := _NM_RE.fullmatch(pattern):
         n, m_ = int(m.group(1)), int(m.group(2))
         if n < 1 or m_ <= n:
             raise _errors.value_error(

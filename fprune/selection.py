@@ -3,7 +3,9 @@
 A *unit* is one entry of a grid of scores (a block, a group or a weight). Selection prunes
 exactly ``floor(sparsity * n_units + 1e-9)`` units, lowest ranked first, in one total order:
 
-1. units already pruned in ``previous`` (so masks are nested and never revive);
+1. units already pruned in ``previous`` (so masks are nested: none revives unless the
+   count asked for is below the number already pruned, when exactly that count of them
+   stays pruned);
 2. NaN scores;
 3. ``-inf``;
 4. finite scores, ascending (``-0.0`` equals ``+0.0``);
@@ -71,6 +73,30 @@ def rank_keys(
         >>> torch.argsort(k, stable=True).tolist()
         [1, 2, 3, 4, 0, 5]
     """
+    if not isinstance(scores, torch.Tensor) or not scores.is_floating_point():
+        got = _errors.detail(str(scores.dtype)) if isinstance(scores, torch.Tensor) else scores
+        raise _errors.type_error(
+            "rank_keys",
+            "scores must be a floating tensor (one layer's, not a dict)",
+            got,
+            "Pass one tensor; convert integers with .double() (exact up to 2**53).",
+        )
+    if pruned is not None and (
+        not isinstance(pruned, torch.Tensor)
+        or pruned.dtype != torch.bool
+        or pruned.shape != scores.shape
+    ):
+        got = (
+            _errors.detail(f"{pruned.dtype} tensor of shape {tuple(pruned.shape)}")
+            if isinstance(pruned, torch.Tensor)
+            else pruned
+        )
+        raise _errors.type_error(
+            "rank_keys",
+            f"pruned must be a bool tensor shaped like scores {tuple(scores.shape)}",
+            got,
+            "Pass ~mask of this layer, or None.",
+        )
     if wide or scores.dtype == torch.float64:
         x, itype, width = scores.double(), torch.int64, 64
     else:

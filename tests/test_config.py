@@ -263,7 +263,7 @@ INVALID = [
     ({"pattern": "2:4", "target_sparsity": 0.6}, ValueError, "cannot exceed sparsity N/M = 0.5"),
     ({"pruning_type": "foo"}, ValueError, "unknown criterion .* Did you mean"),
     ({"pruning_type": 3}, TypeError, "pruning_type must be a str"),
-    ({"sparsity_decay_type": "sqrt"}, ValueError, "unknown decay"),
+    ({"sparsity_decay_type": "sqrt"}, ValueError, "unknown sparsity_decay_type"),
     ({"criterion_reduce_type": "median"}, ValueError, "unknown reduce"),
     ({"max_sparsity_ratio_per_op": 0.5}, ValueError, "sparsity exceeds max_layer_sparsity"),
     ({"min_sparsity_ratio_per_op": 0.95}, ValueError, "min_layer_sparsity exceeds sparsity"),
@@ -364,3 +364,26 @@ def test_sparse_gpt_and_wanda_entries_give_one_shot_plans():
     }
     assert isinstance(pruner, fprune.Pruner) and pruner.names == ("fc3.weight",)
     assert fprune.from_config({"pruning_type": "sparse_gpt", "pattern": "1x1"})[0].names is None
+
+
+@pytest.mark.parametrize(
+    ("cfg", "message"),
+    [
+        ({"target_sparsity": None}, r"config\['target_sparsity'\] is None"),
+        ({"pruning_configs": [{"pattern": None}]}, r"pruning_configs\[0\]\['pattern'\] is None"),
+        ({"pruning_type": "pattern_lock", "target_sparsity": 5.0}, "target_sparsity must be"),
+        ({"pruning_type": "pattern_lock", "sparsity_decay_type": "bogus"}, "'bogus'"),
+        ({"op_names": ["("]}, "op_names has an invalid regex"),
+        ({"excluded_op_names": ["[a"]}, "excluded_op_names has an invalid regex"),
+    ],
+)
+def test_values_a_pruner_would_ignore_are_still_checked(cfg, message):
+    """An explicit None (an empty YAML value) is an error unless the key takes None; values
+    pattern_lock ignores and regexes are checked without a model."""
+    with pytest.raises(ValueError, match=message):
+        fprune.from_config(cfg)
+
+
+def test_keys_that_document_none_take_it():
+    (pruner,) = fprune.from_config({"reg_type": None, "schedule": None, "backend": None})
+    assert isinstance(pruner, fprune.Pruner)

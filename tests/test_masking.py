@@ -295,3 +295,15 @@ def test_apply_masks_bad_arguments():
         match=r"apply_masks: masks\['w'\] must be a torch.bool mask \(got torch.float32\)",
     ):
         fprune.apply_masks(p, {"w": torch.ones(2)})
+
+
+def test_previous_masks_nest_and_a_lower_sparsity_revives_only_the_surplus():
+    """As documented: at a sparsity of at least the previous masks' none revives; at a lower
+    one the count is still exact, and every unit pruned is one pruned before."""
+    scores = {"w": torch.randn(8, 8, generator=torch.Generator().manual_seed(0))}
+    half = fprune.masks(scores, pattern="1x1", sparsity=0.5, scope="local")
+    more = fprune.masks(scores, pattern="1x1", sparsity=0.75, scope="local", previous=half)
+    assert not (more["w"] & ~half["w"]).any()  # nothing revives
+    fewer = fprune.masks(scores, pattern="1x1", sparsity=0.25, scope="local", previous=half)
+    assert int((~fewer["w"]).sum()) == 16
+    assert not (~fewer["w"] & half["w"]).any()  # only units pruned before stay pruned

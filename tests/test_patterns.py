@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import fprune
 from fprune.patterns import NM, Blocks, parse_pattern
 
 side = st.one_of(st.none(), st.integers(1, 64))
@@ -112,3 +113,9 @@ def test_block_shape_fills_channel_sides():
 def test_malformed_message_lists_forms():
     with pytest.raises(ValueError, match=re.escape("'N:M' (e.g. '2:4')")):
         parse_pattern("4y1")
+
+
+@pytest.mark.parametrize("text", ["4x1\n", " 4x1", "2:4\n", "4x1 "])
+def test_patterns_with_whitespace_are_malformed(text):
+    with pytest.raises(ValueError, match="malformed pattern"):
+        fprune.parse_pattern(text)

@@ -9,6 +9,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+import fprune
 from fprune.masking import global_masks, local_masks
 from fprune.selection import rank_keys
 from tests import reference, strategies
@@ -351,3 +352,30 @@ def test_rank_keys_never_share_the_scores_memory(scores, nonnegative):
     keys = rank_keys(scores)
     keys.fill_(0)
     assert same_bits({"s": scores}, {"s": before})
+
+
+def test_rank_keys_refuses_what_it_would_order_wrongly():
+    """int64 scores would round through float32 (2**24 and 2**24 + 1 would tie)."""
+    with pytest.raises(TypeError, match="rank_keys: scores must be a floating tensor"):
+        fprune.rank_keys(torch.tensor([2**24, 2**24 + 1]))
+    with pytest.raises(TypeError, match="not a dict"):
+        fprune.rank_keys({"w": torch.ones(2)})
+    with pytest.raises(TypeError, match=r"pruned must be a bool tensor shaped like scores \(2,\)"):
+        fprune.rank_keys(torch.ones(2), pruned=torch.ones(3, dtype=torch.bool))
+    keys = fprune.rank_keys(torch.tensor([2**24, 2**24 + 1]).double())
+    assert keys[0] < keys[1]
+
+
+def test_a_sparsity_within_1e9_of_one_is_refused_like_one():
+    """Counts are floor(s * n + 1e-9): 1 - 1e-10 would prune every unit of a small layer."""
+    for value in (1.0, 1 - 1e-10):
+        with pytest.raises(ValueError, match=r"sparsity must be a fraction in \[0, 1\)"):
+            fprune.masks({"w": torch.ones(4, 4)}, pattern="1x1", sparsity=value, scope="local")
+    kept = fprune.masks(
+        {"w": torch.arange(16.0).reshape(4, 4)},
+        pattern="1x1",
+        sparsity=1 - 1e-8,
+        scope="local",
+        max_layer_sparsity=1.0,
+    )["w"]
+    assert int(kept.sum()) == 1
