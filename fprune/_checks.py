@@ -10,7 +10,15 @@ from fprune import _errors
 from fprune._trace import tracing
 from fprune.state import PruneState, hash64, layout_text
 
-__all__ = ["check_fingerprint", "check_params", "check_state", "detached", "fingerprint", "scalar"]
+__all__ = [
+    "check_accumulators",
+    "check_fingerprint",
+    "check_params",
+    "check_state",
+    "detached",
+    "fingerprint",
+    "scalar",
+]
 
 _Tensors = Mapping[str, torch.Tensor]
 
@@ -65,6 +73,20 @@ def check_fingerprint(func: str, state: PruneState, config_hash: int, params: _T
             dtypes,
             "Step with params of the same dtypes as at init (or call init again).",
         )
+
+
+def check_accumulators(func: str, state: PruneState, params: _Tensors) -> None:
+    """Accumulators in float64 only for float64 weights (as ``init`` makes them): a state
+    edited or converted by hand would otherwise fold in another precision."""
+    for name, acc in state.aux.items():
+        weight = params.get(name)
+        if weight is not None and acc.dtype == torch.float64 and weight.dtype != torch.float64:
+            raise _errors.value_error(
+                func,
+                f"state.aux[{name!r}] is float64 for a {weight.dtype} weight",
+                _errors.detail(str(acc.dtype)),
+                "Use the state from this pruner's init (accumulators follow the weights' dtype).",
+            )
 
 
 def scalar(value: float | int, dtype: torch.dtype) -> torch.Tensor:

@@ -17,6 +17,7 @@ user; an output file is written to a temporary name and renamed only when comple
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import re
 import struct
@@ -146,9 +147,9 @@ def _aliases(tensors: Mapping[str, torch.Tensor]) -> dict[str, str]:
 
 def _extent(t: torch.Tensor) -> tuple[int, int]:
     """The bytes ``[start, end)`` of its storage a tensor can reach."""
-    size = t.element_size()
-    last = sum((n - 1) * abs(s) for n, s in zip(t.shape, t.stride(), strict=True))
-    return t.storage_offset() * size, (t.storage_offset() + last + 1) * size
+    size, offset = t.element_size(), int(t.storage_offset())
+    last = sum((int(n) - 1) * abs(int(s)) for n, s in zip(t.shape, t.stride(), strict=True))
+    return offset * size, (offset + last + 1) * size
 
 
 def overlapping(ckpt: Checkpoint, names: Iterable[str]) -> tuple[str, str] | None:
@@ -165,7 +166,7 @@ def overlapping(ckpt: Checkpoint, names: Iterable[str]) -> tuple[str, str] | Non
         if not chosen.intersection(name for _, name in views):
             continue
         views.sort()  # by start: if any two overlap, two neighbours do
-        for ((_, end), a), ((start, _), b) in zip(views, views[1:], strict=False):
+        for ((_, end), a), ((start, _), b) in itertools.pairwise(views):
             if start < end:
                 return a, b
     return None

@@ -84,8 +84,15 @@ class PruneState:
         States saved by fprune 0.1.0.dev before the targets were renamed (keys ``target``,
         ``initial`` and ``sparsity``) are read too.
 
+        Every field is checked as ``init`` and ``step`` make it: ``step`` a 0-d int64 >= 0,
+        the targets 0-d float64 fractions with the initial and current ones at most the final
+        one, ``fingerprint`` int64 ``[2]``, bool masks, floating accumulators with a mask of
+        the same name. ``step`` then checks the fingerprint, names, shapes and accumulator
+        dtypes against the pruner and the parameters.
+
         Raises:
-            ValueError: a scalar is missing, or a key has no known prefix.
+            ValueError: a scalar is missing, a key has no known prefix, or a field has the
+                wrong dtype, shape or range.
             TypeError: a value is not a tensor.
 
         Example:
@@ -130,6 +137,7 @@ class PruneState:
                     f"Keys are {', '.join(_SCALARS)}, masks/<name> and aux/<name>.",
                 )
             fields[prefix][name] = value
+        _check_fields(func, state_dict, fields)
         return cls(
             step=state_dict["step"],
             current_target=state_dict["current_target"],
@@ -139,6 +147,49 @@ class PruneState:
             fingerprint=state_dict["fingerprint"],
             final_target=state_dict["final_target"],
         )
+
+
+def _field_error(func: str, key: str, problem: str, value: torch.Tensor) -> ValueError:
+    got = _errors.detail(f"{value.dtype} tensor of shape {tuple(value.shape)}")
+    if value.numel() == 1:
+        got = _errors.detail(f"{value.dtype} {value.item()!r}")
+    return _errors.value_error(
+        func,
+        f"state_dict[{key!r}] {problem}",
+        got,
+        "Pass a state saved by PruneState.state_dict().",
+    )
+
+
+def _check_fields(
+    func: str, scalars: Mapping[str, torch.Tensor], fields: Mapping[str, Mapping[str, torch.Tensor]]
+) -> None:
+    """Every field's dtype, shape and range, as ``init`` and ``step`` make them: a hand-edited
+    or corrupted state is refused here rather than pruned with."""
+    step = scalars["step"]
+    if step.dtype != torch.int64 or step.ndim != 0 or int(step) < 0:
+        raise _field_error(func, "step", "must be a 0-d int64 tensor >= 0", step)
+    targets = {k: scalars[k] for k in ("initial_target", "current_target", "final_target")}
+    for key, value in targets.items():
+        if value.dtype != torch.float64 or value.ndim != 0:
+            raise _field_error(func, key, "must be a 0-d float64 tensor", value)
+        if not 0.0 <= float(value) <= 1.0:
+            raise _field_error(func, key, "must be a fraction in [0, 1]", value)
+    final = float(targets["final_target"])
+    for key in ("initial_target", "current_target"):
+        if float(targets[key]) > final + 1e-12:
+            raise _field_error(func, key, f"exceeds the final target {final}", targets[key])
+    fingerprint = scalars["fingerprint"]
+    if fingerprint.dtype != torch.int64 or tuple(fingerprint.shape) != (2,):
+        raise _field_error(func, "fingerprint", "must be an int64 tensor of shape [2]", fingerprint)
+    for name, mask in fields["masks"].items():
+        if mask.dtype != torch.bool:
+            raise _field_error(func, f"masks/{name}", "must be a bool mask", mask)
+    for name, acc in fields["aux"].items():
+        if acc.dtype not in (torch.float32, torch.float64, torch.bfloat16):
+            raise _field_error(func, f"aux/{name}", "must be float32, float64 or bfloat16", acc)
+        if name not in fields["masks"]:
+            raise _field_error(func, f"aux/{name}", "has no mask of the same name", acc)
 
 
 def _renamed(func: str, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

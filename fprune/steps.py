@@ -380,6 +380,7 @@ def step(
     params = _checks.detached(_checks.check_params(func, params, state))
     grads = _checked_grads(settings, params, grads)
     _checks.check_fingerprint(func, state, settings.config_hash, params)
+    _checks.check_accumulators(func, state, params)
     prune_now = None if _trace.tracing(state.step) else bool(settings.prunes_at(int(state.step)))
     if (
         prune_now is False and settings.criterion.stateless

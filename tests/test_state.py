@@ -181,3 +181,41 @@ def test_from_state_dict_errors():
         PruneState.from_state_dict({**sd, "weights/a": torch.ones(1)})
     with pytest.raises(TypeError, match=r"must be a torch\.Tensor"):
         PruneState.from_state_dict({**sd, "masks/a": [1, 2]})
+
+
+def _saved(**changes):
+    prune = fprune.pruner(0.5, pattern="1x1", criterion="snip_momentum", end_step=4)
+    state = prune.init({"w": torch.ones(4, 4)}).state_dict()
+    state.update(changes)
+    return prune, state
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"current_target": torch.tensor(0.99, dtype=torch.float64)}, "exceeds the final"),
+        ({"final_target": torch.tensor(1.5, dtype=torch.float64)}, r"fraction in \[0, 1\]"),
+        ({"final_target": torch.tensor(float("nan"), dtype=torch.float64)}, "fraction"),
+        ({"step": torch.tensor(2.0)}, "0-d int64"),
+        ({"step": torch.tensor([2])}, "0-d int64"),
+        ({"step": torch.tensor(-1)}, ">= 0"),
+        ({"fingerprint": torch.tensor(3)}, r"int64 tensor of shape \[2\]"),
+        ({"current_target": torch.tensor(0.1)}, "0-d float64"),
+        ({"masks/w": torch.ones(4, 4)}, "must be a bool mask"),
+        ({"aux/w": torch.zeros(4, 4, dtype=torch.int32)}, "float32, float64 or bfloat16"),
+        ({"aux/v": torch.zeros(4, 4)}, "has no mask of the same name"),
+    ],
+)
+def test_from_state_dict_refuses_hand_edited_fields(changes, message):
+    _, state = _saved(**changes)
+    with pytest.raises(ValueError, match=message):
+        fprune.PruneState.from_state_dict(state)
+
+
+def test_float64_accumulators_on_float32_weights_are_refused_at_step():
+    prune, state = _saved()
+    state["aux/w"] = state["aux/w"].double()
+    restored = fprune.PruneState.from_state_dict(state)
+    w = {"w": torch.ones(4, 4)}
+    with pytest.raises(ValueError, match=r"state.aux\['w'\] is float64 for a torch.float32"):
+        prune.step(restored, w, w)
