@@ -5,8 +5,11 @@ Also registers the built-ins, so importing :mod:`fprune` fills the registries.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import inspect
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -31,15 +34,58 @@ def is_factory(obj: object) -> bool:
     return bool(kinds) and kinds <= {inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.VAR_KEYWORD}
 
 
-def describe(obj: object) -> str:
-    """A process-independent description of a setting, for the fingerprint."""
+def describe(obj: object, depth: int = 0) -> str:
+    """A process-independent description of a setting, for the fingerprint.
+
+    A function is described by its name, a digest of its code, its defaults and what its
+    closure holds, so two lambdas, or ``iterative(decay="exp")`` and
+    ``iterative(decay="linear")`` (one closure, other cells), differ.
+    """
     if isinstance(obj, Criterion):
         return f"Criterion({describe(obj.init)},{describe(obj.update)},{obj.needs_grads})"
+    if isinstance(obj, functools.partial):
+        return f"partial({describe(obj.func, depth)},{_values(obj.args, depth)},{obj.keywords})"
+    if inspect.isfunction(obj):
+        return _function(obj, depth)
     if callable(obj) and not isinstance(obj, type):
         module = getattr(obj, "__module__", None) or type(obj).__module__
         name = getattr(obj, "__qualname__", None) or type(obj).__qualname__
         return f"{module}.{name}"
-    return repr(obj)
+    if isinstance(obj, torch.Tensor):
+        return f"Tensor({obj.dtype},{tuple(obj.shape)})"
+    if isinstance(obj, (tuple, list)):
+        return _values(obj, depth)
+    if isinstance(obj, dict):
+        return _values(sorted(obj.items(), key=lambda item: repr(item)), depth)
+    text = repr(obj)
+    # a default repr holds an address, which differs between processes: the type instead
+    return type(obj).__qualname__ if " at 0x" in text else text
+
+
+def _code(code: types.CodeType) -> str:
+    """A digest of a code object: its bytecode, names and constants (nested code included)."""
+    consts = [_code(c) if isinstance(c, types.CodeType) else repr(c) for c in code.co_consts]
+    text = f"{code.co_code.hex()}|{code.co_names}|{code.co_varnames}|{consts}"
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def _values(values: Iterable[object], depth: int) -> str:
+    return "(" + ",".join(describe(v, depth + 1) for v in values) + ")"
+
+
+def _function(fn: types.FunctionType, depth: int) -> str:
+    name = f"{fn.__module__}.{fn.__qualname__}"
+    if depth > 4:  # deep closures: the name is enough
+        return name
+    cells = []
+    for cell in fn.__closure__ or ():
+        try:
+            cells.append(cell.cell_contents)
+        except ValueError:  # an empty cell
+            cells.append(None)
+    defaults = _values(fn.__defaults__ or (), depth)
+    keywords = _values(sorted((fn.__kwdefaults__ or {}).items()), depth)
+    return f"{name}[{_code(fn.__code__)}]{defaults}{keywords}{_values(cells, depth)}"
 
 
 def criterion(

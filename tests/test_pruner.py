@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import hypothesis.strategies as st
 import pytest
@@ -521,3 +523,38 @@ def test_the_step_functions_called_alone_equal_the_pruner():
         assert same_bits(ours.state_dict(), theirs.state_dict())
     with pytest.raises(TypeError, match=r"checked_settings: unknown options \(got \['patern'\]\)"):
         checked_settings(0.5, patern="4x1")
+
+
+def test_the_fingerprint_tells_apart_callables_of_one_name():
+    """Two lambdas, or iterative(decay="exp") and iterative(decay="linear") (one closure with
+    other cells), make different pruners: a state from one is refused by the other."""
+    w = {"w": torch.randn(4, 4)}
+    schedules = [
+        fprune.iterative(0.5, start_step=0, end_step=4, frequency=1, decay=d)
+        for d in ("exp", "linear")
+    ]
+    scorers = [lambda p, g: {n: t.abs() for n, t in p.items()},
+               lambda p, g: {n: t * t for n, t in p.items()}]  # fmt: skip
+    pairs = [
+        [fprune.pruner(0.5, pattern="1x1", criterion="magnitude", schedule=s) for s in schedules],
+        [fprune.pruner(0.5, pattern="1x1", criterion=c, end_step=4) for c in scorers],
+    ]
+    for first, second in pairs:
+        state = first.init(w)
+        first.step(state, w, w)  # its own state is fine
+        with pytest.raises(ValueError, match="state was made by a pruner with different settings"):
+            second.step(state, w, w)
+
+
+def test_the_fingerprint_is_the_same_in_another_process():
+    code = (
+        "import fprune, torch\n"
+        "s = fprune.iterative(0.5, start_step=0, end_step=4, frequency=1, decay='cos')\n"
+        "p = fprune.pruner(0.5, pattern='4x1', criterion='snip_momentum', schedule=s)\n"
+        "print(p.init({'w': torch.ones(8, 8)}).fingerprint.tolist())\n"
+    )
+    runs = [
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        for _ in range(2)
+    ]
+    assert runs[0].stdout == runs[1].stdout and runs[0].stdout.startswith("[")
