@@ -113,14 +113,21 @@ def indivisible_layers(params: Mapping[str, torch.Tensor], *, pattern: str | Pat
         ['b']
     """
     pattern = parse_pattern(pattern)
-    return sorted(name for name, p in params.items() if not pattern.divides(shape_2d(p.shape)))
+    return sorted(
+        name
+        for name, p in params.items()
+        if p.numel() and not pattern.divides(shape_2d(p.shape))  # an empty layer: no units
+    )
 
 
 def check_divisible(
     func: str, params: Mapping[str, torch.Tensor], pattern: Pattern, *, skip_indivisible: bool
 ) -> frozenset[str]:
-    """Raise for the first layer the pattern does not tile, or return them all when skipping."""
-    bad = indivisible_layers(params, pattern=pattern)
+    """Raise for the first layer the pattern does not tile, or return them all when skipping;
+    layers with no weights (a zero-size dimension) have no units to prune, so they are
+    always returned (left dense: an empty mask)."""
+    empty = frozenset(n for n, p in params.items() if p.numel() == 0)
+    bad = indivisible_layers({n: p for n, p in params.items() if n not in empty}, pattern=pattern)
     if bad and not skip_indivisible:
         name = bad[0]
         shape = tuple(params[name].shape)
@@ -137,7 +144,7 @@ def check_divisible(
             f"The pattern needs {need}; pick another pattern, leave the layer out, "
             "or pass skip_indivisible=True to leave such layers dense.",
         )
-    return frozenset(bad)
+    return frozenset(bad) | empty
 
 
 def block_scores(

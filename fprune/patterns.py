@@ -73,7 +73,10 @@ class Blocks:
         return (rows if self.rows is None else self.rows, cols if self.cols is None else self.cols)
 
     def divides(self, shape_2d: Sequence[int]) -> bool:
-        """Whether the blocks tile a 2-D view of ``shape_2d`` exactly."""
+        """Whether the blocks tile a 2-D view of ``shape_2d`` exactly (an empty view has no
+        blocks: nothing to tile)."""
+        if 0 in shape_2d:
+            return True
         bn, bm = self.block_shape(shape_2d)
         return shape_2d[0] % bn == 0 and shape_2d[1] % bm == 0
 

@@ -178,6 +178,8 @@ def layer_report(
     if pattern is None:
         return base
     pattern = parse_pattern(pattern)
+    if size == 0:  # no weights, no units: nothing can break the pattern
+        return dataclasses.replace(base, pattern=str(pattern), note="no weights")
     if not pattern.divides(shape_2d(weight.shape)):
         return dataclasses.replace(
             base,

@@ -457,3 +457,22 @@ def test_a_partial_nm_ramp_is_asked_for_explicitly(st_file, tmp_path, capsys):
     w = pruned["encoder.0.weight"]
     assert float((w == 0).float().mean()) == pytest.approx(0.3, abs=1 / 64)
     assert not layer_report("w", w, pattern="2:4").satisfies  # a ramp, as asked
+
+
+@pytest.mark.parametrize("pattern", ["1x1", "4x1", "2:4", "channelx1", "1xchannel"])
+def test_zero_size_tensors_are_left_as_they_are(tmp_path, capsys, pattern):
+    path, out = tmp_path / "z.safetensors", tmp_path / "out.safetensors"
+    tensors = {
+        "a.weight": torch.randn(8, 8),
+        "z.weight": torch.zeros(0, 8),
+        "y.weight": torch.zeros(8, 0),
+    }
+    safetensors_torch.save_file(tensors, str(path))
+    code, stdout, err = _run(
+        capsys, "prune", str(path), "-o", str(out), "--pattern", pattern, "--sparsity", "0.5"
+    )
+    assert code == 0 and err == ""
+    assert "n/a: no weights" in stdout
+    pruned = safetensors_torch.load_file(str(out))
+    assert pruned["z.weight"].shape == (0, 8) and pruned["y.weight"].shape == (8, 0)
+    assert float((pruned["a.weight"] == 0).float().mean()) == 0.5

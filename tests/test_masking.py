@@ -307,3 +307,32 @@ def test_previous_masks_nest_and_a_lower_sparsity_revives_only_the_surplus():
     fewer = fprune.masks(scores, pattern="1x1", sparsity=0.25, scope="local", previous=half)
     assert int((~fewer["w"]).sum()) == 16
     assert not (~fewer["w"] & half["w"]).any()  # only units pruned before stay pruned
+
+
+ZERO_SIZE = [(0, 8), (8, 0), (0, 0), (4, 0, 3, 3)]
+
+
+@pytest.mark.parametrize("pattern", ["1x1", "4x1", "2:4", "channelx1", "1xchannel"])
+@pytest.mark.parametrize("scope", ["local", "global"])
+@pytest.mark.parametrize("shape", ZERO_SIZE)
+def test_a_layer_with_a_zero_size_dimension_gets_an_empty_mask(pattern, scope, shape):
+    """No units, nothing to prune: an empty bool mask, and the other layers as without it."""
+    other = torch.randn(8, 8, generator=torch.Generator().manual_seed(0)).abs()
+    got = fprune.masks(
+        {"a": other, "z": torch.zeros(shape)}, pattern=pattern, sparsity=0.5, scope=scope
+    )
+    assert got["z"].shape == shape and got["z"].dtype == torch.bool
+    alone = fprune.masks({"a": other}, pattern=pattern, sparsity=0.5, scope=scope)
+    assert torch.equal(got["a"], alone["a"])
+
+
+@pytest.mark.parametrize("criterion", ["magnitude", "gradient", "snip", "snip_momentum"])
+@pytest.mark.parametrize("pattern", ["1x1", "4x1", "2:4", "channelx1"])
+def test_the_pruner_steps_over_zero_size_layers(criterion, pattern):
+    prune = fprune.pruner(0.5, pattern=pattern, criterion=criterion, end_step=2)
+    params = {"a": torch.randn(8, 8), "z": torch.zeros(0, 8), "y": torch.zeros(4, 0, 3, 3)}
+    state = prune.init(params)
+    for _ in range(3):
+        state, got = prune.step(state, params, params)
+    assert got["z"].shape == (0, 8) and got["y"].shape == (4, 0, 3, 3)
+    assert fprune.total_sparsity(got) == 0.5
