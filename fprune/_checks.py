@@ -32,6 +32,14 @@ def detached(tensors: _Tensors) -> dict[str, torch.Tensor]:
 
 def check_params(func: str, params: object, state: PruneState) -> _Tensors:
     params = _errors.tensor_dict(func, "params", params)
+    missing = sorted(set(params) - set(state.masks))
+    if missing:  # the state is the odd one out: it was made for other params
+        raise _errors.value_error(
+            func,
+            "state.masks lacks layers that params has",
+            missing,
+            "Use the state from init with these params (or call init again).",
+        )
     _errors.same_shapes(
         func, "params", params, "the params given to init (state.masks)", state.masks
     )
@@ -46,7 +54,28 @@ def check_state(func: str, state: object) -> PruneState:
             type(state).__name__,
             "Pass the state returned by init or by the previous step.",
         )
+    _state_fields(func, state)
     return state
+
+
+def _state_fields(func: str, state: PruneState) -> None:
+    """The dtypes and shapes ``init`` gives (static, so checked under tracing too)."""
+    fp = state.fingerprint
+    if not isinstance(fp, torch.Tensor) or fp.dtype != torch.int64 or fp.shape[-1:] != (2,):
+        raise _errors.value_error(
+            func,
+            "state.fingerprint must be an int64 tensor of shape [2]",
+            _errors.detail(repr(fp) if not isinstance(fp, torch.Tensor) else f"shape {fp.shape}"),
+            "Pass the state returned by init or by the previous step.",
+        )
+    for name, mask in state.masks.items():
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+            raise _errors.type_error(
+                func,
+                f"state.masks[{name!r}] must be a bool mask",
+                _errors.detail(str(getattr(mask, "dtype", type(mask).__name__))),
+                "Pass the state returned by init or by the previous step.",
+            )
 
 
 def fingerprint(config_hash: int, params: _Tensors) -> torch.Tensor:

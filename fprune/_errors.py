@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from fprune._trace import tracing
+
 __all__ = [
     "bool_masks",
     "choice",
@@ -75,6 +77,8 @@ def fraction(func: str, arg: str, value: Any, *, allow_one: bool = False) -> flo
                 detail(f"{value.dtype} tensor of shape {tuple(value.shape)}"),
                 "Pass a Python float or torch.tensor(x, dtype=torch.float64).",
             )
+        if not tracing(value) and value.device.type != "meta":  # eager: NaN, inf refused
+            fraction(func, arg, float(value), allow_one=allow_one)
         return value
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise type_error(func, f"{arg} must be a float", value, "Pass a number such as 0.8.")
@@ -122,9 +126,20 @@ def tensor_dict(
             "Pass at least one tensor to prune.",
         )
     for name, tensor in value.items():
-        if not isinstance(name, str):
+        if not isinstance(name, str) or not name:
             raise type_error(
-                func, f"{arg} keys must be strings", name, "Key tensors by parameter name."
+                func,
+                f"{arg} keys must be non-empty strings",
+                name,
+                "Key tensors by parameter name (an empty name cannot be saved in a state dict).",
+            )
+        if tensor is None and arg == "grads":  # p.grad before any backward
+            raise type_error(
+                func,
+                f"grads[{name!r}] is None",
+                None,
+                "Call loss.backward() before step, or leave layers without gradients out of "
+                "params and grads.",
             )
         if not isinstance(tensor, torch.Tensor):
             raise type_error(

@@ -212,7 +212,15 @@ def _pattern_text(pattern: str) -> str:
     """INC reads only the text after the last ``_`` (``"tile_pattern_4x1"``), unless the whole
     string is a registered pattern name."""
     if "_" in pattern and pattern not in registry.registered("pattern"):
-        return pattern.rsplit("_", 1)[1]
+        tail = pattern.rsplit("_", 1)[1]
+        if not tail:
+            raise _errors.value_error(
+                _FUNC,
+                "pattern ends in '_', and INC reads the text after the last '_'",
+                pattern,
+                "Pass e.g. '4x1' or 'tile_pattern_4x1'.",
+            )
+        return tail
     return pattern
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import types
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -313,10 +314,32 @@ def _target_fn(
             )
         else:
             value = simple(step if _trace.tracing(step) else int(step))  # type: ignore[misc]
+        if not _trace.tracing(step):
+            _scheduled(func, value, step)
         value = torch.as_tensor(value, dtype=torch.float64)
         return torch.clamp(torch.minimum(value, torch.maximum(initial, final)), min=0.0)
 
     return target_at
+
+
+def _scheduled(func: str, value: object, step: torch.Tensor) -> None:
+    """An eager call's schedule value: a real number (or a 0-d tensor), not NaN."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point():
+        value = float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _errors.type_error(
+            func,
+            f"the schedule returned a {type(value).__name__} at step {int(step)}",
+            value,
+            "A schedule returns the target sparsity, a float in [0, 1].",
+        )
+    if math.isnan(value):
+        raise _errors.value_error(
+            func,
+            f"the schedule returned NaN at step {int(step)}",
+            value,
+            "Check the schedule (or its decay) for a division by zero.",
+        )
 
 
 registry.register_pruner("basic", pruner)

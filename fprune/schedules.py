@@ -82,6 +82,10 @@ def check_window(
     start = _errors.positive_int(func, "start_step", start_step, minimum=0)
     end = _errors.positive_int(func, "end_step", end_step, minimum=0)
     freq = _errors.positive_int(func, "frequency", frequency, minimum=1)
+    if end >= 2**62:  # steps are int64 tensors; the schedule does arithmetic on them
+        raise _errors.value_error(
+            func, "end_step must be below 2**62", end, "Pass a step count a run can reach."
+        )
     if end < start:
         raise _errors.value_error(
             func,
@@ -192,7 +196,12 @@ def iterative(
             return target
         if t == 0:  # the first of several prune steps is exactly at the initial sparsity
             return initial
-        return min(target, max(initial, float(curve(t / last, initial, target))))
+        point = float(curve(t / last, initial, target))
+        if math.isnan(point):  # max() would silently keep the initial sparsity
+            raise _errors.value_error(
+                func, f"the decay returned NaN at prune step {t}", point, "Check the decay."
+            )
+        return min(target, max(initial, point))
 
     def schedule(step: Step) -> float | torch.Tensor:
         if isinstance(step, torch.Tensor):
