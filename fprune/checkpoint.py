@@ -232,7 +232,10 @@ def save(ckpt: Checkpoint, path: str | os.PathLike[str]) -> None:
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise CheckpointError(f"{path}: the folder {parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    except OSError as e:  # a folder we may not write in
+        raise CheckpointError(f"{path}: cannot write in {parent} ({e.strerror or e})") from None
     os.close(fd)
     try:
         if ckpt.format == "safetensors":
@@ -309,6 +312,9 @@ def select(
             if eligible(t):
                 skipped[name] = f"name matches the exclusion {hit.pattern!r}"
             continue
+        if t.device.type == "meta" and eligible(t):
+            skipped[name] = "on the meta device: it has no values to prune"
+            continue
         if not eligible(t):
             if inc:
                 skipped[name] = (
@@ -346,13 +352,16 @@ def prune(
     sparsity: float,
     scope: str = "local",
     criterion: str = "magnitude",
+    max_layer_sparsity: float = 0.98,
     progress: Callable[[Iterable[str]], Iterable[str]] = lambda it: it,
 ) -> dict[str, str]:
     """Prune ``names`` of ``ckpt`` one-shot, in place; return ``{name: why}`` for layers left dense.
 
     Layers the pattern does not divide are left dense and returned. Local scope scores and
-    selects one layer at a time (memory of one layer); global scope scores every layer, then
-    selects once. ``progress`` wraps the per-layer loops (e.g. a tqdm bar).
+    selects one layer at a time (memory of one layer), each layer exactly ``sparsity``; global
+    scope scores every layer, then selects once, each layer at most ``max_layer_sparsity``.
+    8-bit float tensors are scored in float32 and written back in their dtype. ``progress``
+    wraps the per-layer loops (e.g. a tqdm bar).
 
     Raises:
         ValueError: bad pattern, sparsity, scope (fprune's own messages).
@@ -384,17 +393,44 @@ def prune(
             f"no selected tensor is divisible by the pattern {pattern}; nothing was pruned"
         )
     with torch.no_grad():  # a saved nn.Parameter loads as a leaf that requires grad
-        if scope == "local":
+        if scope == "local":  # every layer exactly its share: no per-layer cap applies
             for name in progress(names):
                 w = ckpt.tensors[name]
                 mask = fprune.masks(
-                    {name: w.abs()}, pattern=pattern, sparsity=sparsity, scope="local"
+                    {name: _score(w)},
+                    pattern=pattern,
+                    sparsity=sparsity,
+                    scope="local",
+                    max_layer_sparsity=1.0,
                 )[name]
-                w.masked_fill_(~mask, 0)  # not a multiply: a pruned NaN or inf becomes 0 too
+                _zero(w, mask)
         else:
-            scores = {n: ckpt.tensors[n].abs() for n in progress(names)}
-            masks = fprune.masks(scores, pattern=pattern, sparsity=sparsity, scope=scope)
+            scores = {n: _score(ckpt.tensors[n]) for n in progress(names)}
+            masks = fprune.masks(
+                scores,
+                pattern=pattern,
+                sparsity=sparsity,
+                scope=scope,
+                max_layer_sparsity=max_layer_sparsity,
+            )
             del scores
             for name in progress(names):
-                ckpt.tensors[name].masked_fill_(~masks[name], 0)
+                _zero(ckpt.tensors[name], masks[name])
     return left
+
+
+_SCORED = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _score(w: torch.Tensor) -> torch.Tensor:
+    """``|w|``; 8-bit floats in float32 (the selection does not take them; exact)."""
+    return w.abs() if w.dtype in _SCORED else w.float().abs()
+
+
+def _zero(w: torch.Tensor, mask: torch.Tensor) -> None:
+    """Pruned weights to 0 in place; not a multiply, so a pruned NaN or inf becomes 0 too.
+    8-bit floats through float32 and back, which is exact for every value."""
+    if w.dtype in _SCORED:
+        w.masked_fill_(~mask, 0)
+    else:
+        w.copy_(w.float().masked_fill_(~mask, 0).to(w.dtype))

@@ -93,6 +93,13 @@ def _prune_args(sub: Any) -> None:
         "--scope", choices=("local", "global"), default="local", help="default local"
     )
     prune.add_argument(
+        "--max-layer-sparsity",
+        type=float,
+        default=0.98,
+        metavar="M",
+        help="with --scope global, the most any one layer may be pruned (default 0.98)",
+    )
+    prune.add_argument(
         "--partial-nm",
         action="store_true",
         help="with an N:M pattern and a sparsity below N/M, convert only that share of the "
@@ -251,6 +258,12 @@ def _check_nm(pattern: str, sparsity: float, partial: bool) -> bool:
 
 def _prune(args: argparse.Namespace) -> int:
     partial = _check_nm(args.pattern, args.sparsity, args.partial_nm)
+    if args.scope == "global" and args.sparsity > args.max_layer_sparsity:
+        raise ValueError(
+            f"--sparsity {args.sparsity:g} is above --max-layer-sparsity "
+            f"{args.max_layer_sparsity:g}, so no layer could take its share: raise "
+            "--max-layer-sparsity (at most 1) or lower --sparsity"
+        )
     ckpt = checkpoint.load(args.input)
     checkpoint.check_output(args.input, args.output, ckpt.format, force=args.force)
     chosen = checkpoint.select(ckpt, include=args.include, exclude=args.exclude)
@@ -262,6 +275,7 @@ def _prune(args: argparse.Namespace) -> int:
         sparsity=args.sparsity,
         scope=args.scope,
         criterion=args.criterion,
+        max_layer_sparsity=args.max_layer_sparsity,
         progress=_progress(size, "pruning"),
     )
     pruned = [n for n in chosen.names if n not in left]

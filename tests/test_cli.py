@@ -476,3 +476,48 @@ def test_zero_size_tensors_are_left_as_they_are(tmp_path, capsys, pattern):
     pruned = safetensors_torch.load_file(str(out))
     assert pruned["z.weight"].shape == (0, 8) and pruned["y.weight"].shape == (8, 0)
     assert float((pruned["a.weight"] == 0).float().mean()) == 0.5
+
+
+def test_float8_checkpoints_are_scored_wide_and_written_in_their_dtype(tmp_path, capsys):
+    path, out = tmp_path / "f8.safetensors", tmp_path / "out.safetensors"
+    w = torch.randn(8, 8, generator=torch.Generator().manual_seed(2)).to(torch.float8_e4m3fn)
+    safetensors_torch.save_file({"a.weight": w}, str(path))
+    code, _, err = _run(capsys, "prune", path, "-o", out, "--pattern", "4x1", "--sparsity", "0.5")
+    assert code == 0 and err == ""
+    got = safetensors_torch.load_file(str(out))["a.weight"]
+    assert got.dtype == torch.float8_e4m3fn
+    kept = got.float() != 0
+    want = fprune.masks({"w": w.float().abs()}, pattern="4x1", sparsity=0.5, scope="local")["w"]
+    assert torch.equal(kept | (w.float() == 0), want | (w.float() == 0))
+    assert torch.equal(got.view(torch.uint8)[want], w.view(torch.uint8)[want])  # bit for bit
+
+
+def test_meta_tensors_are_left_dense_with_the_reason(tmp_path, capsys):
+    path, out = tmp_path / "meta.pt", tmp_path / "out.pt"
+    torch.save({"m.weight": torch.empty(8, 8, device="meta"), "a.weight": torch.randn(8, 8)}, path)
+    code, stdout, _ = _run(
+        capsys, "prune", path, "-o", out, "--pattern", "1x1", "--sparsity", "0.5"
+    )
+    assert code == 0 and "left dense: m.weight (on the meta device" in stdout
+
+
+def test_an_unwritable_folder_is_one_line_and_nothing_left(st_file, tmp_path, capsys, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(checkpoint.tempfile, "mkstemp", refuse)
+    out = tmp_path / "out.safetensors"
+    code, _, err = _run(
+        capsys, "prune", st_file, "-o", out, "--pattern", "1x1", "--sparsity", "0.5"
+    )
+    assert code == 2 and "cannot write in" in err and "Permission denied" in err
+    assert len(err.splitlines()) == 1 and not out.exists()
+
+
+def test_high_sparsity_local_and_global_say_what_the_cli_can_do(st_file, tmp_path, capsys):
+    out = tmp_path / "out.safetensors"
+    base = ["prune", st_file, "-o", out, "--pattern", "1x1", "--sparsity", "0.99", "--force"]
+    assert _run(capsys, *base)[0] == 0  # local: every layer exactly 0.99, no cap
+    code, _, err = _run(capsys, *base, "--scope", "global")
+    assert code == 2 and "raise --max-layer-sparsity" in err
+    assert _run(capsys, *base, "--scope", "global", "--max-layer-sparsity", "1")[0] == 0
