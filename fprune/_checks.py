@@ -33,7 +33,7 @@ def detached(tensors: _Tensors) -> dict[str, torch.Tensor]:
 def check_params(func: str, params: object, state: PruneState) -> _Tensors:
     params = _errors.tensor_dict(func, "params", params)
     missing = sorted(set(params) - set(state.masks))
-    if missing:  # the state is the odd one out: it was made for other params
+    if missing and set(state.masks) <= set(params):  # the state lacks layers params has
         raise _errors.value_error(
             func,
             "state.masks lacks layers that params has",
