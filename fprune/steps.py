@@ -348,11 +348,37 @@ def advance(
         chosen, r = prune_branch(*operands)
         new_active = {n: torch.where(pred, chosen[n], state.masks[n]) for n in active}
         new_target = torch.where(pred, r, state.current_target)
+    finite = _finite(settings, aux, grads, names, comm) if active else None
+    if finite is not None and (_trace.tracing(finite) or not bool(finite)):
+        # a step with NaN or inf gradients changes nothing but the step counter
+        aux = {n: torch.where(finite, a, state.aux[n]) for n, a in aux.items()}
+        new_active = {n: torch.where(finite, m, previous[n]) for n, m in new_active.items()}
+        new_target = torch.where(finite, new_target, state.current_target)
     masks = {n: new_active.get(n, state.masks[n]) for n in params}
     new_state = dataclasses.replace(
         state, step=state.step + 1, current_target=new_target, masks=masks, aux=aux
     )
     return new_state, dict(masks)
+
+
+def _finite(
+    settings: Settings,
+    aux: _Tensors,
+    grads: _Tensors | None,
+    names: tuple[str, ...],
+    comm: _sharded.Collectives | None,
+) -> torch.Tensor | None:
+    """A 0-d bool: whether this step's gradients were all finite, read from the new
+    accumulators (a NaN or inf gradient makes them NaN or inf; grid-sized, so cheaper than
+    the gradients) or, for a stateless criterion, from the gradients; summed over the ranks
+    of a sharded run. None for a criterion without gradients."""
+    if not settings.criterion.needs_grads or grads is None:
+        return None
+    checked = list(aux.values()) if aux else [grads[n] for n in names]
+    bad = torch.stack([(~torch.isfinite(t)).sum() for t in checked]).sum()
+    if comm is not None:
+        bad = comm.sum(bad)
+    return bad == 0
 
 
 def _checked_grads(settings: Settings, params: _Tensors, grads: _Tensors | None) -> _Tensors | None:

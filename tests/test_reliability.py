@@ -116,3 +116,59 @@ def test_bad_input_gives_one_line_of_the_project_s_form(what, call, error, messa
         call()
     text = str(info.value)
     assert "\n" not in text and ". " in text, text  # one line: the problem, then the fix
+
+
+def _grads(seed: int, params):
+    gen = torch.Generator().manual_seed(seed)
+    return {n: torch.randn(p.shape, generator=gen) for n, p in params.items()}
+
+
+PARAMS = {
+    "a": torch.randn(8, 8, generator=torch.Generator().manual_seed(1)),
+    "b": torch.randn(8, 4),
+}
+
+
+@pytest.mark.parametrize("criterion", ["snip_momentum", "snip", "gradient"])
+@pytest.mark.parametrize("bad_step", [3, 4])  # a step between prune steps, and a prune step
+@pytest.mark.parametrize("poison", [float("nan"), float("inf"), -float("inf")])
+def test_a_step_with_non_finite_gradients_changes_nothing_but_the_step(criterion, bad_step, poison):
+    """What a mixed-precision loop hands over on an overflow step that GradScaler skips: the
+    accumulators, masks and target stay as they were, so the run equals one in which that
+    step did nothing; before, one NaN step poisoned snip_momentum's scores for good."""
+    prune = fprune.pruner(
+        0.5, pattern="4x1", criterion=criterion, start_step=0, end_step=10, frequency=2
+    )
+    poisoned, skipped = prune.init(PARAMS), prune.init(PARAMS)
+    for i in range(14):
+        grads = _grads(i, PARAMS)
+        if i == bad_step:
+            bad = {n: g.clone() for n, g in grads.items()}
+            bad["a"][2, 3] = poison
+            poisoned, masks = prune.step(poisoned, PARAMS, bad)
+            assert all(torch.equal(masks[n], skipped.masks[n]) for n in masks)
+            skipped = dataclasses.replace(skipped, step=skipped.step + 1)
+            continue
+        poisoned, _ = prune.step(poisoned, PARAMS, grads)
+        skipped, _ = prune.step(skipped, PARAMS, grads)
+    assert int(poisoned.step) == int(skipped.step) == 14
+    assert float(poisoned.current_target) == float(skipped.current_target) == 0.5
+    for n in PARAMS:
+        assert torch.equal(poisoned.masks[n], skipped.masks[n])
+        if n in poisoned.aux:
+            assert torch.equal(poisoned.aux[n], skipped.aux[n])
+            assert torch.isfinite(poisoned.aux[n]).all()
+
+
+def test_non_finite_gradients_are_skipped_under_compile_too():
+    prune = fprune.pruner(0.5, pattern="4x1", criterion="snip_momentum", end_step=4, frequency=2)
+    step = torch.compile(prune.step, backend="eager", fullgraph=True)
+    state, eager = prune.init(PARAMS), prune.init(PARAMS)
+    nan = {n: torch.full_like(p, float("nan")) for n, p in PARAMS.items()}
+    for i in range(6):
+        grads = nan if i == 2 else _grads(i, PARAMS)
+        state, _ = step(state, PARAMS, grads)
+        eager, _ = prune.step(eager, PARAMS, grads)
+    for n in PARAMS:
+        assert torch.equal(state.aux[n], eager.aux[n]) and torch.isfinite(state.aux[n]).all()
+        assert torch.equal(state.masks[n], eager.masks[n])
