@@ -12,6 +12,8 @@ import sys
 
 import pytest
 import torch
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 
 import fprune
 from fprune import checkpoint
@@ -521,3 +523,103 @@ def test_high_sparsity_local_and_global_say_what_the_cli_can_do(st_file, tmp_pat
     code, _, err = _run(capsys, *base, "--scope", "global")
     assert code == 2 and "raise --max-layer-sparsity" in err
     assert _run(capsys, *base, "--scope", "global", "--max-layer-sparsity", "1")[0] == 0
+
+
+@st.composite
+def _nested_checkpoints(draw):
+    """Random nestings of dicts and lists holding 8x8 tensors, some of them views of one
+    base (the same view, a slice, a transpose), and keys that may spell another's dotted
+    path."""
+    base = torch.randn(16, 8, generator=torch.Generator().manual_seed(draw(st.integers(0, 99))))
+    views = {
+        "fresh": lambda: torch.randn(8, 8),
+        "same": lambda: base[:8],
+        "top": lambda: base[:8],
+        "shifted": lambda: base[4:12],  # overlaps top
+        "bottom": lambda: base[8:],  # disjoint from top
+        "transposed": lambda: base[:8].t(),
+    }
+    leaves = [
+        views[k]() for k in draw(st.lists(st.sampled_from(sorted(views)), min_size=1, max_size=5))
+    ]
+    tree: dict = {}
+    for i, leaf in enumerate(leaves):
+        depth = draw(st.integers(0, 2))
+        keys = [draw(st.sampled_from(["a", "b", "a.b"])) for _ in range(depth)]
+        keys.append(draw(st.sampled_from([f"w{i}", "w0", "b.w0"])))
+        node = tree
+        for key in keys[:-1]:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                break
+            node = child
+        else:
+            node[keys[-1]] = leaf
+    return tree
+
+
+def _flat(tree, prefix=""):
+    for key, value in tree.items():
+        name = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict):
+            yield from _flat(value, name)
+        else:
+            yield name, value
+
+
+def _cells(t: torch.Tensor) -> set[int]:
+    """The storage positions a tensor's elements live at (its view, spelled out)."""
+    index = torch.full((), t.storage_offset(), dtype=torch.int64)
+    for size, stride in zip(t.shape, t.stride(), strict=True):
+        index = index[..., None] + torch.arange(size) * stride
+    return set(index.reshape(-1).tolist())
+
+
+def _must_refuse(tensors: dict[str, torch.Tensor]) -> bool:
+    """Two tensors of one storage that share a position without being the same view."""
+    items = list(tensors.values())
+    for i, a in enumerate(items):
+        for b in items[i + 1 :]:
+            same_storage = a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+            same_view = (a.storage_offset(), a.shape, a.stride()) == (
+                b.storage_offset(),
+                b.shape,
+                b.stride(),
+            )
+            if same_storage and not same_view and _cells(a) & _cells(b):
+                return True
+    return False
+
+
+@settings(max_examples=60, deadline=None)
+@given(_nested_checkpoints())
+def test_prune_on_random_nestings_is_exact_or_refused(tmp_path_factory, tree):
+    """Whatever the nesting: two entries with one dotted name are refused; tensors that
+    overlap without being the same view are refused, nothing changed; otherwise every tensor
+    is pruned exactly once, to exactly its share (an alias is not pruned twice)."""
+    pairs = list(_flat(tree))
+    if not pairs:
+        return
+    path = tmp_path_factory.mktemp("nest") / "m.pt"
+    torch.save(tree, path)
+    names = [n for n, _ in pairs]
+    if len(set(names)) < len(names):
+        event("two entries, one name")
+        with pytest.raises(checkpoint.CheckpointError, match="flatten to the same name"):
+            checkpoint.load(path)
+        return
+    ckpt = checkpoint.load(path)
+    chosen = checkpoint.select(ckpt, include=["."])
+    before = {n: t.clone() for n, t in ckpt.tensors.items()}
+    if _must_refuse(ckpt.tensors):
+        event("overlapping views")
+        with pytest.raises(checkpoint.CheckpointError, match="share storage without being"):
+            checkpoint.prune(ckpt, chosen.names, pattern="4x1", sparsity=0.5)
+        assert all(torch.equal(ckpt.tensors[n], before[n]) for n in ckpt.tensors)
+        return
+    event("pruned" + (" with aliases" if ckpt.aliases else ""))
+    checkpoint.prune(ckpt, chosen.names, pattern="4x1", sparsity=0.5)
+    for name, t in ckpt.tensors.items():
+        report = layer_report(name, t, pattern="4x1")
+        assert report.satisfies, name
+        assert report.unit_sparsity == 0.5, name
