@@ -63,6 +63,9 @@ class Checkpoint:
         tree: the loaded object (``torch`` format), or None.
         metadata: the safetensors header metadata, or None.
         aliases: names whose tensor shares storage with an earlier name: ``{alias: name}``.
+        parts: for a model folder or sharded checkpoint, each file's checkpoint by file name
+            (the same tensor objects); None for a single file.
+        folder: the folder the parts came from, or None.
     """
 
     format: str
@@ -70,6 +73,8 @@ class Checkpoint:
     tree: Any = None
     metadata: dict[str, str] | None = None
     aliases: dict[str, str] = dataclasses.field(default_factory=dict)
+    parts: dict[str, Checkpoint] | None = None
+    folder: Path | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,7 +223,13 @@ def load(path: str | os.PathLike[str]) -> Checkpoint:
 
 
 def _reason(e: Exception) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", str(e))  # terminal colour codes
+    if "Weights only load failed" in text:
+        return (
+            "it pickles Python objects besides tensors, e.g. a whole model saved with "
+            "torch.save(model); save model.state_dict() instead (fprune never unpickles code)"
+        )
+    text = " ".join(text.split()) or type(e).__name__
     return text if len(text) <= 200 else text[:197] + "..."
 
 

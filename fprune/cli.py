@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from fprune import checkpoint
+from fprune import checkpoint, checkpoint_folder
 from fprune.report import LayerReport, layer_report, total_report
 
 __all__ = ["main"]
@@ -264,8 +264,8 @@ def _prune(args: argparse.Namespace) -> int:
             f"{args.max_layer_sparsity:g}, so no layer could take its share: raise "
             "--max-layer-sparsity (at most 1) or lower --sparsity"
         )
-    ckpt = checkpoint.load(args.input)
-    checkpoint.check_output(args.input, args.output, ckpt.format, force=args.force)
+    ckpt = checkpoint_folder.load(args.input)
+    checkpoint_folder.check_output(args.input, args.output, ckpt.format, force=args.force)
     chosen = checkpoint.select(ckpt, include=args.include, exclude=args.exclude)
     size = sum(ckpt.tensors[n].numel() for n in chosen.names)
     left = checkpoint.prune(
@@ -286,7 +286,7 @@ def _prune(args: argparse.Namespace) -> int:
         raise checkpoint.CheckpointError(
             f"{broken[0]} does not follow {args.pattern} after pruning; nothing was written"
         )
-    checkpoint.save(ckpt, args.output)
+    checkpoint_folder.save(ckpt, args.output)
     total = total_report(reports)
     if args.json:
         print(
@@ -325,7 +325,7 @@ def _prune(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    ckpt = checkpoint.load(args.file)
+    ckpt = checkpoint_folder.load(args.file)
     if args.all:
         names = [n for n, t in ckpt.tensors.items() if checkpoint.eligible(t)]
         if not names:
