@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import math
 import numbers
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -94,6 +95,17 @@ def fraction(func: str, arg: str, value: Any, *, allow_one: bool = False) -> flo
             f"Sparsity is the fraction of zeros; pass a value in [0, {upper}.",
         )
     return value
+
+
+def regexes(func: str, arg: str, items: Iterable[str]) -> None:
+    """Raise for the first item that does not compile as a regular expression."""
+    for item in items:
+        try:
+            re.compile(item)
+        except re.error as err:
+            raise value_error(
+                func, f"{arg} has an invalid regex ({err})", item, "Fix the pattern."
+            ) from None
 
 
 def positive_int(func: str, arg: str, value: Any, *, minimum: int = 1) -> int:

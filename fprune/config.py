@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import re
 import types
 from collections.abc import Mapping
 from typing import Any
@@ -120,13 +119,7 @@ def _strings(key: str, value: object) -> tuple[str, ...]:
             _FUNC, f"{key} must be a list of strings", value, f"Pass e.g. {key}=['fc1']."
         )
     if key != "pruning_op_types":  # names are regexes: check them now, model or not
-        for item in value:
-            try:
-                re.compile(item)
-            except re.error as err:
-                raise _errors.value_error(
-                    _FUNC, f"{key} has an invalid regex ({err})", item, "Fix the pattern."
-                ) from None
+        _errors.regexes(_FUNC, key, value)
     return tuple(value)
 
 

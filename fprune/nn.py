@@ -62,13 +62,8 @@ def _patterns(func: str, arg: str, value: object) -> tuple[str, ...]:
             raise _errors.type_error(
                 func, f"{arg} must hold strings", item, f"Pass e.g. {arg}=['fc1']."
             )
-        if arg != "op_types":
-            try:
-                re.compile(item)
-            except re.error as err:
-                raise _errors.value_error(
-                    func, f"{arg} has an invalid regex ({err})", item, "Fix the pattern."
-                ) from None
+    if arg != "op_types":
+        _errors.regexes(func, arg, items)
     return items
 
 
