@@ -25,6 +25,7 @@ __all__ = [
     "fraction",
     "positive_int",
     "previous_masks",
+    "regexes",
     "same_keys",
     "same_shapes",
     "tensor_dict",
