@@ -233,12 +233,12 @@ class _Method(NamedTuple):
 
 def _prune(module: nn.Linear, stats: posttrain.Stats, method: _Method) -> LayerReport:
     """Prune one layer in place with the method; its report."""
-    weight = module.weight.detach()
+    weight, gram = module.weight.detach(), stats.gram
+    assert gram is not None  # _collect always sums X^T X (the report needs it)
     if method.name == "sparsegpt":
-        assert stats.gram is not None  # always collected
         new, mask = posttrain.sparsegpt(
             weight,
-            stats.gram,
+            gram,
             sparsity=method.sparsity,
             pattern=method.pattern,
             block_size=method.block_size,
@@ -262,8 +262,7 @@ def _prune(module: nn.Linear, stats: posttrain.Stats, method: _Method) -> LayerR
                 max_layer_sparsity=1.0,
             )["w"]
         new = torch.where(mask, weight, torch.zeros_like(weight))
-    assert stats.gram is not None
-    error = posttrain.reconstruction_error(weight, new, stats.gram)
+    error = posttrain.reconstruction_error(weight, new, gram)
     with torch.no_grad():
         module.weight.copy_(new)
     return LayerReport(float((~mask).sum()) / mask.numel(), error, mask.numel(), mask)

@@ -20,7 +20,15 @@ from pathlib import Path
 from fprune import checkpoint
 from fprune.checkpoint import Checkpoint, CheckpointError
 
-__all__ = ["WEIGHT_FILES", "check_output", "is_folder", "load", "save"]
+__all__ = [
+    "WEIGHT_FILES",
+    "WEIGHT_SUFFIXES",
+    "check_output",
+    "copy_other_files",
+    "is_folder",
+    "load",
+    "save",
+]
 
 WEIGHT_FILES = (
     "model.safetensors.index.json",
@@ -103,6 +111,26 @@ def check_output(
         raise CheckpointError(f"{out}: exists and is not empty; pass --force to overwrite it")
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".ckpt")
+
+
+def copy_other_files(
+    source: Path, target: Path, *, skip: tuple[str, ...] = WEIGHT_SUFFIXES
+) -> list[str]:
+    """Copy the entries of ``source`` that ``target`` lacks, except names ending in ``skip``
+    (weights, which the caller writes); the names copied."""
+    copied = []
+    for entry in sorted(source.iterdir()):
+        if (target / entry.name).exists() or entry.name.endswith(skip):
+            continue
+        if entry.is_dir():
+            shutil.copytree(entry, target / entry.name)
+        else:
+            shutil.copy2(entry, target / entry.name)
+        copied.append(entry.name)
+    return copied
+
+
 def save(ckpt: Checkpoint, output: str | os.PathLike[str]) -> None:
     """As :func:`fprune.checkpoint.save` for a file; a folder checkpoint's shards each under
     its name into ``output`` (through a temporary folder beside it, renamed when complete),
@@ -120,13 +148,7 @@ def save(ckpt: Checkpoint, output: str | os.PathLike[str]) -> None:
     try:
         for name, part in ckpt.parts.items():
             write(part, tmp / name)
-        for entry in sorted(ckpt.folder.iterdir()):
-            if entry.name in ckpt.parts or (tmp / entry.name).exists():
-                continue
-            if entry.is_dir():
-                shutil.copytree(entry, tmp / entry.name)
-            elif not entry.name.endswith((".safetensors", ".bin", ".pt", ".pth")):
-                shutil.copy2(entry, tmp / entry.name)
+        copy_other_files(ckpt.folder, tmp)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

@@ -354,13 +354,11 @@ def wanda(
         [[0, 0, 1, 1], [1, 1, 0, 0]]
     """
     scores = wanda_scores(weight, input_norms)
-    pat = parse_pattern(pattern)
+    pat, value = resolve("wanda", sparsity, pattern, func="wanda")
     if isinstance(pat, NM):
-        _nm_sparsity("wanda", sparsity, pat)
         _nm_columns("wanda", scores.shape[1], pat)
         low, _ = within_groups(scores, pat, pruned=None, reduce=None)
         return ~low.reshape(scores.shape)
-    value = _fraction("wanda", sparsity)
     if pat.block_shape(tuple(scores.shape)) == (1, 1):
         return _per_row(scores, value)
     kept = block_masks(
@@ -380,7 +378,7 @@ class _Solver(NamedTuple):
 def _solver(
     weight: torch.Tensor, sparsity: float | None, pattern: str | Pattern, block_size: int
 ) -> _Solver:
-    pat = parse_pattern(pattern)
+    pat, value = resolve("sparsegpt", sparsity, pattern, func="sparsegpt")
     block_size = _errors.positive_int("sparsegpt", "block_size", block_size)
     if isinstance(pat, NM):
         _nm_columns("sparsegpt", weight.shape[1], pat)
@@ -391,8 +389,6 @@ def _solver(
                 block_size,
                 f"Pass e.g. block_size={pat.m * max(block_size // pat.m, 1)}.",
             )
-        return _Solver(pat, _nm_sparsity("sparsegpt", sparsity, pat), block_size)
-    pat, value = resolve("sparsegpt", sparsity, pat, func="sparsegpt")
     return _Solver(pat, value, block_size)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-import shutil
 from collections.abc import Iterable
 from typing import Any
 
@@ -18,10 +17,12 @@ import torch
 
 from fprune import _errors, posttrain
 from fprune.blockwise import LayerReport, oneshot
+from fprune.checkpoint_folder import WEIGHT_SUFFIXES, copy_other_files
 
 __all__ = ["MissingTransformers", "calibration_batches", "load", "prune_folder"]
 
-_WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".ckpt", ".index.json")
+# save_pretrained writes the weights and, when sharded, its own index
+_SKIP = (*WEIGHT_SUFFIXES, ".index.json")
 
 
 class MissingTransformers(RuntimeError):
@@ -110,20 +111,6 @@ def _special_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
     return [], []
 
 
-def _copy_other_files(source: pathlib.Path, target: pathlib.Path) -> list[str]:
-    """Copy what ``save_pretrained`` did not write (never a weight file); the names copied."""
-    copied = []
-    for entry in sorted(source.iterdir()):
-        if (target / entry.name).exists() or entry.name.endswith(_WEIGHT_FILES):
-            continue
-        if entry.is_dir():
-            shutil.copytree(entry, target / entry.name)
-        else:
-            shutil.copy2(entry, target / entry.name)
-        copied.append(entry.name)
-    return copied
-
-
 def _check_output(model_dir: pathlib.Path, out_dir: pathlib.Path, force: bool) -> None:
     if out_dir.resolve() == model_dir.resolve():
         raise _errors.value_error(
@@ -174,4 +161,4 @@ def prune_folder(
     target.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(target)
     tokenizer.save_pretrained(target)
-    return report, _copy_other_files(source, target)
+    return report, copy_other_files(source, target, skip=_SKIP)
