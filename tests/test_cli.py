@@ -9,6 +9,7 @@ import math
 import pickle
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -71,6 +72,18 @@ def _run(capsys, *argv: str) -> tuple[int, str, str]:
     code = main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def _refused(capsys, inputs, out, *argv: str) -> str:
+    """Run a command that must fail: exit 2, nothing on stdout, one line on stderr without a
+    traceback, every input file unchanged and nothing at ``out``; the error line."""
+    before = {p: _digest(p) for p in inputs}
+    code, stdout, err = _run(capsys, *argv)
+    assert code == 2 and stdout == "", (code, stdout, err)
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert {p: _digest(p) for p in inputs} == before
+    assert not Path(out).exists()
+    return err
 
 
 def _units(weight: torch.Tensor, pattern: str) -> int:
@@ -443,16 +456,14 @@ def test_entries_that_flatten_to_one_name_are_refused(tmp_path, capsys):
         ["report", str(path)],
         ["prune", str(path), "-o", str(tmp_path / "o.pt"), "--pattern", "1x1", "--sparsity", "0.5"],
     ):
-        code, _, err = _run(capsys, *command)
-        assert code == 2 and "flatten to the same name 'a.b'" in err
-    assert not (tmp_path / "o.pt").exists()
+        err = _refused(capsys, [path], tmp_path / "o.pt", *command)
+        assert "flatten to the same name 'a.b'" in err
 
 
 def test_a_partial_nm_ramp_is_asked_for_explicitly(st_file, tmp_path, capsys):
     out = tmp_path / "out.safetensors"
     args = ["prune", str(st_file), "-o", str(out), "--pattern", "2:4", "--sparsity", "0.3"]
-    code, _, err = _run(capsys, *args)
-    assert code == 2 and "--partial-nm" in err and not out.exists()
+    assert "--partial-nm" in _refused(capsys, [st_file], out, *args)
     code, _, _ = _run(capsys, *args, "--partial-nm", "--json")
     assert code == 0
     pruned = safetensors_torch.load_file(str(out))
@@ -509,19 +520,17 @@ def test_an_unwritable_folder_is_one_line_and_nothing_left(st_file, tmp_path, ca
 
     monkeypatch.setattr(checkpoint.tempfile, "mkstemp", refuse)
     out = tmp_path / "out.safetensors"
-    code, _, err = _run(
-        capsys, "prune", st_file, "-o", out, "--pattern", "1x1", "--sparsity", "0.5"
-    )
-    assert code == 2 and "cannot write in" in err and "Permission denied" in err
-    assert len(err.splitlines()) == 1 and not out.exists()
+    args = ["prune", st_file, "-o", out, "--pattern", "1x1", "--sparsity", "0.5"]
+    err = _refused(capsys, [st_file], out, *args)
+    assert "cannot write in" in err and "Permission denied" in err
 
 
 def test_high_sparsity_local_and_global_say_what_the_cli_can_do(st_file, tmp_path, capsys):
     out = tmp_path / "out.safetensors"
     base = ["prune", st_file, "-o", out, "--pattern", "1x1", "--sparsity", "0.99", "--force"]
+    err = _refused(capsys, [st_file], out, *base, "--scope", "global")
+    assert "raise --max-layer-sparsity" in err
     assert _run(capsys, *base)[0] == 0  # local: every layer exactly 0.99, no cap
-    code, _, err = _run(capsys, *base, "--scope", "global")
-    assert code == 2 and "raise --max-layer-sparsity" in err
     assert _run(capsys, *base, "--scope", "global", "--max-layer-sparsity", "1")[0] == 0
 
 
