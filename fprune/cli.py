@@ -1,4 +1,5 @@
-"""The ``fprune`` command: ``demo``, ``prune``, ``report`` and ``oneshot``.
+"""The ``fprune`` command: ``demo``, ``prune``, ``report``, ``oneshot``, ``compress`` and
+``decompress``.
 
 Exit status: 0 on success; 1 when ``report --pattern`` finds a layer that breaks the pattern;
 2 for bad arguments and for files that cannot be read or written (a one-line message on
@@ -28,12 +29,13 @@ def _parser() -> argparse.ArgumentParser:
         description="Functional, exact pruning for PyTorch: a demo and tools for checkpoint files.",
     )
     sub = parser.add_subparsers(
-        dest="command", required=True, metavar="{demo,prune,report,oneshot}"
+        dest="command", required=True, metavar="{demo,prune,report,oneshot,compress,decompress}"
     )
     _demo_args(sub)
     _prune_args(sub)
     _report_args(sub)
     _oneshot_args(sub)
+    _compress_args(sub)
     return parser
 
 
@@ -164,6 +166,36 @@ def _oneshot_args(sub: Any) -> None:
     oneshot.add_argument(
         "--json", action="store_true", help="print one JSON object instead of tables"
     )
+
+
+def _compress_args(sub: Any) -> None:
+    compress = sub.add_parser(
+        "compress",
+        help="write a pruned checkpoint as kept values plus a packed bitmask (or N:M indices)",
+    )
+    compress.add_argument(
+        "input", metavar="IN", help="a .safetensors file or a torch state dict (.pt/.pth/.bin)"
+    )
+    compress.add_argument(
+        "-o", "--output", required=True, metavar="OUT", help="the compressed .safetensors file"
+    )
+    compress.add_argument(
+        "--nm",
+        metavar="N:M",
+        help="store layers that follow this N:M pattern (e.g. 2:4) as packed positions",
+    )
+    decompress = sub.add_parser(
+        "decompress", help="write a compressed checkpoint back as a plain safetensors file"
+    )
+    decompress.add_argument("input", metavar="IN", help="a file that fprune compress wrote")
+    decompress.add_argument(
+        "-o", "--output", required=True, metavar="OUT", help="the .safetensors file to write"
+    )
+    for parser in (compress, decompress):
+        parser.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+        parser.add_argument(
+            "--json", action="store_true", help="print one JSON object instead of a line"
+        )
 
 
 def _selection_args(parser: argparse.ArgumentParser) -> None:
@@ -324,8 +356,43 @@ def _prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert(args: argparse.Namespace) -> int:
+    from fprune.export import files
+
+    checkpoint.check_output(args.input, args.output, "safetensors", force=args.force)
+    ckpt = checkpoint.load(args.input)
+    if args.command == "compress":
+        out = files.compress_checkpoint(ckpt, nm=args.nm)
+    else:
+        out = files.decompress_checkpoint(ckpt)
+    checkpoint.save(out, args.output)
+    sizes = {
+        "input_bytes": os.path.getsize(args.input),
+        "output_bytes": os.path.getsize(args.output),
+    }
+    ratio = sizes["output_bytes"] / sizes["input_bytes"]
+    if args.json:
+        print(json.dumps({"output": str(args.output), **sizes, "ratio": ratio}))
+    else:
+        print(
+            f"wrote {args.output}: {sizes['output_bytes']:,} bytes from "
+            f"{sizes['input_bytes']:,} ({ratio:.3f}x)"
+        )
+    return 0
+
+
+def _load_for_report(path: str) -> tuple[checkpoint.Checkpoint, str]:
+    """The checkpoint to report on (decompressed in memory if need be) and its format."""
+    from fprune.export import files
+
+    ckpt = checkpoint_folder.load(path)
+    if files.is_compressed_checkpoint(ckpt):
+        return files.decompress_checkpoint(ckpt), "compressed safetensors"
+    return ckpt, ckpt.format
+
+
 def _report(args: argparse.Namespace) -> int:
-    ckpt = checkpoint_folder.load(args.file)
+    ckpt, fmt = _load_for_report(args.file)
     if args.all:
         names = [n for n, t in ckpt.tensors.items() if checkpoint.eligible(t)]
         if not names:
@@ -344,7 +411,7 @@ def _report(args: argparse.Namespace) -> int:
             json.dumps(
                 {
                     "file": str(args.file),
-                    "format": ckpt.format,
+                    "format": fmt,
                     "pattern": args.pattern,
                     "layers": [r.as_dict() for r in reports],
                     "skipped": skipped,
@@ -353,7 +420,7 @@ def _report(args: argparse.Namespace) -> int:
             )
         )
     else:
-        print(f"{args.file}: {ckpt.format}, {len(ckpt.tensors)} tensors, {len(reports)} reported")
+        print(f"{args.file}: {fmt}, {len(ckpt.tensors)} tensors, {len(reports)} reported")
         print(_report_table(reports, args.pattern))
         for name, why in skipped.items():
             print(f"not reported: {name} ({why})")
@@ -416,7 +483,14 @@ def _expected(e: Exception) -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``fprune`` command line; returns the exit status."""
     args = _parser().parse_args(argv)
-    commands = {"demo": _demo, "prune": _prune, "report": _report, "oneshot": _oneshot}
+    commands = {
+        "demo": _demo,
+        "prune": _prune,
+        "report": _report,
+        "oneshot": _oneshot,
+        "compress": _convert,
+        "decompress": _convert,
+    }
     command = commands[args.command]
     try:
         return command(args)
