@@ -2,6 +2,10 @@
 
 - :func:`compress` / :func:`decompress` (:mod:`fprune.export.compressed`): kept values plus
   a packed bitmask or packed N:M indices, exactly invertible.
+- :func:`slim` (:mod:`fprune.export.slimming`): a copy of a model without its pruned
+  channels and heads, computing what the masked model computes; :func:`coupled_masks`
+  (:mod:`fprune.export.coupled`) prunes coupled channels together. Both read Torch-Pruning's
+  dependency graph (the ``export`` extra), imported only when called.
 """
 
 from __future__ import annotations
@@ -13,11 +17,18 @@ from fprune.export.compressed import (
     decompress,
     is_compressed,
 )
+from fprune.export.coupled import coupled_masks
+from fprune.export.groups import MissingTorchPruning
+from fprune.export.slimming import SlimReport, slim
 
 __all__ = [
+    "MissingTorchPruning",
+    "SlimReport",
     "compress",
     "compressed_masks",
     "compressed_size",
+    "coupled_masks",
     "decompress",
     "is_compressed",
+    "slim",
 ]
