@@ -19,7 +19,13 @@ from fprune import _errors, posttrain
 from fprune.blockwise import LayerReport, oneshot
 from fprune.checkpoint_folder import WEIGHT_SUFFIXES, copy_other_files
 
-__all__ = ["MissingTransformers", "calibration_batches", "load", "prune_folder"]
+__all__ = [
+    "MissingTransformers",
+    "calibration_batches",
+    "load",
+    "prune_folder",
+    "require_transformers",
+]
 
 # save_pretrained writes the weights and, when sharded, its own index
 _SKIP = (*WEIGHT_SUFFIXES, ".index.json")
@@ -29,7 +35,8 @@ class MissingTransformers(RuntimeError):
     """``transformers`` is not installed; the message says how to install it."""
 
 
-def _transformers() -> Any:
+def require_transformers() -> Any:
+    """Import transformers, or raise :class:`MissingTransformers` naming the extra."""
     try:
         import transformers
     except ImportError:
@@ -43,7 +50,7 @@ def _transformers() -> Any:
 def load(model_dir: str | os.PathLike[str]) -> tuple[Any, Any]:
     """``(model, tokenizer)`` from a Hugging Face model folder, the model of the class its
     config's ``architectures`` names (``AutoModel`` when it names none), in eval mode."""
-    transformers = _transformers()
+    transformers = require_transformers()
     path = pathlib.Path(model_dir)
     if not (path / "config.json").is_file():
         raise _errors.value_error(

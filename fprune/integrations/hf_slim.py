@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fprune.integrations.hf_oneshot import _transformers
+from fprune.integrations.hf_oneshot import require_transformers
 
 __all__ = ["MANIFEST", "load_slimmed", "save_slimmed"]
 
@@ -119,7 +119,7 @@ def load_slimmed(folder: str | os.PathLike[str], model_class: Any = None) -> Any
     Raises:
         ValueError: the manifest is not one this fprune reads, or the weights do not match it.
     """
-    transformers = _transformers()
+    transformers = require_transformers()
     path = pathlib.Path(folder)
     config = transformers.AutoConfig.from_pretrained(path)
     if model_class is None:
