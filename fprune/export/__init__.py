@@ -6,6 +6,8 @@
   channels and heads, computing what the masked model computes; :func:`coupled_masks`
   (:mod:`fprune.export.coupled`) prunes coupled channels together. Both read Torch-Pruning's
   dependency graph (the ``export`` extra), imported only when called.
+- :func:`to_sparse` / :func:`sparsify_linears_` (:mod:`fprune.export.sparse_layouts`):
+  torch's CSR, BSR and 2:4 semi-structured layouts for inference.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from fprune.export.compressed import (
 from fprune.export.coupled import coupled_masks
 from fprune.export.groups import MissingTorchPruning
 from fprune.export.slimming import SlimReport, slim
+from fprune.export.sparse_layouts import LAYOUTS, sparsify_linears_, to_sparse
 
 __all__ = [
+    "LAYOUTS",
     "MissingTorchPruning",
     "SlimReport",
     "compress",
@@ -31,4 +35,6 @@ __all__ = [
     "decompress",
     "is_compressed",
     "slim",
+    "sparsify_linears_",
+    "to_sparse",
 ]
