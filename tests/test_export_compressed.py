@@ -58,7 +58,7 @@ def test_round_trip_is_bit_exact(data, dtype, shape, given_mask):
         )
         mask = mask.reshape(shape)
     else:
-        mask = bits(value) != 0
+        mask = value.double() != 0  # -0.0 is zero; NaN is not
     packed = compress({"w": value}, {"w": mask} if given_mask else None)
     out = decompress(packed)["w"]
     assert out.dtype == dtype and out.shape == value.shape
@@ -76,7 +76,7 @@ def _formula(value: torch.Tensor, kept: int) -> int:
 @given(data=st.data(), dtype=st.sampled_from(DTYPES), shape=shapes)
 def test_size_follows_the_formula(data, dtype, shape):
     value = data.draw(raw_tensors(shape, dtype))
-    kept = int((bits(value) != 0).sum())
+    kept = int((value.double() != 0).sum())
     packed = compress({"w": value})
     assert compressed_size(packed) == _formula(value, kept)
     assert ("w" in packed) == (_formula(value, kept) == value.numel() * value.element_size())
@@ -146,6 +146,15 @@ def test_targets_of_the_payoff_issue():
     wb = torch.randn(512, 512, dtype=torch.bfloat16)
     m41 = fprune.masks(fprune.magnitude({"w": wb}), pattern="4x1", sparsity=0.9)
     assert compressed_size(compress({"w": wb}, m41)) / (dense * 2) <= 0.17
+
+
+def test_negative_zero_is_pruned_unless_a_mask_keeps_it():
+    w = torch.tensor([-0.0, 1.0, -0.0, 0.0] * 16)  # what w * mask leaves for negative weights
+    inferred = decompress(compress({"w": w}))["w"]
+    assert torch.equal(bits(inferred), bits(w.abs()))  # value-equal; the zeros come back +0.0
+    kept = torch.tensor([True, True, False, False] * 16)
+    exact = decompress(compress({"w": w}, {"w": kept}))["w"]
+    assert torch.equal(bits(exact), bits(torch.tensor([-0.0, 1.0, 0.0, 0.0] * 16)))
 
 
 def test_non_float_and_complex_tensors_round_trip():

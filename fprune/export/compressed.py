@@ -13,10 +13,11 @@ safetensors file can hold:
   ``ceil(log2 m)`` bits each, packed the same way), ``name::nm`` (``[n, m]``) and
   ``name::shape``. For 2:4 that is two values and two 2-bit positions per group of four.
 
-Values are copied as bits, so every dtype round trips exactly: NaN payloads, ``-0.0`` and
-subnormals included. Without ``masks`` an entry is pruned when all its bits are zero (so
-``-0.0`` is a kept value); with ``masks`` the kept entries are stored whatever they hold, and
-the pruned ones come back as zeros.
+Kept values are copied as bits, so they round trip exactly in every dtype: NaN payloads,
+subnormals and ``-0.0`` included. Pruned entries come back as ``+0.0``. Without ``masks`` an
+entry is pruned when it equals zero, so a ``-0.0`` (what ``w * mask`` leaves where ``w < 0``)
+comes back as ``+0.0``: keeping its sign would cost about a bit per pruned weight. With
+``masks`` the kept entries are stored whatever they hold, ``-0.0`` included.
 
 Sizes (bytes, ``k`` kept entries of ``numel``, ``s`` bytes per entry, ``g`` groups):
 dense ``numel * s``; bitmask ``k * s + ceil(numel / 8) + 8 * ndim``; N:M
@@ -55,6 +56,16 @@ def _as_bits(t: torch.Tensor) -> torch.Tensor:
     if t.dtype == torch.bool:
         return t.view(torch.uint8)
     return t.view(_BITS_DTYPE[t.element_size()])
+
+
+def _nonzero(t: torch.Tensor) -> torch.Tensor:
+    """Entries that are not zero (``+0.0`` and ``-0.0`` are zero; NaN is not), read from
+    the bits so that float8 needs no arithmetic."""
+    bits = _as_bits(t)
+    if not t.is_floating_point():
+        return bits != 0
+    magnitude = torch.tensor((1 << (8 * t.element_size() - 1)) - 1, dtype=bits.dtype)
+    return (bits & magnitude) != 0
 
 
 def _pack(bits: torch.Tensor) -> torch.Tensor:
@@ -167,7 +178,7 @@ def _compress_one(
     value = value.detach().cpu().contiguous()
     if value.dtype.is_complex:
         return {name: value.clone()}
-    mask = (_as_bits(value) != 0) if mask is None else mask.detach().cpu().contiguous()
+    mask = _nonzero(value) if mask is None else mask.detach().cpu().contiguous()
     positions = None if pattern is None else _nm_groups(mask, pattern)
     if positions is not None and pattern is not None:
         return _nm_form(name, value, positions, pattern)
@@ -189,7 +200,7 @@ def compress(
     Args:
         params: tensors by name (on any device; the result is on the CPU).
         masks: bool masks (True = kept) for some or all names; the others are inferred from
-            their zeros (an entry whose bits are all zero is pruned).
+            their zeros (``+0.0`` and ``-0.0`` are pruned).
         nm: an N:M pattern such as ``"2:4"`` (``n`` pruned of every ``m``). Tensors whose
             mask keeps exactly ``m - n`` entries in every group of their 2-D view are stored
             as packed indices; all others as a bitmask.
