@@ -181,6 +181,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=20, help="rounds (default 20)")
     parser.add_argument("--json", help="also write the result here")
+    parser.add_argument(
+        "--no-sparse", action="store_true", help="dense and slim only (a quick check of slim)"
+    )
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     tokenizer, model = example._load()
@@ -188,7 +191,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     inputs = _inputs(tokenizer)
     slimmed, slim_info = _slim(model, inputs)
     rows = {"dense": model, "slim": slimmed}
-    for layout, pattern in SPARSE_ROWS:
+    for layout, pattern in () if args.no_sparse else SPARSE_ROWS:
         for sparsity in SPARSITIES:
             rows[f"{layout} {pattern} {sparsity:.0%}"] = _sparse(model, layout, pattern, sparsity)
     latency = {}

@@ -16,6 +16,7 @@ Example:
 from fprune import (
     _resolve,  # noqa: F401  (registers the built-ins)
     distributed,
+    export,
     nn,
     posttrain,
 )
@@ -75,6 +76,7 @@ __all__ = [
     "distributed",
     "expand_blocks",
     "expand_masks",
+    "export",
     "from_2d",
     "from_config",
     "get_criterion",

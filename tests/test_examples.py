@@ -85,3 +85,14 @@ def test_minilm_oneshot_example(capsys):
         sparsegpt, wanda = cosine["sparsegpt", pattern, "layer"], cosine["wanda", pattern, "layer"]
         assert sparsegpt > wanda > cosine["magnitude", pattern, "local"]
     assert "| magnitude | 2:4 | local | 0.500 |" in capsys.readouterr().out
+
+
+def test_export_payoff_example(capsys):
+    pytest.importorskip("torch_pruning")
+    result = load("export_payoff").main(["--quick"])
+    assert result["widths"] == [64, 64, 8]  # half of each hidden layer's channels removed
+    assert result["parameters"] == (21768, 6792)
+    assert result["slim_accuracy"] == result["masked_accuracy"] > 0.5
+    assert result["exact"] and result["csr_matches"]
+    assert result["ratio"] < 0.2  # 90% of the weights pruned: 4 bytes + 1 bit per kept weight
+    assert "round trip exact: True" in capsys.readouterr().out

@@ -51,6 +51,7 @@ PUBLIC = {
     "to_config",
     "nn",
     "distributed",
+    "export",
     "posttrain",
     "pattern_lock",
     "pruner",
@@ -104,6 +105,7 @@ def test_every_public_name_is_in_the_api_reference():
         "Pattern",
         "nn",
         "distributed",
+        "export",
         "posttrain",
     }  # a type alias, modules
     assert documented >= PUBLIC, sorted(PUBLIC - documented)

@@ -14,7 +14,8 @@ safetensors file can hold:
   ``name::shape``. For 2:4 that is two values and two 2-bit positions per group of four.
 
 Kept values are copied as bits, so they round trip exactly in every dtype: NaN payloads,
-subnormals and ``-0.0`` included. Pruned entries come back as ``+0.0``. Without ``masks`` an
+subnormals and ``-0.0`` included. Pruned entries come back as ``+0.0``; a tensor stored dense
+without a mask comes back bit for bit. Without ``masks`` an
 entry is pruned when it equals zero, so a ``-0.0`` (what ``w * mask`` leaves where ``w < 0``)
 comes back as ``+0.0``: keeping its sign would cost about a bit per pruned weight. With
 ``masks`` the kept entries are stored whatever they hold, ``-0.0`` included.
@@ -178,13 +179,16 @@ def _compress_one(
     value = value.detach().cpu().contiguous()
     if value.dtype.is_complex:
         return {name: value.clone()}
-    mask = _nonzero(value) if mask is None else mask.detach().cpu().contiguous()
+    given = mask is not None
+    mask = mask.detach().cpu().contiguous() if mask is not None else _nonzero(value)
     positions = None if pattern is None else _nm_groups(mask, pattern)
     if positions is not None and pattern is not None:
         return _nm_form(name, value, positions, pattern)
     sparse = _bitmask_form(name, value, mask)
     if _nbytes(sparse) < _nbytes({name: value}):
         return sparse
+    if not given:  # stored as it is, bit for bit (its zeros included)
+        return {name: value.clone()}
     kept_bits = torch.where(mask, _as_bits(value), torch.zeros((), dtype=_as_bits(value).dtype))
     return {name: kept_bits.view(value.dtype)}
 

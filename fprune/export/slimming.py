@@ -13,7 +13,8 @@ computes:
   measured on ``example_inputs`` and folded into each consumer's bias, then the channel goes.
   A consumer that is a padded conv would see the constant only away from its borders, so such
   channels are kept unless the constant is zero;
-- channels of an attention projection go only as whole heads;
+- channels of an attention projection go only as whole heads, and every layer keeps at
+  least one channel;
 - a group that runs through a normalisation over channels (LayerNorm, GroupNorm) or an
   embedding keeps its channels (removing one would change the others).
 
@@ -109,20 +110,36 @@ def _any_dead(items: list[Item], masks: Mapping[str, torch.Tensor], channels: in
     return out
 
 
-def _whole_heads(removable: torch.Tensor, group: Group) -> torch.Tensor:
-    """Keep a head's channels unless every channel of the head is removable."""
-    size = group.head_size
-    if size is None:
-        return removable
+def _units(group: Group) -> torch.Tensor:
+    """The unit each channel of ``group`` goes with: itself, or its attention head."""
+    if group.head_size is None:
+        return torch.arange(group.channels)
     head_item = next(i for i in group.items if i.side == "out")
-    heads = torch.tensor(head_item.local) // size
-    root = torch.tensor(head_item.root)
+    unit = torch.empty(group.channels, dtype=torch.long)
+    unit[torch.tensor(head_item.root)] = torch.tensor(head_item.local) // group.head_size
+    return unit
+
+
+def _whole_units(removable: torch.Tensor, group: Group) -> torch.Tensor:
+    """Keep a head unless every channel of it is removable."""
+    unit = _units(group)
     out = removable.clone()
-    for head in heads.unique().tolist():
-        channels = root[heads == head]
-        if not bool(removable[channels].all()):
-            out[channels] = False
+    for u in unit.unique().tolist():
+        if not bool(removable[unit == u].all()):
+            out[unit == u] = False
     return out
+
+
+def _keep_one(removable: torch.Tensor, group: Group) -> torch.Tensor:
+    """Keep the first unit when every unit is removable: a layer needs at least one channel
+    (and keeping a removable channel is always exact)."""
+    if not removable.numel() or not bool(removable.all()):
+        return removable
+    unit = _units(group)
+    return removable & (unit != unit[0])
+
+
+_ALL_PRUNED = "every channel is pruned; the first is kept, as a layer needs at least one"
 
 
 @dataclasses.dataclass
@@ -145,8 +162,9 @@ def _plan(groups: list[Group], masks: Mapping[str, torch.Tensor]) -> _Plan:
         removable = consumer_dead | producer_dead
         if group.blocked:
             removable = torch.zeros_like(removable)
-        removable = _whole_heads(removable, group)
-        left = (touched & ~removable).nonzero().flatten().tolist()
+        whole = _whole_units(removable, group)
+        removable = _keep_one(whole, group)
+        left = (touched & ~whole).nonzero().flatten().tolist()
         if left:
             why = group.blocked or (
                 "not pruned in all producers or all consumers (or whole heads)"
@@ -154,6 +172,8 @@ def _plan(groups: list[Group], masks: Mapping[str, torch.Tensor]) -> _Plan:
                 else "model outputs: no layer reads them"
             )
             plan.inconsistent[group.root] = f"{len(left)} channels, first {left[:5]}: {why}"
+        elif bool((whole & ~removable).any()):
+            plan.inconsistent[group.root] = _ALL_PRUNED
         if bool(removable.any()):
             plan.remove[group.root] = removable.nonzero().flatten().tolist()
         fold = (removable & ~consumer_dead).nonzero().flatten()
@@ -284,7 +304,7 @@ def _settle(plan: _Plan, keep: Mapping[str, set[int]]) -> None:
         removable = torch.zeros(group.channels, dtype=torch.bool)
         removable[plan.remove.get(root, [])] = True
         removable[sorted(channels)] = False
-        removable = _whole_heads(removable, group)
+        removable = _keep_one(_whole_units(removable, group), group)
         plan.remove[root] = removable.nonzero().flatten().tolist()
         kept = len(channels)
         plan.inconsistent[root] = (
