@@ -360,7 +360,7 @@ def _convert(args: argparse.Namespace) -> int:
     from fprune.export import files
 
     checkpoint.check_output(args.input, args.output, "safetensors", force=args.force)
-    ckpt = checkpoint.load(args.input)
+    ckpt = checkpoint_folder.load(args.input)  # a folder is refused with its own message
     if args.command == "compress":
         out = files.compress_checkpoint(ckpt, nm=args.nm)
     else:

@@ -110,3 +110,11 @@ def test_a_damaged_compressed_file_is_refused(pruned_file, tmp_path, capsys):
     safetensors_torch.save_file(tensors, str(damaged), metadata=meta)
     err = _refused(capsys, [damaged], out, "decompress", damaged, "-o", out)
     assert "damaged" in err
+
+
+def test_a_model_folder_is_refused_with_what_to_do(tmp_path, capsys):
+    folder, out = tmp_path / "model", tmp_path / "out.safetensors"
+    folder.mkdir()
+    safetensors_torch.save_file(_weights(), str(folder / "model.safetensors"))
+    err = _refused(capsys, [folder / "model.safetensors"], out, "compress", folder, "-o", out)
+    assert "compress each weights file on its own" in err

@@ -284,6 +284,16 @@ def test_bad_masks_are_refused(masks, match):
         slim(net, masks, torch.randn(2, 4))
 
 
+@pytest.mark.parametrize(
+    "scores",
+    [{"0.bias": torch.ones(6)}, {"0.weight": torch.ones(6, 5)}, {"x.weight": torch.ones(2, 2)}],
+)
+def test_coupled_masks_refuses_scores_that_are_not_layer_weights(scores):
+    net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    with pytest.raises(ValueError, match="shaped like weights of Linear or conv layers"):
+        coupled_masks(net, scores, torch.randn(2, 4), sparsity=0.5)
+
+
 def test_without_torch_pruning_the_error_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch_pruning", None)
     net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))

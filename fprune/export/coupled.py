@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from fprune import _errors
-from fprune.export.groups import Group, read_groups, torch_pruning
+from fprune.export.groups import LAYERS, Group, read_groups, torch_pruning
 
 __all__ = ["channel_scores", "coupled_masks"]
 
@@ -120,6 +120,14 @@ def coupled_masks(
         (4, 4)
     """
     _errors.tensor_dict("coupled_masks", "scores", scores)
+    weights = {f"{n}.weight": m for n, m in model.named_modules() if isinstance(m, LAYERS)}
+    for name, score in scores.items():
+        if name not in weights or score.shape != weights[name].get_parameter("weight").shape:
+            raise _errors.value_error(
+                "coupled_masks", "scores must be shaped like weights of Linear or conv layers",
+                _errors.detail(f"{name!r} of shape {tuple(score.shape)}"),
+                "Key scores like model.named_parameters(), e.g. fprune.magnitude(weights).",
+            )  # fmt: skip
     sparsity = float(_errors.fraction("coupled_masks", "sparsity", sparsity))
     heads = sparsity if head_sparsity is None else head_sparsity
     heads = float(_errors.fraction("coupled_masks", "head_sparsity", heads))
