@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from fprune import _errors
-from fprune.export.groups import LAYERS, Group, read_groups, torch_pruning
+from fprune.export.groups import LAYERS, Group, channel_units, read_groups, torch_pruning
 
 __all__ = ["channel_scores", "coupled_masks"]
 
@@ -44,16 +44,6 @@ def channel_scores(group: Group, scores: Mapping[str, torch.Tensor]) -> torch.Te
         per_index = _reduced(score.detach().cpu(), item.side)[torch.tensor(item.local)]
         total.index_add_(0, torch.tensor(item.root), per_index)
     return total if scored else None
-
-
-def _units(group: Group) -> torch.Tensor:
-    """The unit of each channel: itself, or its head for attention projections."""
-    if group.head_size is None:
-        return torch.arange(group.channels)
-    item = next(i for i in group.items if i.side == "out")
-    unit = torch.empty(group.channels, dtype=torch.long)
-    unit[torch.tensor(item.root)] = torch.tensor(item.local) // group.head_size
-    return unit
 
 
 def _pruned_channels(score: torch.Tensor, unit: torch.Tensor, sparsity: float) -> torch.Tensor:
@@ -140,7 +130,7 @@ def coupled_masks(
         if group.blocked or not readers or score is None:
             continue
         fraction = heads if group.head_size is not None else sparsity
-        pruned = _pruned_channels(score, _units(group), fraction)
+        pruned = _pruned_channels(score, channel_units(group), fraction)
         if bool(pruned.any()):
             _apply(group, pruned, masks)
     return masks

@@ -13,6 +13,7 @@ import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
+import torch
 from torch import nn
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "Item",
     "MissingTorchPruning",
     "channel_side",
+    "channel_units",
     "head_sizes",
     "read_groups",
     "torch_pruning",
@@ -68,7 +70,8 @@ class Group:
     channels: int
     items: list[Item]
     blocked: str | None
-    head_size: int | None
+    head_size: int | None  # for attention projections: the head size
+    head_item: Item | None = None  # the projection whose output indices give the heads
 
 
 def channel_side(handler: Any) -> str | None:
@@ -99,7 +102,7 @@ def read_groups(graph: Any, model: nn.Module) -> Iterator[Group]:
     names = {m: n for n, m in model.named_modules()}
     heads = head_sizes(model)
     for group in graph.get_all_groups(root_module_types=list(LAYERS)):
-        items, blocked, head_size = [], None, None
+        items, blocked, head_size, head_item = [], None, None, None
         for item in group.items:
             module, side = item.dep.target.module, channel_side(item.dep.handler)
             if isinstance(module, _CROSS_CHANNEL):
@@ -109,7 +112,19 @@ def read_groups(graph: Any, model: nn.Module) -> Iterator[Group]:
                     blocked = f"grouped conv {names[module]!r}"
                 local = [int(i) for i in item.idxs]
                 items.append(Item(names[module], module, side, local, list(item.root_idxs)))
-                head_size = heads.get(module, head_size) if side == "out" else head_size
+                if side == "out" and module in heads:
+                    head_size, head_item = heads[module], items[-1]
         dep = group.items[0].dep
         channels = len(group.items[0].idxs)
-        yield Group(names[dep.target.module], dep, channels, items, blocked, head_size)
+        root = names[dep.target.module]
+        yield Group(root, dep, channels, items, blocked, head_size, head_item)
+
+
+def channel_units(group: Group) -> torch.Tensor:
+    """The unit each channel of ``group`` goes with: itself, or its attention head."""
+    if group.head_size is None or group.head_item is None:
+        return torch.arange(group.channels)
+    item = group.head_item
+    unit = torch.empty(group.channels, dtype=torch.long)
+    unit[torch.tensor(item.root)] = torch.tensor(item.local) // group.head_size
+    return unit

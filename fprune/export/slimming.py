@@ -39,6 +39,7 @@ from fprune.export.groups import (
     Group,
     Item,
     MissingTorchPruning,
+    channel_units,
     head_sizes,
     read_groups,
     torch_pruning,
@@ -110,19 +111,9 @@ def _any_dead(items: list[Item], masks: Mapping[str, torch.Tensor], channels: in
     return out
 
 
-def _units(group: Group) -> torch.Tensor:
-    """The unit each channel of ``group`` goes with: itself, or its attention head."""
-    if group.head_size is None:
-        return torch.arange(group.channels)
-    head_item = next(i for i in group.items if i.side == "out")
-    unit = torch.empty(group.channels, dtype=torch.long)
-    unit[torch.tensor(head_item.root)] = torch.tensor(head_item.local) // group.head_size
-    return unit
-
-
 def _whole_units(removable: torch.Tensor, group: Group) -> torch.Tensor:
     """Keep a head unless every channel of it is removable."""
-    unit = _units(group)
+    unit = channel_units(group)
     out = removable.clone()
     for u in unit.unique().tolist():
         if not bool(removable[unit == u].all()):
@@ -135,7 +126,7 @@ def _keep_one(removable: torch.Tensor, group: Group) -> torch.Tensor:
     (and keeping a removable channel is always exact)."""
     if not removable.numel() or not bool(removable.all()):
         return removable
-    unit = _units(group)
+    unit = channel_units(group)
     return removable & (unit != unit[0])
 
 
