@@ -184,6 +184,11 @@ def _compress_args(sub: Any) -> None:
         metavar="N:M",
         help="store layers that follow this N:M pattern (e.g. 2:4) as packed positions",
     )
+    compress.add_argument(
+        "--keep-negative-zeros",
+        action="store_true",
+        help="keep -0.0 as a value, so that every bit comes back (w * mask leaves many)",
+    )
     decompress = sub.add_parser(
         "decompress", help="write a compressed checkpoint back as a plain safetensors file"
     )
@@ -362,7 +367,9 @@ def _convert(args: argparse.Namespace) -> int:
     checkpoint.check_output(args.input, args.output, "safetensors", force=args.force)
     ckpt = checkpoint_folder.load(args.input)  # a folder is refused with its own message
     if args.command == "compress":
-        out = files.compress_checkpoint(ckpt, nm=args.nm)
+        out = files.compress_checkpoint(
+            ckpt, nm=args.nm, keep_negative_zeros=args.keep_negative_zeros
+        )
     else:
         out = files.decompress_checkpoint(ckpt)
     checkpoint.save(out, args.output)

@@ -118,3 +118,16 @@ def test_a_model_folder_is_refused_with_what_to_do(tmp_path, capsys):
     safetensors_torch.save_file(_weights(), str(folder / "model.safetensors"))
     err = _refused(capsys, [folder / "model.safetensors"], out, "compress", folder, "-o", out)
     assert "compress each weights file on its own" in err
+
+
+def test_keep_negative_zeros_brings_back_every_bit(tmp_path, capsys):
+    w = torch.tensor([[-0.0, 1.0, -0.0, 0.0]] * 64)  # what w * mask leaves for w < 0
+    path, small = tmp_path / "w.safetensors", tmp_path / "s.safetensors"
+    default, exact = tmp_path / "d.safetensors", tmp_path / "e.safetensors"
+    safetensors_torch.save_file({"w": w}, str(path))
+    for flags, out in (([], default), (["--keep-negative-zeros"], exact)):
+        assert _run(capsys, "compress", path, "-o", small, "--force", *flags)[0] == 0
+        assert _run(capsys, "decompress", small, "-o", out)[0] == 0
+    assert torch.equal(safetensors_torch.load_file(default)["w"], w)  # equal values
+    assert path.read_bytes() != default.read_bytes()  # the -0.0 came back as +0.0
+    assert path.read_bytes() == exact.read_bytes()  # every bit

@@ -48,6 +48,17 @@ def _expected(value: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask, bits(value), torch.zeros((), dtype=bits(value).dtype))
 
 
+@given(
+    data=st.data(), dtype=st.sampled_from(DTYPES), shape=shapes, nm=st.sampled_from([None, "2:4"])
+)
+def test_every_tensor_round_trips_bit_for_bit_with_keep_negative_zeros(data, dtype, shape, nm):
+    value = data.draw(raw_tensors(shape, dtype))
+    packed = compress({"w": value}, nm=nm, keep_negative_zeros=True)
+    out = decompress(packed)["w"]
+    assert out.dtype == dtype and out.shape == value.shape
+    assert torch.equal(bits(out), bits(value))  # NaN payloads, -0.0, subnormals: every bit
+
+
 @given(data=st.data(), dtype=st.sampled_from(DTYPES), shape=shapes, given_mask=st.booleans())
 def test_round_trip_is_bit_exact(data, dtype, shape, given_mask):
     value = data.draw(raw_tensors(shape, dtype))
@@ -158,6 +169,8 @@ def test_negative_zero_is_pruned_unless_a_mask_keeps_it():
     kept = torch.tensor([True, True, False, False] * 16)
     exact = decompress(compress({"w": w}, {"w": kept}))["w"]
     assert torch.equal(bits(exact), bits(torch.tensor([-0.0, 1.0, 0.0, 0.0] * 16)))
+    every_bit = decompress(compress({"w": w}, keep_negative_zeros=True))["w"]
+    assert torch.equal(bits(every_bit), bits(w))
 
 
 def test_non_float_and_complex_tensors_round_trip():

@@ -18,7 +18,8 @@ subnormals and ``-0.0`` included. Pruned entries come back as ``+0.0``; a tensor
 without a mask comes back bit for bit. Without ``masks`` an
 entry is pruned when it equals zero, so a ``-0.0`` (what ``w * mask`` leaves where ``w < 0``)
 comes back as ``+0.0``: keeping its sign would cost about a bit per pruned weight. With
-``masks`` the kept entries are stored whatever they hold, ``-0.0`` included.
+``keep_negative_zeros=True`` only ``+0.0`` is pruned, and every tensor round trips bit for
+bit. With ``masks`` the kept entries are stored whatever they hold, ``-0.0`` included.
 
 Sizes (bytes, ``k`` kept entries of ``numel``, ``s`` bytes per entry, ``g`` groups):
 dense ``numel * s``; bitmask ``k * s + ceil(numel / 8) + 8 * ndim``; N:M
@@ -173,14 +174,19 @@ def _check_inputs(
             )
 
 
+def _inferred(value: torch.Tensor, exact: bool) -> torch.Tensor:
+    """The kept entries of a tensor given no mask: nonzero, or (``exact``) any bits set."""
+    return _as_bits(value) != 0 if exact else _nonzero(value)
+
+
 def _compress_one(
-    name: str, value: torch.Tensor, mask: torch.Tensor | None, pattern: NM | None
+    name: str, value: torch.Tensor, mask: torch.Tensor | None, pattern: NM | None, exact: bool
 ) -> dict[str, torch.Tensor]:
     value = value.detach().cpu().contiguous()
     if value.dtype.is_complex:
         return {name: value.clone()}
     given = mask is not None
-    mask = mask.detach().cpu().contiguous() if mask is not None else _nonzero(value)
+    mask = mask.detach().cpu().contiguous() if mask is not None else _inferred(value, exact)
     positions = None if pattern is None else _nm_groups(mask, pattern)
     if positions is not None and pattern is not None:
         return _nm_form(name, value, positions, pattern)
@@ -198,6 +204,7 @@ def compress(
     masks: Mapping[str, torch.Tensor] | None = None,
     *,
     nm: str | NM | None = None,
+    keep_negative_zeros: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Compress a dict of tensors into the forms described in this module's docstring.
 
@@ -208,6 +215,9 @@ def compress(
         nm: an N:M pattern such as ``"2:4"`` (``n`` pruned of every ``m``). Tensors whose
             mask keeps exactly ``m - n`` entries in every group of their 2-D view are stored
             as packed indices; all others as a bitmask.
+        keep_negative_zeros: without a mask, count ``-0.0`` as a kept value, so that every
+            tensor comes back bit for bit (a tensor masked by multiplication then keeps
+            about half of its pruned entries, as ``-0.0``).
 
     Returns:
         A dict of plain tensors for a safetensors file; :func:`decompress` inverts it.
@@ -237,7 +247,7 @@ def compress(
     out: dict[str, torch.Tensor] = {}
     for name, value in params.items():
         mask = None if masks is None else masks.get(name)
-        out.update(_compress_one(name, value, mask, pattern))
+        out.update(_compress_one(name, value, mask, pattern, keep_negative_zeros))
     return out
 
 

@@ -49,10 +49,13 @@ def _non_tensors(tree: Any, prefix: str = "") -> Iterator[str]:
         yield prefix.rstrip(".") or "(the file itself)"
 
 
-def compress_checkpoint(ckpt: Checkpoint, *, nm: str | NM | None = None) -> Checkpoint:
+def compress_checkpoint(
+    ckpt: Checkpoint, *, nm: str | NM | None = None, keep_negative_zeros: bool = False
+) -> Checkpoint:
     """The compressed form of a loaded checkpoint, as a safetensors checkpoint.
 
-    Pruned entries are read from zeros (an entry whose bits are all zero).
+    Pruned entries are read from zeros (``+0.0`` and ``-0.0``; only ``+0.0`` with
+    ``keep_negative_zeros``, so that every bit comes back).
 
     Raises:
         CheckpointError: the checkpoint is already compressed, is a folder, or holds entries
@@ -78,7 +81,8 @@ def compress_checkpoint(ckpt: Checkpoint, *, nm: str | NM | None = None) -> Chec
         _VERSION_KEY: VERSION,
         _ALIASES_KEY: json.dumps(ckpt.aliases),
     }
-    return Checkpoint("safetensors", compress(tensors, nm=nm), metadata=metadata)
+    packed = compress(tensors, nm=nm, keep_negative_zeros=keep_negative_zeros)
+    return Checkpoint("safetensors", packed, metadata=metadata)
 
 
 def decompress_checkpoint(ckpt: Checkpoint) -> Checkpoint:
