@@ -19,6 +19,7 @@ from fprune import (
     export,
     nn,
     posttrain,
+    training,
 )
 from fprune.blocks import (
     block_scores,
@@ -118,4 +119,5 @@ __all__ = [
     "to_2d",
     "to_config",
     "total_sparsity",
+    "training",
 ]

@@ -19,7 +19,7 @@ import torch
 
 import fprune
 
-__all__ = ["MissingExtra", "plot", "run", "train"]
+__all__ = ["MissingExtra", "digits", "mlp", "plot", "run", "train"]
 
 _DENSE_EPOCHS, _PRUNE_EPOCHS, _BATCH = 30, 60, 64
 
@@ -35,7 +35,7 @@ def _missing(package: str) -> MissingExtra:
     )
 
 
-def _digits(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def digits(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The digits split 80/20, stratified; pixels scaled to [0, 1]."""
     try:
         from sklearn.datasets import load_digits
@@ -82,9 +82,9 @@ def train(
         ValueError: a bad pattern, criterion, sparsity or scope (fprune's messages).
     """
     start = time.perf_counter()
-    x, y, x_test, y_test = _digits(seed)
+    x, y, x_test, y_test = digits(seed)
     torch.manual_seed(seed)
-    model = _mlp()
+    model = mlp()
     selection = fprune.nn.prunable(model)  # the two hidden layers; the head '4' stays dense
     per_epoch = -(-len(x) // _BATCH)
     dense_steps = (2 if fast else _DENSE_EPOCHS) * per_epoch
@@ -156,7 +156,7 @@ def _pruner(
     )
 
 
-def _mlp() -> torch.nn.Sequential:
+def mlp() -> torch.nn.Sequential:
     """The digits MLP: two hidden layers of 256 (pruned) and a dense head."""
     return torch.nn.Sequential(
         torch.nn.Linear(64, 256),

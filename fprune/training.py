@@ -1,0 +1,224 @@
+"""One call per optimizer step: pruning in a plain ``nn.Module`` training loop.
+
+::
+
+    prune = fprune.pruner(0.9, pattern="4x1", start_step=0, end_step=800, frequency=50)
+    state = fprune.training.init(model, prune)            # prunes what nn.prunable selects
+    for x, y in loader:
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        state, masks = fprune.training.prune_step_(model, prune, state, optimizer=opt)
+        opt.step()                                        # pruned weights stay exactly zero
+
+:func:`prune_step_` runs ``prune.step`` on the detached weights and gradients, then zeroes
+the pruned weights, their gradients and (with ``optimizer``) their optimizer state in place,
+so that SGD (momentum, weight decay), Adam, AdamW, Adagrad and RMSprop leave them at zero.
+An optimizer whose state is not shaped like its parameters (factored second moments) may
+move them; call :func:`fprune.nn.apply_masks_` after its step. Each prune step is logged at
+INFO on the ``"fprune"`` logger (target, achieved, layers), and :func:`window_warning` says
+when a run ended before the schedule's window closed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from fprune import _errors
+from fprune.config import from_config
+from fprune.nn import apply_masks_, mask_grads_, prunable
+from fprune.pruner import Pruner
+from fprune.schedules import is_prune_step
+from fprune.sparsity import total_sparsity
+from fprune.state import PruneState
+
+__all__ = [
+    "as_pruner",
+    "init",
+    "is_prune_step_of",
+    "keep_pruned_",
+    "mask_optimizer_state_",
+    "prune_step_",
+    "sparsity_log",
+    "window_warning",
+]
+
+_logger = logging.getLogger("fprune")
+
+
+def _named(model: nn.Module | Mapping[str, torch.Tensor], func: str) -> dict[str, torch.Tensor]:
+    if isinstance(model, nn.Module):
+        return dict(model.named_parameters())
+    if isinstance(model, Mapping):
+        return dict(model)
+    raise _errors.type_error(
+        func, "model must be an nn.Module or a dict of named parameters", type(model).__name__,
+        "Pass the model, or dict(model.named_parameters()).",
+    )  # fmt: skip
+
+
+def as_pruner(prune: Pruner | Mapping[str, Any], model: Any, func: str) -> Pruner:
+    """A :class:`Pruner`, from itself or from an INC config dict with one pruning entry."""
+    if isinstance(prune, Pruner):
+        return prune
+    if not isinstance(prune, Mapping):
+        raise TypeError(
+            f"{func}: prune must be a Pruner or an INC config dict (got {type(prune).__name__}). "
+            "Pass fprune.pruner(...) or a dict such as {'target_sparsity': 0.9, ...}."
+        )
+    built = from_config(prune, model)
+    if len(built) != 1 or not isinstance(built[0], Pruner):
+        raise ValueError(
+            f"{func}: the config must describe one training-time pruner (got {len(built)} "
+            "entries or a one-shot method). Pass one pruning_configs entry, or one "
+            "callback per pruner."
+        )
+    return built[0]
+
+
+def init(
+    model: nn.Module | Mapping[str, torch.Tensor],
+    prune: Pruner,
+    *,
+    names: Sequence[str] | None = None,
+) -> PruneState:
+    """The pruner's first state for ``model``'s weights.
+
+    Args:
+        model: the model, or its named parameters.
+        prune: the pruner.
+        names: the parameters to prune; default ``prune.names`` (set by
+            :func:`fprune.from_config` with a model), else :func:`fprune.nn.prunable`'s
+            choice (which keeps the default-dense layers dense).
+    """
+    params = _named(model, "init")
+    if names is None:
+        names = prune.names
+    if names is None:
+        if not isinstance(model, nn.Module):
+            raise _errors.value_error(
+                "init", "names is needed with a dict of parameters", None,
+                "Pass names=[...], or the model itself.",
+            )  # fmt: skip
+        names = prunable(model).names
+    missing = [n for n in names if n not in params]
+    if missing:
+        raise _errors.value_error(
+            "init", "names lists parameters the model lacks", missing[:5],
+            "Use names from model.named_parameters().",
+        )  # fmt: skip
+    return prune.init({n: params[n].detach() for n in names})
+
+
+def mask_optimizer_state_(
+    optimizer: torch.optim.Optimizer,
+    model: nn.Module | Mapping[str, torch.Tensor],
+    masks: Mapping[str, torch.Tensor],
+) -> None:
+    """Zero, in place, every optimizer state tensor shaped like a pruned parameter (SGD's
+    momentum, Adam's moments, ...) at the pruned positions. Parameters are matched to their
+    names by identity, so the optimizer may hold any subset of the model's parameters, in any
+    order."""
+    params = _named(model, "mask_optimizer_state_")
+    names = {id(p): n for n, p in params.items()}
+    with torch.no_grad():
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                mask = masks.get(names.get(id(param), ""))
+                if mask is None:
+                    continue
+                for value in optimizer.state.get(param, {}).values():
+                    if isinstance(value, torch.Tensor) and value.shape == mask.shape:
+                        value.masked_fill_(~mask.to(value.device), 0)
+
+
+def is_prune_step_of(prune: Pruner, step: int) -> bool:
+    """Whether ``prune`` prunes at ``step`` (its window and frequency; False without one)."""
+    s = prune.settings
+    if not {"start_step", "end_step", "frequency"} <= set(s):
+        return False
+    return bool(
+        is_prune_step(step, start_step=s["start_step"], end_step=s["end_step"],
+                      frequency=s["frequency"])
+    )  # fmt: skip
+
+
+def prune_step_(
+    model: nn.Module | Mapping[str, torch.Tensor],
+    prune: Pruner,
+    state: PruneState,
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> tuple[PruneState, dict[str, torch.Tensor]]:
+    """One pruner step between ``backward()`` and ``optimizer.step()``, applied in place.
+
+    Returns:
+        ``(state, masks)`` as ``prune.step`` returns them.
+    """
+    params = _named(model, "prune_step_")
+    names = list(state.masks)
+    missing = [n for n in names if n not in params]
+    if missing:
+        raise _errors.value_error(
+            "prune_step_", "the state prunes parameters the model lacks", missing[:5],
+            "Pass the model the state was initialised for.",
+        )  # fmt: skip
+    weights = {n: params[n].detach() for n in names}
+    grads = {n: params[n].grad for n in names}
+    if all(g is None for g in grads.values()):
+        grads = None  # a criterion that needs gradients says so
+    step = int(state.step)
+    state, masks = prune.step(state, weights, grads)
+    chosen = {n: params[n] for n in names}
+    apply_masks_(chosen, masks)
+    mask_grads_(chosen, masks)
+    if optimizer is not None:
+        mask_optimizer_state_(optimizer, chosen, masks)
+    if is_prune_step_of(prune, step):
+        log = sparsity_log(state, masks)
+        _logger.info(
+            "fprune step %d: target %.4f, achieved %.4f in %d layers",
+            step, log["prune/target"], log["prune/sparsity"], len(masks),
+        )  # fmt: skip
+    return state, masks
+
+
+def sparsity_log(state: PruneState, masks: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    """``{"prune/target": current target, "prune/sparsity": achieved element sparsity}``."""
+    return {
+        "prune/target": float(state.current_target),
+        "prune/sparsity": float(total_sparsity(masks)),
+    }
+
+
+def keep_pruned_(
+    model: nn.Module | Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]
+) -> None:
+    """Zero the pruned weights in place (after an optimizer step that may have moved them)."""
+    params = _named(model, "keep_pruned_")
+    apply_masks_({n: params[n] for n in masks}, masks)
+
+
+def window_warning(prune: Pruner, state: PruneState) -> str | None:
+    """A message when the schedule's window was not reached or not finished by ``state``
+    (None when it was, or the pruner has no window)."""
+    s = prune.settings
+    if not {"start_step", "end_step"} <= set(s):
+        return None
+    done, start, end = int(state.step), int(s["start_step"]), int(s["end_step"])
+    if done <= start:
+        return (
+            f"pruning never started: training ran {done} optimizer steps and the schedule "
+            f"starts at step {start}; lower start_step (and end_step), or train longer"
+        )
+    if done <= end:
+        return (
+            f"pruning did not finish: training ran {done} optimizer steps, the schedule ends "
+            f"at step {end}, so the target {float(state.final_target):.4f} was not reached "
+            f"(now {float(state.current_target):.4f}); lower end_step, or train longer"
+        )
+    return None
