@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from fprune.dense_rule import DENSE_NAMES, file_output_layer
+
 __all__ = [
     "DEFAULT_EXCLUDE",
     "Checkpoint",
@@ -42,8 +44,9 @@ __all__ = [
     "select",
 ]
 
-DEFAULT_EXCLUDE = ("embed", "lm_head", "classifier")
-"""Name fragments (case-insensitive) that the default selection leaves dense."""
+DEFAULT_EXCLUDE = DENSE_NAMES
+"""Name fragments (case-insensitive) that the default selection leaves dense
+(:mod:`fprune.dense_rule`, which also leaves a file's output layer dense)."""
 
 _TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 
@@ -298,8 +301,9 @@ def select(
 ) -> Selection:
     """Choose the tensors to prune.
 
-    By default: every floating tensor with 2 or more dims whose name contains none of
-    :data:`DEFAULT_EXCLUDE` (case-insensitive). ``include`` (regexes, any may match with
+    By default: every floating tensor with 2 or more dims except what
+    :mod:`fprune.dense_rule` leaves dense (names holding :data:`DEFAULT_EXCLUDE`,
+    case-insensitive, and the file's output layer). ``include`` (regexes, any may match with
     ``re.search``) replaces that name test: exactly the matching eligible tensors are chosen.
     ``exclude`` (regexes) leaves matching names dense, in place of :data:`DEFAULT_EXCLUDE`.
     Aliases of a chosen tensor are pruned with it, so they are skipped.
@@ -315,7 +319,11 @@ def select(
     else:
         exc = [re.compile(re.escape(w), re.IGNORECASE) for w in DEFAULT_EXCLUDE]
     names, skipped = [], {}
+    output = None if inc or exclude is not None else _output_layer(ckpt)
     for name, t in ckpt.tensors.items():
+        if name == output:
+            skipped[name] = "the output layer: the last 2-D weight in module order"
+            continue
         if inc and not any(p.search(name) for p in inc):
             continue
         hit = next((p for p in exc if p.search(name)), None)
@@ -343,6 +351,14 @@ def select(
             f"whose names contain none of {', '.join(DEFAULT_EXCLUDE)}; choose with --include REGEX"
         )
     return Selection(tuple(names), skipped)
+
+
+def _output_layer(ckpt: Checkpoint) -> str | None:
+    return file_output_layer(
+        n
+        for n, t in ckpt.tensors.items()
+        if eligible(t) and n not in ckpt.aliases and t.device.type != "meta"
+    )
 
 
 def _compile(flag: str, patterns: Iterable[str]) -> list[re.Pattern[str]]:

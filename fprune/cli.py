@@ -217,7 +217,8 @@ def _selection_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="REGEX",
         help="leave tensors whose name matches dense (repeatable); replaces the default: "
-        + ", ".join(checkpoint.DEFAULT_EXCLUDE),
+        + ", ".join(checkpoint.DEFAULT_EXCLUDE)
+        + " and the output layer",
     )
 
 

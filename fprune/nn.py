@@ -24,6 +24,7 @@ from torch import nn
 
 from fprune import _errors
 from fprune.blockwise import LayerReport, oneshot
+from fprune.dense_rule import dense_name
 
 __all__ = [
     "LayerReport",
@@ -45,10 +46,13 @@ class Selection(NamedTuple):
     Attributes:
         names: parameter names to prune (``"<module>.weight"``), in ``named_modules`` order.
         head: the classifier-head module excluded automatically, or None.
+        dense: other weights left dense by default, by name (embeddings, poolers, heads:
+            :mod:`fprune.dense_rule`).
     """
 
     names: tuple[str, ...]
     head: str | None
+    dense: tuple[str, ...] = ()
 
 
 def _patterns(func: str, arg: str, value: object) -> tuple[str, ...]:
@@ -97,15 +101,17 @@ def prunable(
     A module is chosen if its name matches one of ``op_names`` (``re.search``, so ``"fc"``
     matches ``"blocks.0.fc1"``), its class name contains one of ``op_types``, it has a
     tensor ``weight`` of 2 or more dimensions, and its name matches none of
-    ``excluded_op_names``. With ``exclude_head`` the classifier head
-    (:func:`classifier_head`) is left out too, and reported.
+    ``excluded_op_names``. With ``exclude_head`` fprune's default-dense rule applies
+    (:mod:`fprune.dense_rule`): the classifier head (:func:`classifier_head`) and the layers
+    named like embeddings, poolers or heads are left out too, and reported.
 
     Args:
         model: the model.
         op_names: regexes of module names to include (empty means all).
         excluded_op_names: regexes of module names to leave out.
         op_types: substrings of class names (INC default: ``"Conv"``, ``"Linear"``).
-        exclude_head: leave out the last Linear/Conv2d (INC does this automatically).
+        exclude_head: leave out the last Linear/Conv2d (INC does this automatically) and the
+            weights :func:`fprune.dense_rule.dense_name` names (embeddings, poolers, heads).
 
     Returns:
         A :class:`Selection` of parameter names and the excluded head.
@@ -113,7 +119,7 @@ def prunable(
     Example:
         >>> model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
         >>> prunable(model)
-        Selection(names=('0.weight',), head='2')
+        Selection(names=('0.weight',), head='2', dense=())
         >>> prunable(model, exclude_head=False).names
         ('0.weight', '2.weight')
     """
@@ -126,7 +132,7 @@ def prunable(
     exclude = _patterns(func, "excluded_op_names", excluded_op_names)
     types = _patterns(func, "op_types", op_types)
     head = classifier_head(model) if exclude_head else None
-    names = []
+    names, dense = [], []
     for name, module in model.named_modules():
         weight = getattr(module, "weight", None)
         if not name or not isinstance(weight, torch.Tensor) or weight.ndim < 2:
@@ -137,8 +143,11 @@ def prunable(
             continue
         if name == head:
             continue
+        if exclude_head and dense_name(name) is not None:
+            dense.append(f"{name}.weight")
+            continue
         names.append(f"{name}.weight")
-    return Selection(tuple(names), head)
+    return Selection(tuple(names), head, tuple(dense))
 
 
 def _targets(

@@ -12,7 +12,7 @@ from tests.models import MLP, ConvNet
 
 
 def test_prunable_excludes_the_head_and_reports_it():
-    assert prunable(MLP()) == (("fc1.weight", "fc2.weight", "fc3.weight"), "head")
+    assert prunable(MLP()) == (("fc1.weight", "fc2.weight", "fc3.weight"), "head", ())
     assert prunable(ConvNet()).names == ("conv1.weight", "conv2.weight", "fc.weight")
     assert prunable(MLP(), exclude_head=False).names[-1] == "head.weight"
 
