@@ -1,10 +1,11 @@
 """Prune an ``nn.Module`` in an ordinary ``torch.optim`` training loop with ``fprune.pruner``.
 
-The loop is the one you already have, plus three lines: choose the weights once
-(``fprune.nn.prunable``, which leaves the classifier head dense as INC does), call
-``prune.step`` after backward, and zero the pruned weights after the optimizer step. The
-pruner's state is saved with the model and optimizer, and the optimizer's momentum of the
-pruned weights is zeroed once pruning ends (``fprune.nn.masked_optimizer_state``).
+The loop is the one you already have, plus two lines: ``fprune.training.init`` once (it
+prunes what ``fprune.nn.prunable`` selects: the classifier head stays dense), and
+``fprune.training.prune_step_`` between ``backward()`` and ``opt.step()``: it runs the
+pruner's step and zeroes the pruned weights, their gradients and their momentum in place, so
+the optimizer leaves them at zero. The pruner's state is saved with the model and optimizer.
+The dense baseline is the same model trained dense for the same steps.
 
 The task is synthetic (labels from a fixed random linear teacher); run
 ``python examples/custom_loop.py`` (seconds on 2 cores), or ``--quick``.
@@ -15,7 +16,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from _task import accuracy, data, mlp  # the synthetic task, shared by the examples
+from _task import accuracy, data, dense_baseline, mlp  # the synthetic task, shared by the examples
 
 import fprune
 
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         frequency=max(steps // 20, 1),
     )
     params = dict(model.named_parameters())
-    state = prune.init({n: params[n].detach() for n in selection.names})
+    state = fprune.training.init(model, prune)  # prunes selection.names
 
     dense_accuracy = float("nan")
     masks = state.masks
@@ -61,18 +62,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         loss = torch.nn.functional.cross_entropy(model(x[batch]), y[batch])
         opt.zero_grad()
         loss.backward()
-        state, masks = prune.step(
-            state,
-            {n: params[n].detach() for n in selection.names},
-            {n: params[n].grad for n in selection.names},
-        )
+        # one call: the pruner's step, then the pruned weights, their gradients and their
+        # momentum zeroed in place, so opt.step() leaves pruned weights exactly zero
+        state, masks = fprune.training.prune_step_(model, prune, state, optimizer=opt)
         opt.step()
-        fprune.nn.apply_masks_(model, masks)  # pruned weights stay exactly zero
-        if step == end:  # pruning is over: drop the momentum the pruned weights still carry
-            names = [n for n, _ in model.named_parameters()]
-            opt.load_state_dict(
-                fprune.nn.masked_optimizer_state(opt.state_dict(), masks, names=names)
-            )
         if step % max(steps // 10, 1) == 0 or step == end:
             achieved = float(fprune.total_sparsity(masks, pattern=args.pattern))
             print(
@@ -93,7 +86,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "sparsity": float(fprune.total_sparsity(masks, pattern=args.pattern)),
         "zero_weights": sum(int((params[n] == 0).sum()) for n in selection.names)
         / sum(params[n].numel() for n in selection.names),
-        "dense_accuracy": dense_accuracy,  # test accuracy when pruning started
+        "accuracy_at_prune_start": dense_accuracy,  # the same model when pruning started
+        "dense_accuracy": dense_baseline(steps, momentum=0.9),  # trained dense, same steps
         "sparse_accuracy": accuracy(model, x_test, y_test),
     }
     print("  ".join(f"{k} {v:.4f}" for k, v in result.items()))
