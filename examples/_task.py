@@ -7,6 +7,8 @@ well above chance (1/8) in a few hundred steps.
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 
@@ -51,3 +53,12 @@ def dense_baseline(steps: int, *, momentum: float) -> float:
         torch.nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
         opt.step()
     return accuracy(model, x_test, y_test)
+
+
+def set_threads() -> int:
+    """Use ``FPRUNE_THREADS`` torch threads (default 1): this MLP is too small to split
+    across threads, and with one thread a busy neighbour slows it about 1.4x instead of
+    about 4x (``docs/getting_started.md``)."""
+    threads = int(os.environ.get("FPRUNE_THREADS", "1"))
+    torch.set_num_threads(threads)
+    return threads

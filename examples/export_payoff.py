@@ -18,7 +18,7 @@ import argparse
 import copy
 
 import torch
-from _task import accuracy, data, mlp
+from _task import accuracy, data, mlp, set_threads
 
 import fprune
 from fprune.export import (
@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps (for tests)")
     args = parser.parse_args(argv)
+    set_threads()
     torch.manual_seed(0)
     x, y, x_test, y_test = data(torch.Generator().manual_seed(0))
     model = mlp()

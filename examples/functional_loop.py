@@ -14,7 +14,12 @@ from __future__ import annotations
 import argparse
 
 import torch
-from _task import data, dense_baseline, mlp  # the synthetic task, shared by the examples
+from _task import (
+    data,
+    dense_baseline,
+    mlp,
+    set_threads,
+)  # the synthetic task, shared by the examples
 from torch.func import functional_call, grad
 
 import fprune
@@ -28,6 +33,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--quick", action="store_true", help="80 steps, for tests")
     args = parser.parse_args(argv)
+    set_threads()
     steps = 80 if args.quick else args.steps
 
     torch.manual_seed(0)

@@ -17,7 +17,7 @@ import argparse
 import time
 
 import torch
-from _task import data, mlp  # the synthetic task, shared by the examples
+from _task import data, mlp, set_threads  # the synthetic task, shared by the examples
 from torch.func import functional_call, grad, vmap
 
 import fprune
@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--compile", action="store_true", help="torch.compile the vmapped step")
     parser.add_argument("--quick", action="store_true", help="60 steps, for tests")
     args = parser.parse_args(argv)
+    set_threads()
     steps = 60 if args.quick else args.steps
     targets = torch.tensor([float(t) for t in args.targets.split(",")], dtype=torch.float64)
     members = len(targets)

@@ -68,6 +68,13 @@ def _demo_args(sub: Any) -> None:
         default="fprune-demo.png",
         help="PNG to write (default fprune-demo.png); 'none' to skip",
     )
+    demo.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: the MLP is too small to split, and one thread keeps "
+        "a busy machine from slowing it several times)",
+    )
     demo.add_argument("--fast", action="store_true", help="a few steps only (for smoke tests)")
     demo.add_argument("--json", action="store_true", help="print one JSON object on the last line")
 

@@ -238,6 +238,9 @@ def plot(result: dict[str, Any], path: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """The ``fprune demo`` command (see ``fprune demo --help``)."""
+    if not isinstance(args.threads, int) or args.threads < 1:
+        raise ValueError(f"fprune demo: --threads must be at least 1 (got {args.threads}).")
+    torch.set_num_threads(args.threads)
     result = train(
         pattern=args.pattern,
         criterion=args.criterion,

@@ -77,3 +77,16 @@ def test_demo_default_run_keeps_accuracy_within_two_points(tmp_path, capsys):
     assert result["sparsity"] == 0.9 and result["pattern_sparsity"] == 0.9
     assert result["dense_accuracy"] > 0.95
     assert result["sparse_accuracy"] >= result["dense_accuracy"] - 0.02
+
+
+def test_demo_threads_knob(capsys):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        assert main(["demo", "--fast", "--plot", "none", "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+        assert main(["demo", "--fast", "--plot", "none", "--threads", "0"]) == 2
+        assert "--threads must be at least 1" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)
