@@ -96,3 +96,15 @@ def test_export_payoff_example(capsys):
     assert result["exact"] and result["csr_matches"]
     assert result["ratio"] < 0.2  # 90% of the weights pruned: 4 bytes + 1 bit per kept weight
     assert "round trip exact: True" in capsys.readouterr().out
+
+
+def test_trainer_callbacks_example(capsys):
+    pytest.importorskip("lightning")
+    pytest.importorskip("accelerate")
+    pytest.importorskip("sklearn")
+    rows = load("trainer_callbacks").main([])
+    assert [r["trainer"] for r in rows] == ["transformers.Trainer", "Lightning"]
+    for row in rows:
+        assert row["sparsity"] == 0.9 and row["resumed_equal"]
+        assert row["sparse_accuracy"] >= row["dense_accuracy"] - 0.02 > 0.9
+    assert "| Lightning |" in capsys.readouterr().out
