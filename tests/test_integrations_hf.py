@@ -150,3 +150,22 @@ def test_resuming_without_a_saved_state_says_what_to_do(data, tmp_path):
     with pytest.raises(FileNotFoundError, match="PruningCallback saved"):
         _train(data, tmp_path, [PruningCallback(_pruner())], steps=20,
                resume=str(tmp_path / "checkpoint-5"))  # fmt: skip
+
+
+def test_ddp_ranks_compute_identical_masks(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    worker = Path(__file__).with_name("hf_ddp_run.py")
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(worker), str(tmp_path)],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    first = torch.load(tmp_path / "masks0.pt", weights_only=True)
+    second = torch.load(tmp_path / "masks1.pt", weights_only=True)
+    assert first.keys() == second.keys() == {"net.0.weight", "net.2.weight"}
+    assert all(torch.equal(first[n], second[n]) for n in first)
+    assert float(fprune.total_sparsity(first, pattern="4x1")) == 0.9
