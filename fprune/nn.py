@@ -254,7 +254,10 @@ def masked_optimizer_state(
             func,
             "names must list every parameter the optimizer holds",
             _errors.detail(f"{len(names)} names for {len(ids)} parameters"),
-            "Pass the names in the order the parameters were given to the optimizer.",
+            "Pass every parameter's name in the order the optimizer holds them, e.g. "
+            "[n for n, _ in model.named_parameters()], or call "
+            "fprune.training.mask_optimizer_state_(optimizer, model, masks), which matches "
+            "parameters by identity.",
         )
     unknown = sorted(set(masks) - set(names))
     if unknown:

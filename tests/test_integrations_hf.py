@@ -98,6 +98,11 @@ def test_reaches_exactly_the_target_and_keeps_pruned_weights_zero(runs):
     params = dict(model.named_parameters())
     assert set(callback.masks) == {"net.0.weight", "net.2.weight"}  # the head stays dense
     assert all(bool((params[n][~m] == 0).all()) for n, m in callback.masks.items())
+    optimizer = runs["trainer"].optimizer
+    for name, mask in callback.masks.items():
+        moments = optimizer.state[params[name]]
+        assert bool((moments["exp_avg"][~mask] == 0).all())
+        assert bool((moments["exp_avg_sq"][~mask] == 0).all())
 
 
 def test_accuracy_within_two_points_of_dense_for_the_same_steps(runs, data):
