@@ -37,6 +37,8 @@ from fprune.sparsity import total_sparsity
 from fprune.state import PruneState
 
 __all__ = [
+    "CallbackCore",
+    "CoreAttributes",
     "as_pruner",
     "init",
     "is_prune_step_of",
@@ -59,6 +61,14 @@ def _named(model: nn.Module | Mapping[str, torch.Tensor], func: str) -> dict[str
         func, "model must be an nn.Module or a dict of named parameters", type(model).__name__,
         "Pass the model, or dict(model.named_parameters()).",
     )  # fmt: skip
+
+
+def _require(
+    params: Mapping[str, torch.Tensor], names: Sequence[str], func: str, problem: str, fix: str
+) -> None:
+    missing = [n for n in names if n not in params]
+    if missing:
+        raise _errors.value_error(func, problem, missing[:5], fix)
 
 
 def as_pruner(prune: Pruner | Mapping[str, Any], model: Any, func: str) -> Pruner:
@@ -105,12 +115,8 @@ def init(
                 "Pass names=[...], or the model itself.",
             )  # fmt: skip
         names = prunable(model).names
-    missing = [n for n in names if n not in params]
-    if missing:
-        raise _errors.value_error(
-            "init", "names lists parameters the model lacks", missing[:5],
-            "Use names from model.named_parameters().",
-        )  # fmt: skip
+    _require(params, names, "init", "names lists parameters the model lacks",
+             "Use names from model.named_parameters().")  # fmt: skip
     return prune.init({n: params[n].detach() for n in names})
 
 
@@ -161,12 +167,8 @@ def prune_step_(
     """
     params = _named(model, "prune_step_")
     names = list(state.masks)
-    missing = [n for n in names if n not in params]
-    if missing:
-        raise _errors.value_error(
-            "prune_step_", "the state prunes parameters the model lacks", missing[:5],
-            "Pass the model the state was initialised for.",
-        )  # fmt: skip
+    _require(params, names, "prune_step_", "the state prunes parameters the model lacks",
+             "Pass the model the state was initialised for.")  # fmt: skip
     weights = {n: params[n].detach() for n in names}
     grads = {n: params[n].grad for n in names}
     if all(g is None for g in grads.values()):
@@ -222,3 +224,79 @@ def window_warning(prune: Pruner, state: PruneState) -> str | None:
             f"(now {float(state.current_target):.4f}); lower end_step, or train longer"
         )
     return None
+
+
+class CallbackCore:
+    """What a trainer callback keeps and does (the Trainer and Lightning callbacks share it):
+    the pruner, built from a config dict on :meth:`start` if need be, its state and masks.
+
+    Args:
+        prune: a :class:`~fprune.pruner.Pruner`, or an INC config dict (one entry).
+        names: the parameters to prune (default: ``prune.names``, else
+            :func:`fprune.nn.prunable`'s choice).
+        owner: the callback's name, for messages.
+    """
+
+    def __init__(
+        self, prune: Pruner | Mapping[str, Any], names: Sequence[str] | None, owner: str
+    ) -> None:
+        self.spec, self.owner = prune, owner
+        self.names = None if names is None else tuple(names)
+        self.prune: Pruner | None = prune if isinstance(prune, Pruner) else None
+        self.state: PruneState | None = None
+        self.masks: dict[str, torch.Tensor] = {}
+
+    def start(self, model: nn.Module, saved: Mapping[str, torch.Tensor] | None = None) -> None:
+        """Build the pruner and its first state, or the state ``saved`` in a checkpoint."""
+        self.prune = as_pruner(self.spec, model, self.owner)
+        self.state = init(model, self.prune, names=self.names)
+        if saved is not None:
+            self.state = PruneState.from_state_dict(saved)
+
+    def step(self, model: nn.Module, optimizer: Any) -> dict[str, float] | None:
+        """:func:`prune_step_`; the sparsity log when this was a prune step, else None."""
+        if self.prune is None or self.state is None:
+            return None
+        before = int(self.state.step)
+        self.state, self.masks = prune_step_(model, self.prune, self.state, optimizer=optimizer)
+        return (
+            sparsity_log(self.state, self.masks) if is_prune_step_of(self.prune, before) else None
+        )
+
+    def keep(self, model: nn.Module) -> None:
+        """Zero the pruned weights again (after the optimizer step)."""
+        if self.masks:
+            keep_pruned_(model, self.masks)
+
+    def finish(self) -> str | None:
+        """The end-of-training message (:func:`window_warning`), prefixed with the owner."""
+        if self.prune is None or self.state is None:
+            return None
+        message = window_warning(self.prune, self.state)
+        return None if message is None else f"{self.owner}: {message}"
+
+    def picklable(self) -> CallbackCore:
+        """A copy whose pruner travels as its config dict (pruners hold closures)."""
+        copy = CallbackCore.__new__(CallbackCore)
+        copy.__dict__.update(self.__dict__)
+        if isinstance(self.spec, Pruner):
+            copy.spec = self.spec.to_config()
+            copy.names = self.names if self.names is not None else self.spec.names
+        copy.prune = None
+        return copy
+
+
+class CoreAttributes:
+    """``state`` and ``masks`` of a callback that keeps a :class:`CallbackCore` as ``core``."""
+
+    core: CallbackCore
+
+    @property
+    def state(self) -> PruneState | None:
+        """The pruner's state (None before training starts)."""
+        return self.core.state
+
+    @property
+    def masks(self) -> dict[str, torch.Tensor]:
+        """The current masks."""
+        return self.core.masks

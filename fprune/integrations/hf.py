@@ -35,7 +35,6 @@ import torch
 from fprune import training
 from fprune.integrations.hf_oneshot import require_transformers
 from fprune.pruner import Pruner
-from fprune.state import PruneState
 
 __all__ = ["STATE_FILE", "PruningCallback"]
 
@@ -43,7 +42,7 @@ STATE_FILE = "fprune_state.pt"
 _CALLBACK_BASE: Any = require_transformers().TrainerCallback
 
 
-class PruningCallback(_CALLBACK_BASE):
+class PruningCallback(_CALLBACK_BASE, training.CoreAttributes):
     """Prune with ``prune`` while ``transformers.Trainer`` trains.
 
     Args:
@@ -58,52 +57,37 @@ class PruningCallback(_CALLBACK_BASE):
 
     def __init__(self, prune: Pruner | Mapping[str, Any], *, names: Sequence[str] | None = None):
         super().__init__()
-        self._spec, self.names = prune, None if names is None else tuple(names)
-        self.prune: Pruner | None = prune if isinstance(prune, Pruner) else None
-        self.state: PruneState | None = None
-        self.masks: dict[str, torch.Tensor] = {}
+        self.core = training.CallbackCore(prune, names, "PruningCallback")
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any):
-        self.prune = training.as_pruner(self._spec, model, "PruningCallback")
-        self.state = training.init(model, self.prune, names=self.names)
-        if state.global_step > 0:
-            self.state = self._load(args, state.global_step)
+        saved = self._load(args, state.global_step) if state.global_step > 0 else None
+        self.core.start(model, saved)
 
-    def _load(self, args: Any, step: int) -> PruneState:
+    def _load(self, args: Any, step: int) -> dict[str, torch.Tensor]:
         path = os.path.join(args.output_dir, f"checkpoint-{step}", STATE_FILE)
         if not os.path.isfile(path):
             raise FileNotFoundError(
                 f"PruningCallback: training resumes at step {step} but {path} does not exist. "
                 "Resume from a checkpoint that a run with PruningCallback saved in output_dir."
             )
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        return PruneState.from_state_dict(saved)
+        return torch.load(path, map_location="cpu", weights_only=True)
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kw: Any):
-        if self.prune is None or self.state is None:
-            return
-        before = int(self.state.step)
-        self.state, self.masks = training.prune_step_(
-            kw["model"], self.prune, self.state, optimizer=kw.get("optimizer")
-        )
-        if training.is_prune_step_of(self.prune, before):
-            state.log_history.append(
-                {**training.sparsity_log(self.state, self.masks), "step": state.global_step + 1}
-            )
+        log = self.core.step(kw["model"], kw.get("optimizer"))
+        if log is not None:
+            state.log_history.append({**log, "step": state.global_step + 1})
 
     def on_optimizer_step(self, args: Any, state: Any, control: Any, **kw: Any):
-        if self.masks:
-            training.keep_pruned_(kw["model"], self.masks)
+        self.core.keep(kw["model"])
 
     def on_save(self, args: Any, state: Any, control: Any, **kw: Any):
-        if self.state is None or not state.is_world_process_zero:
+        if self.core.state is None or not state.is_world_process_zero:
             return
         folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         os.makedirs(folder, exist_ok=True)
-        torch.save(self.state.state_dict(), os.path.join(folder, STATE_FILE))
+        torch.save(self.core.state.state_dict(), os.path.join(folder, STATE_FILE))
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any):
-        if self.prune is not None and self.state is not None:
-            message = training.window_warning(self.prune, self.state)
-            if message:
-                warnings.warn(f"PruningCallback: {message}", UserWarning, stacklevel=2)
+        message = self.core.finish()
+        if message:
+            warnings.warn(message, UserWarning, stacklevel=2)

@@ -48,7 +48,7 @@ def _callback_base() -> Any:
     return Callback
 
 
-class PruningCallback(_callback_base()):
+class PruningCallback(_callback_base(), training.CoreAttributes):
     """Prune with ``prune`` while Lightning trains.
 
     Args:
@@ -63,57 +63,40 @@ class PruningCallback(_callback_base()):
 
     def __init__(self, prune: Pruner | Mapping[str, Any], *, names: Sequence[str] | None = None):
         super().__init__()
-        self._spec, self.names = prune, None if names is None else tuple(names)
-        self.prune: Pruner | None = prune if isinstance(prune, Pruner) else None
-        self.state: PruneState | None = None
-        self.masks: dict[str, torch.Tensor] = {}
+        self.core = training.CallbackCore(prune, names, "PruningCallback")
         self._restored: dict[str, torch.Tensor] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         """Picklable for ``ddp_spawn``: a pruner (closures) travels as its config dict."""
-        state = dict(self.__dict__)
-        spec = state["_spec"]
-        if isinstance(spec, Pruner):
-            state["_spec"] = spec.to_config()
-            state["names"] = state["names"] if state["names"] is not None else spec.names
-        state["prune"] = None
-        return state
+        return {**self.__dict__, "core": self.core.picklable()}
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
-        self.prune = training.as_pruner(self._spec, pl_module, "PruningCallback")
-        self.state = training.init(pl_module, self.prune, names=self.names)
-        if self._restored is not None:
-            self.state = PruneState.from_state_dict(self._restored)
-            self._restored = None
+        self.core.start(pl_module, self._restored)
+        self._restored = None
 
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
-        if self.prune is None or self.state is None:
-            return
-        before = int(self.state.step)
-        self.state, self.masks = training.prune_step_(
-            pl_module, self.prune, self.state, optimizer=optimizer
-        )
-        if training.is_prune_step_of(self.prune, before):  # every prune step, whatever
-            log = training.sparsity_log(self.state, self.masks)  # log_every_n_steps says
-            for logger in trainer.loggers:
-                logger.log_metrics(log, step=before)
+        step = int(self.core.state.step) if self.core.state is not None else 0
+        log = self.core.step(pl_module, optimizer)
+        for logger in trainer.loggers if log is not None else ():  # every prune step, whatever
+            logger.log_metrics(log, step=step)  # log_every_n_steps says
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, *args: Any, **kw: Any) -> None:
-        if self.masks:
-            training.keep_pruned_(pl_module, self.masks)
+        self.core.keep(pl_module)
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
-        if self.prune is not None and self.state is not None:
-            message = training.window_warning(self.prune, self.state)
-            if message:
-                warnings.warn(f"PruningCallback: {message}", UserWarning, stacklevel=2)
+        message = self.core.finish()
+        if message:
+            warnings.warn(message, UserWarning, stacklevel=2)
 
     def state_dict(self) -> dict[str, Any]:
-        return {} if self.state is None else {"prune_state": self.state.state_dict()}
+        state = self.core.state
+        return {} if state is None else {"prune_state": state.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if "prune_state" in state_dict:
-            self._restored = dict(state_dict["prune_state"])
-            if self.state is not None:  # restored after fit started
-                self.state = PruneState.from_state_dict(self._restored)
-                self._restored = None
+        if "prune_state" not in state_dict:
+            return
+        saved = dict(state_dict["prune_state"])
+        if self.core.state is None:
+            self._restored = saved  # read when fit starts
+        else:  # restored after fit started
+            self.core.state = PruneState.from_state_dict(saved)
