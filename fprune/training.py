@@ -30,7 +30,7 @@ from torch import nn
 
 from fprune import _errors
 from fprune.config import from_config
-from fprune.nn import apply_masks_, mask_grads_, prunable
+from fprune.nn import apply_masks_, prunable
 from fprune.pruner import Pruner
 from fprune.schedules import is_prune_step
 from fprune.sparsity import total_sparsity
@@ -126,20 +126,39 @@ def mask_optimizer_state_(
     masks: Mapping[str, torch.Tensor],
 ) -> None:
     """Zero, in place, every optimizer state tensor shaped like a pruned parameter (SGD's
-    momentum, Adam's moments, ...) at the pruned positions. Parameters are matched to their
-    names by identity, so the optimizer may hold any subset of the model's parameters, in any
-    order."""
+    momentum, Adam's moments, ...) at the pruned positions. ``optimizer.state`` is keyed by
+    the parameters themselves, so the optimizer may hold any subset of the model's
+    parameters, in any order."""
     params = _named(model, "mask_optimizer_state_")
-    names = {id(p): n for n, p in params.items()}
+    _require(params, list(masks), "mask_optimizer_state_",
+             "masks names parameters the model lacks", "Pass masks for this model.")  # fmt: skip
     with torch.no_grad():
-        for group in optimizer.param_groups:
-            for param in group["params"]:
-                mask = masks.get(names.get(id(param), ""))
-                if mask is None:
-                    continue
-                for value in optimizer.state.get(param, {}).values():
-                    if isinstance(value, torch.Tensor) and value.shape == mask.shape:
-                        value.masked_fill_(~mask.to(value.device), 0)
+        for name, mask in masks.items():
+            _zero_state_(optimizer, params[name], mask)
+
+
+def _zero_state_(optimizer: torch.optim.Optimizer, param: torch.Tensor, mask: torch.Tensor) -> None:
+    for value in optimizer.state.get(param, {}).values():
+        if isinstance(value, torch.Tensor) and value.shape == mask.shape:
+            value.masked_fill_(~mask.to(value.device), 0)
+
+
+def _zero_pruned_(
+    params: Mapping[str, torch.Tensor],
+    masks: Mapping[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer | None,
+) -> None:
+    """One pass over the pruned weights: each weight, its gradient and its optimizer state
+    zeroed where its mask prunes (masks from ``prune.step``, so not checked again)."""
+    with torch.no_grad():
+        for name, mask in masks.items():
+            param = params[name]
+            pruned = ~mask.to(param.device)
+            param.masked_fill_(pruned, 0)
+            if param.grad is not None:
+                param.grad.masked_fill_(pruned, 0)
+            if optimizer is not None:
+                _zero_state_(optimizer, param, mask)
 
 
 def is_prune_step_of(prune: Pruner, step: int) -> bool:
@@ -151,6 +170,34 @@ def is_prune_step_of(prune: Pruner, step: int) -> bool:
         is_prune_step(step, start_step=s["start_step"], end_step=s["end_step"],
                       frequency=s["frequency"])
     )  # fmt: skip
+
+
+def _step(
+    model: nn.Module | Mapping[str, torch.Tensor],
+    prune: Pruner,
+    state: PruneState,
+    optimizer: torch.optim.Optimizer | None,
+) -> tuple[PruneState, dict[str, torch.Tensor], int, dict[str, float] | None]:
+    """:func:`prune_step_`, also returning the step index it processed and, at a prune step,
+    the sparsity log it logged."""
+    params = _named(model, "prune_step_")
+    names = list(state.masks)
+    _require(params, names, "prune_step_", "the state prunes parameters the model lacks",
+             "Pass the model the state was initialised for.")  # fmt: skip
+    weights = {n: params[n].detach() for n in names}
+    grads = {n: params[n].grad for n in names}
+    if all(g is None for g in grads.values()):
+        grads = None  # a criterion that needs gradients says so
+    step = int(state.step)
+    state, masks = prune.step(state, weights, grads)
+    _zero_pruned_(params, masks, optimizer)
+    log = sparsity_log(state, masks) if is_prune_step_of(prune, step) else None
+    if log is not None:
+        _logger.info(
+            "fprune step %d: target %.4f, achieved %.4f in %d layers",
+            step, log["prune/target"], log["prune/sparsity"], len(masks),
+        )  # fmt: skip
+    return state, masks, step, log
 
 
 def prune_step_(
@@ -165,27 +212,7 @@ def prune_step_(
     Returns:
         ``(state, masks)`` as ``prune.step`` returns them.
     """
-    params = _named(model, "prune_step_")
-    names = list(state.masks)
-    _require(params, names, "prune_step_", "the state prunes parameters the model lacks",
-             "Pass the model the state was initialised for.")  # fmt: skip
-    weights = {n: params[n].detach() for n in names}
-    grads = {n: params[n].grad for n in names}
-    if all(g is None for g in grads.values()):
-        grads = None  # a criterion that needs gradients says so
-    step = int(state.step)
-    state, masks = prune.step(state, weights, grads)
-    chosen = {n: params[n] for n in names}
-    apply_masks_(chosen, masks)
-    mask_grads_(chosen, masks)
-    if optimizer is not None:
-        mask_optimizer_state_(optimizer, chosen, masks)
-    if is_prune_step_of(prune, step):
-        log = sparsity_log(state, masks)
-        _logger.info(
-            "fprune step %d: target %.4f, achieved %.4f in %d layers",
-            step, log["prune/target"], log["prune/sparsity"], len(masks),
-        )  # fmt: skip
+    state, masks, _, _ = _step(model, prune, state, optimizer)
     return state, masks
 
 
@@ -253,15 +280,12 @@ class CallbackCore:
         if saved is not None:
             self.state = PruneState.from_state_dict(saved)
 
-    def step(self, model: nn.Module, optimizer: Any) -> dict[str, float] | None:
-        """:func:`prune_step_`; the sparsity log when this was a prune step, else None."""
+    def step(self, model: nn.Module, optimizer: Any) -> tuple[int, dict[str, float]] | None:
+        """:func:`prune_step_`; at a prune step, the step index and its sparsity log."""
         if self.prune is None or self.state is None:
             return None
-        before = int(self.state.step)
-        self.state, self.masks = prune_step_(model, self.prune, self.state, optimizer=optimizer)
-        return (
-            sparsity_log(self.state, self.masks) if is_prune_step_of(self.prune, before) else None
-        )
+        self.state, self.masks, step, log = _step(model, self.prune, self.state, optimizer)
+        return None if log is None else (step, log)
 
     def keep(self, model: nn.Module) -> None:
         """Zero the pruned weights again (after the optimizer step)."""

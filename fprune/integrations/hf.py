@@ -73,9 +73,9 @@ class PruningCallback(_CALLBACK_BASE, training.CoreAttributes):
         return torch.load(path, map_location="cpu", weights_only=True)
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kw: Any):
-        log = self.core.step(kw["model"], kw.get("optimizer"))
-        if log is not None:
-            state.log_history.append({**log, "step": state.global_step + 1})
+        logged = self.core.step(kw["model"], kw.get("optimizer"))
+        if logged is not None:
+            state.log_history.append({**logged[1], "step": state.global_step + 1})
 
     def on_optimizer_step(self, args: Any, state: Any, control: Any, **kw: Any):
         self.core.keep(kw["model"])

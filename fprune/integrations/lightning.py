@@ -75,10 +75,12 @@ class PruningCallback(_callback_base(), training.CoreAttributes):
         self._restored = None
 
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
-        step = int(self.core.state.step) if self.core.state is not None else 0
-        log = self.core.step(pl_module, optimizer)
-        for logger in trainer.loggers if log is not None else ():  # every prune step, whatever
-            logger.log_metrics(log, step=step)  # log_every_n_steps says
+        logged = self.core.step(pl_module, optimizer)
+        if logged is None:
+            return
+        step, log = logged
+        for logger in trainer.loggers:  # at every prune step, whatever log_every_n_steps says
+            logger.log_metrics(log, step=step)
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, *args: Any, **kw: Any) -> None:
         self.core.keep(pl_module)
