@@ -28,7 +28,7 @@ from fprune import _errors, posttrain
 from fprune.masking import masks as pattern_masks
 from fprune.patterns import Pattern
 
-__all__ = ["LayerReport", "default_blocks", "oneshot"]
+__all__ = ["LayerReport", "call_model", "default_blocks", "oneshot"]
 
 _log = logging.getLogger("fprune")
 
@@ -124,8 +124,9 @@ def _linears(
     return [{n: m for n, m in layers.items() if n in wanted} for layers in found]
 
 
-def _call(model: nn.Module, batch: Any) -> Any:
-    """A model input: a tensor, a tuple of arguments, or a dict of keyword arguments."""
+def call_model(model: nn.Module, batch: Any, *, func: str = "oneshot") -> Any:
+    """Run ``model`` on one input: a tensor, a tuple of arguments, or a dict of keyword
+    arguments (a tokenizer's output). ``func`` names the caller in the error."""
     if isinstance(batch, torch.Tensor):
         return model(batch)
     if isinstance(batch, Mapping):
@@ -133,7 +134,7 @@ def _call(model: nn.Module, batch: Any) -> Any:
     if isinstance(batch, (tuple, list)):
         return model(*batch)
     raise _errors.type_error(
-        "oneshot",
+        func,
         "a batch must be a tensor, a tuple of arguments or a dict of keyword arguments",
         type(batch).__name__,
         "Pass e.g. [tokenizer(texts, return_tensors='pt')] or [torch.randn(8, 16)].",
@@ -152,7 +153,7 @@ def _capture(model: nn.Module, first: nn.Module, batches: Iterable[Any]) -> _Inp
     try:
         for batch in batches:
             try:
-                _call(model, batch)
+                call_model(model, batch)
             except _Reached:
                 continue
             raise _errors.value_error(

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from fprune import _errors
+from fprune.blockwise import call_model
 from fprune.export.groups import (
     LAYERS,
     Group,
@@ -134,9 +135,18 @@ _ALL_PRUNED = "every channel is pruned; the first is kept, as a layer needs at l
 
 
 @dataclasses.dataclass
+class _Fold:
+    """A consumer's inputs to fold: ``parts`` pairs each group (by root) with the consumer's
+    item in it; ``local`` lists the consumer's indices to measure, ascending."""
+
+    parts: list[tuple[str, Item]] = dataclasses.field(default_factory=list)
+    local: list[int] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
 class _Plan:
     remove: dict[str, list[int]]  # group root -> channels
-    fold: dict[str, list[tuple[Item, list[int]]]]  # consumer name -> (item, its local indices)
+    fold: dict[str, _Fold]  # consumer name -> what to fold into it
     inconsistent: dict[str, str]
     groups: dict[str, Group]
 
@@ -167,21 +177,13 @@ def _plan(groups: list[Group], masks: Mapping[str, torch.Tensor]) -> _Plan:
             plan.inconsistent[group.root] = _ALL_PRUNED
         if bool(removable.any()):
             plan.remove[group.root] = removable.nonzero().flatten().tolist()
-        fold = (removable & ~consumer_dead).nonzero().flatten()
-        for item in ins if fold.numel() else []:
-            local = [
-                li for li, r in zip(item.local, item.root, strict=True) if r in set(fold.tolist())
-            ]
-            plan.fold.setdefault(item.name, []).append((item, local))
+        fold = set((removable & ~consumer_dead).nonzero().flatten().tolist())
+        for item in ins if fold else []:
+            entry = plan.fold.setdefault(item.name, _Fold())
+            entry.parts.append((group.root, item))
+            local = {li for li, r in zip(item.local, item.root, strict=True) if r in fold}
+            entry.local = sorted(local.union(entry.local))
     return plan
-
-
-def _call(model: nn.Module, example_inputs: Any) -> Any:
-    if isinstance(example_inputs, Mapping):
-        return model(**example_inputs)
-    if isinstance(example_inputs, tuple | list):
-        return model(*example_inputs)
-    return model(example_inputs)
 
 
 def _tensors(output: Any) -> list[torch.Tensor]:
@@ -212,7 +214,7 @@ def _relative_error(reference: list[torch.Tensor], slimmed: list[torch.Tensor]) 
 
 
 def _capture(
-    model: nn.Module, fold: Mapping[str, list[tuple[Item, list[int]]]], example_inputs: Any
+    model: nn.Module, fold: Mapping[str, _Fold], example_inputs: Any
 ) -> dict[str, torch.Tensor]:
     """Each folding consumer's inputs at the channels to fold, from every call on
     ``example_inputs``: ``[k, positions]`` in float64."""
@@ -228,14 +230,12 @@ def _capture(
         return record
 
     handles = [
-        modules[name].register_forward_pre_hook(
-            hook(name, sorted({i for _, ls in parts for i in ls}))
-        )
-        for name, parts in fold.items()
+        modules[name].register_forward_pre_hook(hook(name, entry.local))
+        for name, entry in fold.items()
     ]
     try:
         with torch.no_grad():
-            _call(model, example_inputs)
+            call_model(model, example_inputs, func="slim")
     finally:
         for handle in handles:
             handle.remove()
@@ -261,13 +261,11 @@ def _unfoldable(
 ) -> dict[str, set[int]]:
     """Per group, the channels to keep because a consumer cannot absorb their constant."""
     keep: dict[str, set[int]] = {}
-    for name, parts in plan.fold.items():
-        local = sorted({i for _, ls in parts for i in ls})
+    for name, entry in plan.fold.items():
         values = captured[name]
         ok = _foldable(modules[name], values[:, 0], values)
-        bad = {li for li, good in zip(local, ok.tolist(), strict=True) if not good}
-        for item, _ in parts:
-            root = next(g for g, grp in plan.groups.items() if item in grp.items)
+        bad = {li for li, good in zip(entry.local, ok.tolist(), strict=True) if not good}
+        for root, item in entry.parts:
             roots = {r for li, r in zip(item.local, item.root, strict=True) if li in bad}
             keep.setdefault(root, set()).update(roots)
     return keep
@@ -310,20 +308,18 @@ def _fold(model: nn.Module, plan: _Plan, example_inputs: Any) -> dict[str, int]:
     _settle(plan, _unfoldable(plan, captured, modules))
     removed = {g: set(cs) for g, cs in plan.remove.items()}
     folded: dict[str, int] = {}
-    for name, parts in plan.fold.items():
-        local = sorted({i for _, ls in parts for i in ls})
+    for name, entry in plan.fold.items():
         values = captured[name][:, 0]
-        chosen = []
-        for item, _ in parts:
-            root = next(g for g, grp in plan.groups.items() if item in grp.items)
-            chosen += [
+        position = {li: k for k, li in enumerate(entry.local)}
+        chosen = sorted(
+            {
                 li
+                for root, item in entry.parts
                 for li, r in zip(item.local, item.root, strict=True)
-                if li in local and r in removed.get(root, set())
-            ]
-        chosen = sorted(set(chosen))
+                if li in position and r in removed.get(root, set())
+            }
+        )
         if chosen:
-            position = {li: k for k, li in enumerate(local)}
             _fold_into_bias(modules[name], chosen, values[[position[li] for li in chosen]])
             folded[name] = len(chosen)
     return folded
@@ -400,7 +396,7 @@ def slim(
     if masks:
         apply_masks_(slimmed, masks)
     with torch.no_grad():
-        reference = _tensors(_call(slimmed, example_inputs))
+        reference = _tensors(call_model(slimmed, example_inputs, func="slim"))
     before = sum(p.numel() for p in slimmed.parameters())
     heads = head_sizes(slimmed)
     graph = tp.DependencyGraph().build_dependency(slimmed, example_inputs=example_inputs)
@@ -412,7 +408,9 @@ def slim(
             graph.get_pruning_group(dep.target.module, dep.handler, idxs=channels).prune()
     _fix_attention(slimmed, heads)
     with torch.no_grad():
-        error = _relative_error(reference, _tensors(_call(slimmed, example_inputs)))
+        error = _relative_error(
+            reference, _tensors(call_model(slimmed, example_inputs, func="slim"))
+        )
     slimmed.train(training)
     removed = {root: len(cs) for root, cs in plan.remove.items() if cs}
     after = sum(p.numel() for p in slimmed.parameters())
