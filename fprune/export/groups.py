@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
 __all__ = [
     "LAYERS",
+    "Attention",
     "Group",
     "Item",
     "MissingTorchPruning",
+    "attention_modules",
     "channel_side",
     "channel_units",
     "head_sizes",
@@ -80,19 +82,37 @@ def channel_side(handler: Any) -> str | None:
     return "out" if "out_channels" in name else "in" if "in_channels" in name else None
 
 
-def head_sizes(model: nn.Module) -> dict[nn.Module, int]:
-    """Linear layers whose outputs are split into attention heads, with the head size: the
-    Linear children of every module with ``num_attention_heads`` and ``attention_head_size``
-    whose width is their product (Hugging Face attention modules)."""
-    sizes: dict[nn.Module, int] = {}
-    for module in model.modules():
+class Attention(NamedTuple):
+    """A Hugging Face attention module and its ``num_attention_heads`` and
+    ``attention_head_size``."""
+
+    module: nn.Module
+    heads: int
+    head_size: int
+
+
+def attention_modules(model: nn.Module) -> dict[str, Attention]:
+    """The attention modules of ``model`` by name: those with int ``num_attention_heads``
+    and ``attention_head_size`` attributes (Hugging Face's convention)."""
+    found = {}
+    for name, module in model.named_modules():
         heads = getattr(module, "num_attention_heads", None)
         size = getattr(module, "attention_head_size", None)
-        if not isinstance(heads, int) or not isinstance(size, int):
-            continue
-        for child in module.children():
-            if isinstance(child, nn.Linear) and child.out_features == heads * size:
-                sizes[child] = size
+        if isinstance(heads, int) and isinstance(size, int):
+            found[name] = Attention(module, heads, size)
+    return found
+
+
+def head_sizes(model: nn.Module) -> dict[nn.Module, int]:
+    """Linear layers whose outputs are split into attention heads, with the head size: the
+    Linear children of each :func:`attention_modules` module whose width is heads times
+    head size."""
+    sizes: dict[nn.Module, int] = {}
+    for attention in attention_modules(model).values():
+        for child in attention.module.children():
+            width = attention.heads * attention.head_size
+            if isinstance(child, nn.Linear) and child.out_features == width:
+                sizes[child] = attention.head_size
     return sizes
 
 

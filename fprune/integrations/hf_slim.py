@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fprune.export.groups import attention_modules
 from fprune.integrations.hf_oneshot import require_transformers
 
 __all__ = ["MANIFEST", "load_slimmed", "save_slimmed"]
@@ -28,11 +29,10 @@ MANIFEST = "fprune_slim.json"
 _FORMAT, _VERSION = "fprune.slim", 1
 
 
-def _meta_shapes(model_class: Any, config: Any) -> dict[str, tuple[int, ...]]:
-    """Parameter and buffer shapes of a fresh model built from ``config`` (no memory used)."""
+def _fresh(model_class: Any, config: Any) -> nn.Module:
+    """A model built from ``config`` on the meta device (no memory used)."""
     with torch.device("meta"):
-        fresh = model_class(config)
-    return {n: tuple(t.shape) for n, t in fresh.state_dict().items()}
+        return model_class(config)
 
 
 def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
@@ -40,12 +40,7 @@ def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
 
 
 def _heads(model: nn.Module) -> dict[str, int]:
-    return {
-        name: heads
-        for name, module in model.named_modules()
-        if isinstance(heads := vars(module).get("num_attention_heads"), int)
-        and isinstance(vars(module).get("attention_head_size"), int)
-    }
+    return {name: found.heads for name, found in attention_modules(model).items()}
 
 
 def _try_intermediate_size(model: nn.Module, config: Any) -> None:
@@ -53,7 +48,7 @@ def _try_intermediate_size(model: nn.Module, config: Any) -> None:
     size = getattr(config, "intermediate_size", None)
     if not isinstance(size, int):
         return
-    fresh = _meta_shapes(type(model), config)
+    fresh = _shapes(_fresh(type(model), config))
     changed = {
         (old[0], new[0])
         for name, new in _shapes(model).items()
@@ -73,10 +68,9 @@ def save_slimmed(model: Any, folder: str | os.PathLike[str]) -> bool:
     """
     config = model.config
     _try_intermediate_size(model, config)
-    fresh = _meta_shapes(type(model), config)
-    shapes = {n: list(s) for n, s in _shapes(model).items() if fresh.get(n) != s}
-    with torch.device("meta"):
-        default_heads = _heads(type(model)(config))
+    fresh = _fresh(type(model), config)
+    default_shapes, default_heads = _shapes(fresh), _heads(fresh)
+    shapes = {n: list(s) for n, s in _shapes(model).items() if default_shapes.get(n) != s}
     heads = {n: h for n, h in _heads(model).items() if default_heads.get(n) != h}
     model.save_pretrained(folder)
     manifest = pathlib.Path(folder) / MANIFEST
