@@ -40,6 +40,7 @@ from fprune.export.groups import (
     Group,
     Item,
     MissingTorchPruning,
+    attention_modules,
     channel_units,
     head_sizes,
     read_groups,
@@ -163,9 +164,8 @@ def _plan(groups: list[Group], masks: Mapping[str, torch.Tensor]) -> _Plan:
         removable = consumer_dead | producer_dead
         if group.blocked:
             removable = torch.zeros_like(removable)
-        whole = _whole_units(removable, group)
-        removable = _keep_one(whole, group)
-        left = (touched & ~whole).nonzero().flatten().tolist()
+        removable = _whole_units(removable, group)
+        left = (touched & ~removable).nonzero().flatten().tolist()
         if left:
             why = group.blocked or (
                 "not pruned in all producers or all consumers (or whole heads)"
@@ -173,8 +173,6 @@ def _plan(groups: list[Group], masks: Mapping[str, torch.Tensor]) -> _Plan:
                 else "model outputs: no layer reads them"
             )
             plan.inconsistent[group.root] = f"{len(left)} channels, first {left[:5]}: {why}"
-        elif bool((whole & ~removable).any()):
-            plan.inconsistent[group.root] = _ALL_PRUNED
         if bool(removable.any()):
             plan.remove[group.root] = removable.nonzero().flatten().tolist()
         fold = set((removable & ~consumer_dead).nonzero().flatten().tolist())
@@ -293,7 +291,7 @@ def _settle(plan: _Plan, keep: Mapping[str, set[int]]) -> None:
         removable = torch.zeros(group.channels, dtype=torch.bool)
         removable[plan.remove.get(root, [])] = True
         removable[sorted(channels)] = False
-        removable = _keep_one(_whole_units(removable, group), group)
+        removable = _whole_units(removable, group)
         plan.remove[root] = removable.nonzero().flatten().tolist()
         kept = len(channels)
         plan.inconsistent[root] = (
@@ -302,10 +300,25 @@ def _settle(plan: _Plan, keep: Mapping[str, set[int]]) -> None:
         )
 
 
+def _keep_one_each(plan: _Plan) -> None:
+    """Once the removable channels are settled, keep a layer's first unit where all would go."""
+    for root, channels in plan.remove.items():
+        group = plan.groups[root]
+        removable = torch.zeros(group.channels, dtype=torch.bool)
+        removable[channels] = True
+        kept = _keep_one(removable, group)
+        if not torch.equal(kept, removable):
+            plan.remove[root] = kept.nonzero().flatten().tolist()
+            plan.inconsistent.setdefault(root, _ALL_PRUNED)
+
+
 def _fold(model: nn.Module, plan: _Plan, example_inputs: Any) -> dict[str, int]:
+    """Settle which channels go (constants that cannot be folded keep theirs; every layer
+    keeps one), then fold the constants of those that go into their readers' biases."""
     modules = dict(model.named_modules())
-    captured = _capture(model, plan.fold, example_inputs)
+    captured = _capture(model, plan.fold, example_inputs) if plan.fold else {}
     _settle(plan, _unfoldable(plan, captured, modules))
+    _keep_one_each(plan)
     removed = {g: set(cs) for g, cs in plan.remove.items()}
     folded: dict[str, int] = {}
     for name, entry in plan.fold.items():
@@ -348,10 +361,9 @@ def _check_masks(model: nn.Module, masks: Any) -> Mapping[str, torch.Tensor]:
 
 def _fix_attention(model: nn.Module, heads: Mapping[nn.Module, int]) -> None:
     """Keep Hugging Face attention modules' head counts in step with their projections."""
-    for module in model.modules():
-        size = getattr(module, "attention_head_size", None)
+    for module, _, size in attention_modules(model).values():
         children = [c for c in module.children() if isinstance(c, nn.Linear) and c in heads]
-        if children and isinstance(size, int):
+        if children:
             width = children[0].out_features  # plain attributes: set in the instance dict
             vars(module).update(num_attention_heads=width // size, all_head_size=width)
 
