@@ -23,6 +23,7 @@ __all__ = [
     "choice",
     "detail",
     "fraction",
+    "masks_for",
     "positive_int",
     "previous_masks",
     "regexes",
@@ -224,5 +225,29 @@ def bool_masks(func: str, arg: str, value: Any) -> Mapping[str, torch.Tensor]:
                 f"{arg}[{name!r}] must be a torch.bool mask",
                 detail(str(mask.dtype)),
                 "Masks are bool tensors with True = kept; convert with mask != 0.",
+            )
+    return masks
+
+
+def masks_for(
+    func: str, masks: Any, params: Mapping[str, torch.Tensor]
+) -> Mapping[str, torch.Tensor]:
+    """Check bool ``masks`` for some of the tensors of ``params``, each of its tensor's shape."""
+    masks = bool_masks(func, "masks", masks)
+    unknown = sorted(set(masks) - set(params))
+    if unknown:
+        raise value_error(
+            func,
+            "masks names tensors that params does not hold",
+            unknown[:5],
+            "Pass masks only for tensors in params.",
+        )
+    for name, mask in masks.items():
+        if mask.shape != params[name].shape:
+            raise value_error(
+                func,
+                f"the mask of {name!r} does not match its tensor's shape",
+                detail(f"mask {tuple(mask.shape)}, tensor {tuple(params[name].shape)}"),
+                "Pass one bool mask of the tensor's shape per name.",
             )
     return masks

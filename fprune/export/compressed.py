@@ -106,9 +106,12 @@ def _shape_tensor(shape: torch.Size) -> torch.Tensor:
 def _nm_groups(mask: torch.Tensor, pattern: NM) -> torch.Tensor | None:
     """The kept positions ``[groups, m - n]`` when every group of ``mask``'s 2-D view keeps
     exactly ``m - n`` entries; None when the mask does not have that form."""
-    if mask.ndim < 2 or mask.numel() == 0 or to_2d(mask).shape[1] % pattern.m:
+    if mask.ndim < 2 or mask.numel() == 0:
         return None
-    groups = to_2d(mask).reshape(-1, pattern.m)
+    view = to_2d(mask)
+    if view.shape[1] % pattern.m:
+        return None
+    groups = view.reshape(-1, pattern.m)
     kept = pattern.m - pattern.n
     if not bool((groups.sum(1) == kept).all()):
         return None
@@ -139,6 +142,11 @@ def _nm_form(
     }
 
 
+def _bitmask_bytes(value: torch.Tensor, kept: int) -> int:
+    """The size of the bitmask form: kept values, a bit per entry, the shape."""
+    return kept * value.element_size() + -(-value.numel() // 8) + 8 * value.ndim
+
+
 def _nbytes(parts: Mapping[str, torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in parts.values())
 
@@ -155,23 +163,8 @@ def _check_inputs(
                 name,
                 "Rename the tensor.",
             )
-    if masks is None:
-        return
-    _errors.bool_masks("compress", "masks", masks)
-    unknown = sorted(set(masks) - set(params))
-    if unknown:
-        raise _errors.value_error(
-            "compress", "masks names tensors that params does not hold", unknown,
-            "Pass masks only for tensors in params.",
-        )  # fmt: skip
-    for name, mask in masks.items():
-        if mask.shape != params[name].shape:
-            raise _errors.value_error(
-                "compress",
-                f"the mask of {name!r} does not match its tensor's shape",
-                _errors.detail(f"mask {tuple(mask.shape)}, tensor {tuple(params[name].shape)}"),
-                "Pass one bool mask of the tensor's shape per name.",
-            )
+    if masks is not None:
+        _errors.masks_for("compress", masks, params)
 
 
 def _inferred(value: torch.Tensor, exact: bool) -> torch.Tensor:
@@ -190,9 +183,8 @@ def _compress_one(
     positions = None if pattern is None else _nm_groups(mask, pattern)
     if positions is not None and pattern is not None:
         return _nm_form(name, value, positions, pattern)
-    sparse = _bitmask_form(name, value, mask)
-    if _nbytes(sparse) < _nbytes({name: value}):
-        return sparse
+    if _bitmask_bytes(value, int(mask.sum())) < value.numel() * value.element_size():
+        return _bitmask_form(name, value, mask)
     if not given:  # stored as it is, bit for bit (its zeros included)
         return {name: value.clone()}
     kept_bits = torch.where(mask, _as_bits(value), torch.zeros((), dtype=_as_bits(value).dtype))

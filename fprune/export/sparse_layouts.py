@@ -111,14 +111,7 @@ def to_sparse(
     """
     _errors.tensor_dict("to_sparse", "params", params)
     if masks is not None:
-        _errors.bool_masks("to_sparse", "masks", masks)
-        unknown = sorted(set(masks) - set(params))
-        if unknown:
-            raise _errors.value_error(
-                "to_sparse", "masks names tensors that params does not hold", unknown[:5],
-                "Pass masks only for tensors in params.",
-            )  # fmt: skip
-        _errors.same_shapes("to_sparse", "masks", masks, "params", {n: params[n] for n in masks})
+        _errors.masks_for("to_sparse", masks, params)
     out = {}
     with _quiet():
         for name, weight in params.items():
