@@ -26,6 +26,7 @@ from fprune import _errors
 __all__ = ["PruneState", "hash64", "layout_text"]
 
 _SCALARS = ("step", "current_target", "initial_target", "fingerprint", "final_target")
+_OPTIONAL = ("seed",)  # present only in the states of pruners that draw random numbers
 _DICTS = ("masks", "aux")
 # the keys of fprune 0.1.0.dev states saved before the targets were renamed, still read
 _RENAMED = {"target": "current_target", "initial": "initial_target", "sparsity": "final_target"}
@@ -48,6 +49,9 @@ class PruneState:
         final_target: float64 0-d tensor, the schedule's last target: the pruner's
             ``sparsity``, or the value given to ``init(params, sparsity=...)`` (data, so
             ``vmap`` can sweep it).
+        seed: int64 0-d tensor, the seed of a pruner that draws random numbers
+            (:func:`fprune.dynamic`); None for the others. Data, so ``vmap`` can map over
+            seeds.
 
     Example:
         >>> import fprune
@@ -66,13 +70,17 @@ class PruneState:
     aux: dict[str, torch.Tensor]
     fingerprint: torch.Tensor
     final_target: torch.Tensor
+    seed: torch.Tensor | None = None
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """A flat ``dict[str, Tensor]``: the five scalars, ``masks/<name>``, ``aux/<name>``.
+        """A flat ``dict[str, Tensor]``: the five scalars (and ``seed`` where there is one),
+        ``masks/<name>``, ``aux/<name>``.
 
         Tensors are made contiguous (safetensors needs that); they are not copied otherwise.
         """
         out = {name: getattr(self, name) for name in _SCALARS}
+        if self.seed is not None:
+            out["seed"] = self.seed
         for field in _DICTS:
             out.update({f"{field}/{k}": v for k, v in getattr(self, field).items()})
         return {k: v.contiguous() for k, v in out.items()}
@@ -126,7 +134,7 @@ class PruneState:
             )
         fields: dict[str, dict[str, torch.Tensor]] = {f: {} for f in _DICTS}
         for key, value in state_dict.items():
-            if key in _SCALARS:
+            if key in _SCALARS or key in _OPTIONAL:
                 continue
             prefix, _, name = key.partition("/")
             if prefix not in fields or not name:
@@ -134,7 +142,7 @@ class PruneState:
                     func,
                     "unknown key",
                     key,
-                    f"Keys are {', '.join(_SCALARS)}, masks/<name> and aux/<name>.",
+                    f"Keys are {', '.join(_SCALARS)}, seed, masks/<name> and aux/<name>.",
                 )
             fields[prefix][name] = value
         _check_fields(func, state_dict, fields)
@@ -146,6 +154,7 @@ class PruneState:
             aux=fields["aux"],
             fingerprint=state_dict["fingerprint"],
             final_target=state_dict["final_target"],
+            seed=state_dict.get("seed"),
         )
 
 
@@ -179,6 +188,9 @@ def _check_fields(
     for key in ("initial_target", "current_target"):
         if float(targets[key]) > final + 1e-12:
             raise _field_error(func, key, f"exceeds the final target {final}", targets[key])
+    seed = scalars.get("seed")
+    if seed is not None and (seed.dtype != torch.int64 or seed.ndim != 0):
+        raise _field_error(func, "seed", "must be a 0-d int64 tensor", seed)
     fingerprint = scalars["fingerprint"]
     if fingerprint.dtype != torch.int64 or tuple(fingerprint.shape) != (2,):
         raise _field_error(func, "fingerprint", "must be an int64 tensor of shape [2]", fingerprint)
@@ -208,19 +220,25 @@ def _renamed(func: str, state_dict: Mapping[str, torch.Tensor]) -> dict[str, tor
     return out
 
 
-def _flatten(state: PruneState) -> tuple[list[object], None]:
-    return [getattr(state, f.name) for f in dataclasses.fields(state)], None
+def _fields(state: PruneState) -> list[str]:
+    """The fields that hold tensors: all but ``seed`` where it is None (a pytree leaf must
+    be a tensor, so that a state passes through ``torch.compile`` and ``vmap``)."""
+    names = [f.name for f in dataclasses.fields(state)]
+    return names if state.seed is not None else [n for n in names if n != "seed"]
 
 
-def _unflatten(children: list[object], context: None) -> PruneState:
-    return PruneState(*children)  # type: ignore[arg-type]
+def _flatten(state: PruneState) -> tuple[list[object], tuple[str, ...]]:
+    names = _fields(state)
+    return [getattr(state, n) for n in names], tuple(names)
 
 
-def _flatten_with_keys(state: PruneState) -> tuple[list[tuple[Any, Any]], None]:
-    children = [
-        (pytree.GetAttrKey(f.name), getattr(state, f.name)) for f in dataclasses.fields(state)
-    ]
-    return children, None
+def _unflatten(children: list[object], context: tuple[str, ...]) -> PruneState:
+    return PruneState(**dict(zip(context, children, strict=True)))  # type: ignore[arg-type]
+
+
+def _flatten_with_keys(state: PruneState) -> tuple[list[tuple[Any, Any]], tuple[str, ...]]:
+    names = _fields(state)
+    return [(pytree.GetAttrKey(n), getattr(state, n)) for n in names], tuple(names)
 
 
 pytree.register_pytree_node(
