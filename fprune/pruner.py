@@ -19,6 +19,7 @@ import torch
 
 from fprune import _errors, _resolve, _trace, registry, steps
 from fprune.blocks import REDUCTIONS
+from fprune.distributions import DISTRIBUTIONS
 from fprune.inc_keys import config_dict
 from fprune.masking import SCOPES
 from fprune.patterns import NM, Pattern
@@ -114,6 +115,7 @@ def pruner(
     low_memory_usage: bool = False,
     lock_init_sparsity: bool = False,
     skip_indivisible: bool = False,
+    distribution: str | None = None,
 ) -> Pruner:
     """Build a pruner: ``init(params) -> state``, ``step(state, params, grads) -> (state, masks)``.
 
@@ -141,6 +143,8 @@ def pruner(
             (kept pruned even where they do not fill a unit) and ramp from their sparsity.
         skip_indivisible: leave layers the pattern does not divide dense (see
             :func:`fprune.indivisible_layers`) instead of raising at ``init``.
+        distribution: ``"uniform"`` or ``"erk"`` (:func:`fprune.layer_counts`; local scope, a
+            block pattern): each layer ramps as ``r * s_l / sparsity`` to its exact count.
 
     Raises:
         ValueError: a bad fraction, name or window; ``min > sparsity > max``; N:M above N/M;
@@ -221,6 +225,7 @@ def _checked_settings(**given: Any) -> tuple[steps.Settings, dict[str, Any]]:
             target,
             f"Lower sparsity to at most {pat.max_sparsity}, or use a larger N:M ratio.",
         )
+    distribution = _distribution(func, given["distribution"], scope, pat)
     flags = {k: given[k] for k in ("low_memory_usage", "lock_init_sparsity", "skip_indivisible")}
     for arg, flag in flags.items():
         if not isinstance(flag, bool):
@@ -239,6 +244,7 @@ def _checked_settings(**given: Any) -> tuple[steps.Settings, dict[str, Any]]:
         max_layer_sparsity=hi,
         reduce=reduce,
         **flags,
+        **({} if distribution is None else {"distribution": distribution}),
     )
     dtype = torch.bfloat16 if flags["low_memory_usage"] else None
     settings = steps.Settings(
@@ -257,9 +263,32 @@ def _checked_settings(**given: Any) -> tuple[steps.Settings, dict[str, Any]]:
         reduce=reduce,
         lock_init_sparsity=flags["lock_init_sparsity"],
         skip_indivisible=flags["skip_indivisible"],
+        distribution=distribution,
         config_hash=hash64(repr(sorted((k, _resolve.describe(v)) for k, v in kwargs.items()))),
     )
     return settings, kwargs
+
+
+def _distribution(func: str, value: object, scope: str, pattern: Pattern) -> str | None:
+    """A per-layer distribution, checked against the scope and pattern (None: none)."""
+    if value is None:
+        return None
+    name = _errors.choice(func, "distribution", value, DISTRIBUTIONS)
+    if scope != "local":
+        raise _errors.value_error(
+            func,
+            "a per-layer distribution sets each layer's target, which global scope does not",
+            f"scope={scope!r}",
+            "Pass scope='local' with distribution, or leave distribution out.",
+        )
+    if isinstance(pattern, NM):
+        raise _errors.value_error(
+            func,
+            "a sparsity distribution counts blocks, and an N:M pattern has none",
+            str(pattern),
+            "Use a block pattern such as '1x1' or '4x1' with distribution.",
+        )
+    return name
 
 
 def _layer_bounds(func: str, target: float, lo: object, hi: object) -> tuple[float, float]:

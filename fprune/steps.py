@@ -29,6 +29,7 @@ import torch
 
 from fprune import _checks, _errors, _sharded, _trace
 from fprune.blocks import check_divisible, grid_shape, to_grid
+from fprune.distributions import layer_sparsities
 from fprune.layout import check_weights
 from fprune.masking import pattern_lock_masks, update_masks, update_scores
 from fprune.patterns import NM, Pattern
@@ -71,6 +72,7 @@ class Settings:
         reduce: the block score reduction.
         lock_init_sparsity: start from the existing zeros at ``init``.
         skip_indivisible: leave layers the pattern does not divide dense.
+        distribution: None, or the per-layer distribution of the target (local scope).
         config_hash: the fingerprint of these settings kept in every state.
     """
 
@@ -88,6 +90,7 @@ class Settings:
     lock_init_sparsity: bool
     skip_indivisible: bool
     config_hash: int
+    distribution: str | None = None
 
     @property
     def cap(self) -> float:
@@ -116,6 +119,13 @@ def final_target(settings: Settings, value: object) -> torch.Tensor:
     lo, hi, cap = settings.min_layer_sparsity, settings.max_layer_sparsity, settings.cap
     if value is None:
         return _checks.scalar(settings.sparsity, torch.float64)
+    if settings.distribution is not None:
+        raise _errors.value_error(
+            "init",
+            "a pruner with a distribution fixes each layer's target from its own sparsity",
+            _errors.detail(repr(value)),
+            "Build the pruner with the sparsity you want (or leave distribution out).",
+        )
     if isinstance(value, torch.Tensor) and (value.ndim != 0 or not value.is_floating_point()):
         raise _errors.type_error(
             "init",
@@ -260,6 +270,8 @@ def prune_masks(
     """New masks of the active layers and the new target, at a prune step (a sharded run's
     local shards with ``comm``, the ranks' collectives)."""
     r, low = targets(settings, step_t, initial, current, final)
+    if settings.distribution is not None:
+        return _distributed_masks(settings, r, previous, scores, comm), r
     masks = update_masks(
         scores,
         previous,
@@ -272,6 +284,68 @@ def prune_masks(
         comm=comm,
     )
     return masks, r
+
+
+@torch.compiler.assume_constant_result
+def _layer_shares(
+    settings: Settings, shapes: tuple[tuple[str, tuple[int, ...]], ...]
+) -> tuple[tuple[float, tuple[str, ...]], ...]:
+    """The layers grouped by their share ``s_l / sparsity`` of the target under
+    ``settings.distribution`` (constants: a compiled step does not trace this)."""
+    if settings.sparsity == 0.0:
+        return ((0.0, tuple(n for n, _ in shapes)),)
+    fractions = layer_sparsities(
+        dict(shapes), settings.sparsity, distribution=settings.distribution or "uniform",
+        pattern=settings.pattern,
+    )  # fmt: skip
+    groups: dict[float, list[str]] = {}
+    for name, value in fractions.items():
+        groups.setdefault(value / settings.sparsity, []).append(name)
+    return tuple((share, tuple(names)) for share, names in groups.items())
+
+
+def _global_shapes(
+    previous: _Tensors, comm: _sharded.Collectives | None
+) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """The layers' shapes; a sharded step sums its ranks' rows (a count per layer)."""
+    shapes = [(n, tuple(m.shape)) for n, m in previous.items()]
+    if comm is None:
+        return tuple(shapes)
+    rows = comm.sum(torch.tensor([s[0] for _, s in shapes], dtype=torch.int64)).tolist()
+    return tuple((n, (int(r), *s[1:])) for (n, s), r in zip(shapes, rows, strict=True))
+
+
+def _distributed_masks(
+    settings: Settings,
+    r: torch.Tensor,
+    previous: _Tensors,
+    scores: _Tensors | LayerScoring,
+    comm: _sharded.Collectives | None,
+) -> dict[str, torch.Tensor]:
+    """Local-scope masks with each layer at ``r * s_l / sparsity`` (one selection per share)."""
+    masks: dict[str, torch.Tensor] = {}
+    for share, names in _layer_shares(settings, _global_shapes(previous, comm)):
+        if isinstance(scores, LayerScoring):
+            part: _Tensors | LayerScoring = scores._replace(
+                params={n: scores.params[n] for n in names},
+                grads=None if scores.grads is None else {n: scores.grads[n] for n in names},
+            )
+        else:
+            part = {n: scores[n] for n in names}
+        masks.update(
+            update_masks(
+                part,
+                {n: previous[n] for n in names},
+                pattern=settings.pattern,
+                sparsity=r * share,
+                scope="local",
+                lo=0.0,
+                hi=1.0,
+                reduce=settings.reduce,
+                comm=comm,
+            )
+        )
+    return {n: masks[n] for n in previous}
 
 
 def _keep(*operands: object) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
