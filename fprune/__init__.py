@@ -31,6 +31,8 @@ from fprune.blocks import (
     reduce_masks,
 )
 from fprune.config import from_config, to_config
+from fprune.distributions import layer_counts, layer_sparsities
+from fprune.dynamic import dynamic
 from fprune.layout import from_2d, shape_2d, to_2d
 from fprune.lock import pattern_lock
 from fprune.masking import (
@@ -75,6 +77,7 @@ __all__ = [
     "block_scores",
     "criterion",
     "distributed",
+    "dynamic",
     "expand_blocks",
     "expand_masks",
     "export",
@@ -93,6 +96,8 @@ __all__ = [
     "indivisible_layers",
     "is_prune_step",
     "iterative",
+    "layer_counts",
+    "layer_sparsities",
     "layer_sparsity",
     "local_masks",
     "magnitude",

@@ -20,7 +20,7 @@ def test_builtins_are_registered():
     assert registry.registered("criterion") == ("gradient", "magnitude", "snip", "snip_momentum")
     assert registry.registered("scheduler") == ("iterative", "oneshot")
     assert registry.registered("reg") == ("group_lasso",)
-    assert registry.registered("pruner") == ("basic", "pattern_lock")
+    assert registry.registered("pruner") == ("basic", "pattern_lock", "rigl", "set")
 
 
 def test_reregistering_needs_override():
