@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from fprune import _errors, registry
-from fprune.inc_keys import DEFAULTS, LEGACY_NAMES, ONE_SHOT, UNSUPPORTED, config_dict
+from fprune.inc_keys import DEFAULTS, DYNAMIC, LEGACY_NAMES, ONE_SHOT, UNSUPPORTED, config_dict
 from fprune.posttrain import OneShot
 from fprune.pruner import Pruner
 from fprune.schedules import DECAYS
@@ -198,7 +198,38 @@ def _settings(where: str, cfg: Mapping[str, Any]) -> tuple[str, dict[str, Any], 
             "skip_indivisible", cfg["skip_indivisible"], bool, "Pass True or False."
         ),
     )
+    settings.update(_dynamic_settings(where, kind, cfg))
     return kind, settings, extras
+
+
+def _dynamic_settings(where: str, kind: str, cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The keys of dynamic sparse training (and ``sparsity_distribution``) for ``kind``."""
+    out: dict[str, Any] = {}
+    if cfg["sparsity_distribution"] is not None:
+        out["distribution"] = _type("sparsity_distribution", cfg["sparsity_distribution"], str,
+                                    "Pass 'uniform' or 'erk'.")  # fmt: skip
+    if kind not in DYNAMIC:
+        for key in ("drop_fraction", "seed"):
+            if cfg[key] is not None:
+                raise _errors.value_error(
+                    _FUNC,
+                    f"{where} sets {key}, which only pruning_type 'rigl' or 'set' uses",
+                    cfg[key],
+                    "Set pruning_type='rigl' (or 'set'), or remove the key.",
+                )
+        if out and kind != "basic":
+            raise _errors.value_error(
+                _FUNC,
+                f"{where} sets sparsity_distribution for pruning_type {kind!r}",
+                out["distribution"],
+                "Use it with a criterion (and pruning_scope='local'), 'rigl' or 'set'.",
+            )
+        return out
+    if cfg["drop_fraction"] is not None:
+        out["drop_fraction"] = _number("drop_fraction", cfg["drop_fraction"])
+    if cfg["seed"] is not None:
+        out["seed"] = _int("seed", cfg["seed"])
+    return out
 
 
 def _pattern_text(pattern: str) -> str:

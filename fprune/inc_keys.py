@@ -13,7 +13,7 @@ from typing import Any
 
 from fprune import _errors, registry
 
-__all__ = ["DEFAULTS", "LEGACY_NAMES", "ONE_SHOT", "UNSUPPORTED", "config_dict"]
+__all__ = ["DEFAULTS", "DYNAMIC", "LEGACY_NAMES", "ONE_SHOT", "UNSUPPORTED", "config_dict"]
 
 #: INC 3.x keys and defaults (``pruning_op_types`` etc. as tuples: nothing mutable is shared).
 DEFAULTS: Mapping[str, Any] = types.MappingProxyType(
@@ -41,6 +41,9 @@ DEFAULTS: Mapping[str, Any] = types.MappingProxyType(
         # fprune extensions
         "skip_indivisible": False,
         "schedule": None,
+        "sparsity_distribution": None,  # "uniform" | "erk" (local scope, or rigl / set)
+        "drop_fraction": None,  # rigl / set only (default 0.3)
+        "seed": None,  # rigl / set only (default 0)
     }
 )
 
@@ -63,6 +66,10 @@ LEGACY_NAMES: Mapping[str, str] = types.MappingProxyType(
 #: INC pruning types fprune does not implement.
 UNSUPPORTED = ("progressive", "block_mask", "retrain_free", "mha")
 
+#: ``pruning_type`` values of dynamic sparse training (:func:`fprune.dynamic`) and the growth
+#: each selects.
+DYNAMIC = types.MappingProxyType({"rigl": "gradient", "set": "random"})
+
 #: ``pruning_type`` values of one-shot methods: :func:`fprune.from_config` gives a
 #: :class:`fprune.posttrain.OneShot` plan for them, not a pruner.
 ONE_SHOT = {"sparse_gpt": "sparsegpt", "sparsegpt": "sparsegpt", "wanda": "wanda"}
@@ -82,6 +89,31 @@ def _name_of(kind: str, value: object) -> str:
     )
 
 
+def _dynamic_keys(s: Mapping[str, Any]) -> dict[str, Any]:
+    """A dynamic pruner's settings as config keys (layer choices by name are not written:
+    ``dense`` names layers, which a config selects with ``excluded_op_names``)."""
+    if s["dense"] or s["first_dense"] or s["start"] != "random":
+        raise _errors.value_error(
+            "to_config",
+            "dense, first_dense and start have no config keys",
+            _errors.detail(
+                f"dense={s['dense']}, first_dense={s['first_dense']}, start={s['start']!r}"
+            ),
+            "Leave those layers out with excluded_op_names, or keep the pruner in code.",
+        )
+    return dict(
+        pruning_type=s["kind"],
+        target_sparsity=s["sparsity"],
+        start_step=s["start_step"],
+        end_step=s["end_step"],
+        pruning_frequency=s["frequency"],
+        criterion_reduce_type=s["reduce"],
+        sparsity_distribution=s["distribution"],
+        drop_fraction=s["drop_fraction"],
+        seed=s["seed"],
+    )
+
+
 def config_dict(settings: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     """An INC-style dict (3.x key names) of a pruner's ``settings`` and ``extra`` keys (see
     :func:`fprune.to_config`).
@@ -93,6 +125,8 @@ def config_dict(settings: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[s
     out: dict[str, Any] = {"pattern": s["pattern"], "skip_indivisible": s["skip_indivisible"]}
     if s["kind"] == "pattern_lock":
         out["pruning_type"] = "pattern_lock"
+    elif s["kind"] in DYNAMIC:
+        out.update(_dynamic_keys(s))
     else:
         if s["kind"] != "basic":
             out["pruning_type"] = s["kind"]
@@ -120,6 +154,8 @@ def config_dict(settings: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[s
         )
         if s["schedule"] is not None:
             out["schedule"] = _name_of("scheduler", s["schedule"])
+        if s.get("distribution") is not None:
+            out["sparsity_distribution"] = s["distribution"]
     for key in ("op_names", "excluded_op_names", "pruning_op_types"):
         out[key] = list(extra.get(key, DEFAULTS[key]))
     if extra.get("reg_type") is not None:
