@@ -178,7 +178,45 @@ def check(mesh) -> dict[str, object]:
         "errors": errors(mesh),
         "lock": lock(mesh),
         "primitives_equal": primitives_equal,
+        "dynamic": dynamic(mesh),
     }
+
+
+def dynamic(mesh) -> dict[str, object]:
+    """RigL, SET and an ERK-distributed pruner on ``DTensor`` params equal the single-process
+    run at every step (random starts and SET's draws use global indices); only counts move."""
+    cases = {
+        "rigl 1x1 erk": fprune.dynamic(0.8, distribution="erk", end_step=6, frequency=2),
+        "set 2x1": fprune.dynamic(0.7, grow="random", pattern="2x1", end_step=6, frequency=2),
+        "rigl 2:4 magnitude start": fprune.dynamic(
+            0.5, pattern="2:4", start="magnitude", end_step=6, frequency=2
+        ),
+        "pruner 1x1 erk": fprune.pruner(
+            0.8,
+            pattern="1x1",
+            criterion="magnitude",
+            scope="local",
+            distribution="erk",
+            end_step=4,
+        ),
+    }
+    out: dict[str, object] = {}
+    largest = 0
+    for name, prune in cases.items():
+        if not supported(prune.settings["pattern"], mesh.size()):
+            continue
+        single, sharded = prune.init(tensors(0)), prune.init(shard(tensors(0), mesh))
+        equal = all(torch.equal(m, single.masks[n]) for n, m in full(sharded.masks).items())
+        for step in range(STEPS + 2):
+            params, grads = tensors(step), tensors(100 + step)
+            single, s_masks = prune.step(single, params, grads)
+            with fprune.distributed.Traffic() as traffic:
+                sharded, d_masks = prune.step(sharded, shard(params, mesh), shard(grads, mesh))
+            largest = max(largest, traffic.largest)
+            equal &= all(torch.equal(m, s_masks[n]) for n, m in full(d_masks).items())
+        out[name] = equal
+    out["largest_collective_bytes"] = largest
+    return out
 
 
 def lock(mesh) -> bool:

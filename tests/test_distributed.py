@@ -88,6 +88,10 @@ def test_sharded_masks_equal_the_single_process_ones(tmp_path, ranks):
     if ranks > 1:  # the recorder sees a weight move (one rank has nothing to gather)
         assert result["control_bytes"] >= result["smallest_weight_bytes"]
     assert result["lock"]
+    dynamic = result["dynamic"]  # RigL, SET and ERK on DTensors: equal, and counts only move
+    assert len(dynamic) == (4 if ranks != 3 else 3) + 1, dynamic
+    assert all(v for k, v in dynamic.items() if k != "largest_collective_bytes"), dynamic
+    assert dynamic["largest_collective_bytes"] <= 5 * 256 * 8
     primitives = result[
         "primitives_equal"
     ]  # masks, grid_masks, global_masks, local_masks on DTensors
