@@ -23,7 +23,7 @@ from fprune.layout import shape_2d
 from fprune.patterns import NM, Blocks, Pattern, parse_pattern
 from fprune.selection import EPS
 
-__all__ = ["DISTRIBUTIONS", "layer_counts", "layer_sparsities"]
+__all__ = ["DISTRIBUTIONS", "block_pattern", "layer_counts", "layer_sparsities"]
 
 DISTRIBUTIONS = ("uniform", "erk")
 
@@ -35,14 +35,15 @@ def _units(shape: Sequence[int], pattern: Blocks) -> int:
     return rows * cols
 
 
-def _blocks(func: str, pattern: str | Pattern) -> Blocks:
+def block_pattern(func: str, pattern: str | Pattern) -> Blocks:
+    """``pattern`` parsed, which must be a block pattern (a distribution counts blocks)."""
     pat = parse_pattern(pattern)
     if isinstance(pat, NM):
         raise _errors.value_error(
             func,
             "a sparsity distribution counts blocks, and an N:M pattern has none",
             str(pat),
-            "Use a block pattern such as '1x1' or '4x1'; under N:M every layer is N:M.",
+            "Use a block pattern such as '1x1' or '4x1'; under N:M every layer takes N/M.",
         )
     return pat
 
@@ -124,7 +125,7 @@ def layer_counts(
     func = "layer_counts"
     distribution = _errors.choice(func, "distribution", distribution, DISTRIBUTIONS)
     sparsity = float(_errors.fraction(func, "sparsity", sparsity))
-    pat = _blocks(func, pattern)
+    pat = block_pattern(func, pattern)
     shapes = {n: tuple(int(d) for d in s) for n, s in shapes.items()}
     units = {n: _units(s, pat) for n, s in shapes.items()}
     dense_set = _dense_names(func, shapes, dense, first_dense)
@@ -162,5 +163,5 @@ def layer_sparsities(
         dense=dense,
         first_dense=first_dense,
     )
-    pat = _blocks("layer_sparsities", pattern)
+    pat = block_pattern("layer_sparsities", pattern)
     return {n: c / max(_units(shapes[n], pat), 1) for n, c in counts.items()}

@@ -19,7 +19,7 @@ import torch
 
 from fprune import _errors, _resolve, _trace, registry, steps
 from fprune.blocks import REDUCTIONS
-from fprune.distributions import DISTRIBUTIONS
+from fprune.distributions import DISTRIBUTIONS, block_pattern
 from fprune.inc_keys import config_dict
 from fprune.masking import SCOPES
 from fprune.patterns import NM, Pattern
@@ -281,13 +281,7 @@ def _distribution(func: str, value: object, scope: str, pattern: Pattern) -> str
             f"scope={scope!r}",
             "Pass scope='local' with distribution, or leave distribution out.",
         )
-    if isinstance(pattern, NM):
-        raise _errors.value_error(
-            func,
-            "a sparsity distribution counts blocks, and an N:M pattern has none",
-            str(pattern),
-            "Use a block pattern such as '1x1' or '4x1' with distribution.",
-        )
+    block_pattern(func, pattern)
     return name
 
 
