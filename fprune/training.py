@@ -239,6 +239,12 @@ def window_warning(prune: Pruner, state: PruneState) -> str | None:
     if not {"start_step", "end_step"} <= set(s):
         return None
     done, start, end = int(state.step), int(s["start_step"]), int(s["end_step"])
+    if s.get("kind") in ("rigl", "set") and done <= end:  # exact sparsity from init on
+        return (
+            f"the drop-and-grow updates did not finish: training ran {done} optimizer steps "
+            f"and updates run to step {end}, so the masks were still changing (each layer's "
+            "sparsity is exact at every step); lower end_step (RigL stops at 75% of training)"
+        )
     if done <= start:
         return (
             f"pruning never started: training ran {done} optimizer steps and the schedule "

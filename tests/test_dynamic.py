@@ -390,3 +390,16 @@ def test_nm_groups_keep_n_pruned_under_set():
         state, masks = prune.step(state, params)
         assert bool(((~masks["w"]).reshape(8, 4, 4).sum(-1) == 2).all())
     assert isinstance(parse_pattern(prune.settings["pattern"]), NM)
+
+
+def test_window_warning_speaks_of_updates_for_dynamic_pruners():
+    params = {"w": torch.randn(8, 8)}
+    prune = fprune.dynamic(0.5, grow="random", end_step=10, frequency=2)
+    state = prune.init(params)
+    for _ in range(4):
+        state, _ = prune.step(state, params)
+    message = training.window_warning(prune, state)
+    assert message is not None and "drop-and-grow updates did not finish" in message
+    for _ in range(8):
+        state, _ = prune.step(state, params)
+    assert training.window_warning(prune, state) is None
