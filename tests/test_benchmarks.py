@@ -107,3 +107,20 @@ def test_bench_step_rejects_repeats_out_of_range(repeats, capsys):
     with pytest.raises(SystemExit):
         _bench_step().main(["--repeats", repeats])
     assert "--repeats must be between 5 and 98" in capsys.readouterr().err
+
+
+def test_bench_dynamic_runs_and_writes_its_rows(tmp_path, capsys):
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location("bench_dynamic", BENCHMARKS / "bench_dynamic.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "dynamic.json"
+    payload = bench.main(["--layers", "2", "--repeats", "2", "--json", str(out)])
+    written = json.loads(out.read_text())
+    assert [r["row"] for r in written["rows"]] == [r["row"] for r in payload["rows"]]
+    names = {r["row"] for r in written["rows"]}
+    assert {"fprune RigL 1x1 update", "peer: torch.topk RigL 1x1", "AdamW(foreach) step"} <= names
+    assert all(len(r["times"]) == 2 and r["paired_x_adamw"] > 0 for r in written["rows"])
+    assert "x AdamW" in capsys.readouterr().out
