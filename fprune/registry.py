@@ -249,7 +249,7 @@ def get_pruner(name: str) -> Any:
 
     Example:
         >>> registered("pruner")
-        ('basic', 'pattern_lock')
+        ('basic', 'pattern_lock', 'rigl', 'set')
     """
     return _get("pruner", name)
 

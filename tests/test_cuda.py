@@ -145,3 +145,26 @@ def test_vmapped_sweep_on_cuda_equals_cpu():
         for g in grads:
             alone, alone_masks = prune.step(alone, params, g)
         assert same_bits({n: m[i].cpu() for n, m in masks.items()}, alone_masks)
+
+
+@pytest.mark.parametrize(
+    ("grow", "pattern", "sparsity"),
+    [("gradient", "1x1", 0.9), ("random", "1x1", 0.9), ("gradient", "4x1", 0.8),
+     ("random", "2:4", 0.5)],
+)  # fmt: skip
+def test_dynamic_steps_on_cuda_equal_cpu(grow, pattern, sparsity):
+    """RigL and SET on CUDA (the math, random numbers hashed on the device) equal the CPU
+    run (the eager selection) at every step, from the same seed."""
+    gen = torch.Generator().manual_seed(0)
+    params = {"a": torch.randn(64, 32, generator=gen), "b": torch.randn(32, 64, generator=gen)}
+    prune = fprune.dynamic(sparsity, grow=grow, pattern=pattern, distribution="uniform",
+                           end_step=6, frequency=2, seed=7)  # fmt: skip
+    cpu_state = prune.init(params)
+    cuda_params = {n: p.cuda() for n, p in params.items()}
+    cuda_state = prune.init(cuda_params)
+    for step in range(8):
+        grads = {n: torch.randn(p.shape, generator=gen) for n, p in params.items()}
+        cpu_state, want = prune.step(cpu_state, params, grads)
+        cuda_grads = {n: g.cuda() for n, g in grads.items()}
+        cuda_state, got = prune.step(cuda_state, cuda_params, cuda_grads)
+        assert same_bits({n: m.cpu() for n, m in got.items()}, want), step

@@ -93,6 +93,8 @@ def test_every_step_keeps_each_layers_count_and_swaps_equal_sets(run):
         new_params = fprune.apply_masks(params, masks)
         for name in masks:  # a grown weight was pruned, so it starts at zero
             assert bool((new_params[name][masks[name] & ~old[name]] == 0).all())
+            stay = masks[name] & old[name]  # the step moves no weight it keeps
+            assert torch.equal(new_params[name][stay], params[name][stay])
         # the optimizer moves kept weights only
         params = {
             n: p + torch.randn(p.shape, generator=gen) * masks[n] for n, p in new_params.items()
