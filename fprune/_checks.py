@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
@@ -11,6 +11,7 @@ from fprune._trace import tracing
 from fprune.state import PruneState, hash64, layout_text
 
 __all__ = [
+    "all_finite",
     "check_accumulators",
     "check_fingerprint",
     "check_params",
@@ -120,3 +121,16 @@ def check_accumulators(func: str, state: PruneState, params: _Tensors) -> None:
 
 def scalar(value: float | int, dtype: torch.dtype) -> torch.Tensor:
     return torch.tensor(value, dtype=dtype)
+
+
+def all_finite(
+    tensors: Sequence[torch.Tensor],
+    combine: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """A 0-d bool: whether every element of ``tensors`` is finite (summed over the ranks with
+    ``combine``). A float64 sum is non-finite exactly when an element is (no float32 sum can
+    overflow it): one reduction a tensor, without a tensor-sized bool."""
+    total = torch.stack([t.sum(dtype=torch.float64) for t in tensors]).sum()
+    if combine is not None:
+        total = combine(total)
+    return torch.isfinite(total)

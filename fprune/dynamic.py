@@ -127,7 +127,7 @@ def _checked_settings(**given: Any) -> tuple[dynamic_steps.Settings, dict[str, A
         dense=_names(func, given["dense"]),
         first_dense=_flag(func, "first_dense", given["first_dense"]),
         start=_errors.choice(func, "start", given["start"], STARTS),
-        seed=_seed(func, given["seed"]),
+        seed=dynamic_steps.check_seed(func, given["seed"]),
         reduce=_errors.choice(func, "reduce", given["reduce"], REDUCTIONS),
         skip_indivisible=_flag(func, "skip_indivisible", given["skip_indivisible"]),
         config_hash=0,
@@ -190,14 +190,6 @@ def _names(func: str, dense: object) -> tuple[str, ...]:
 def _flag(func: str, arg: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise _errors.type_error(func, f"{arg} must be a bool", value, "Pass True or False.")
-    return value
-
-
-def _seed(func: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
-        raise _errors.type_error(
-            func, "seed must be a non-negative int", value, "Pass e.g. seed=0."
-        )
     return value
 
 

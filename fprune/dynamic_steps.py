@@ -16,19 +16,20 @@ Sharded ``DTensor`` params are handled on their local shards; the ranks exchange
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 
 import torch
 
 from fprune import _checks, _errors, _sharded, _trace
-from fprune.blocks import check_divisible, expand_masks, reduce_masks, to_grid
+from fprune._sharded import select as sharded
+from fprune.blocks import check_divisible, expand_masks, grid_shape, reduce_masks, to_grid
 from fprune.distributions import layer_counts
 from fprune.layout import check_weights, shape_2d
 from fprune.nm import ranks as nm_ranks
 from fprune.patterns import NM, Pattern
 from fprune.random_keys import random_keys, stream_id, uniform_scores
 from fprune.regrow import (
-    Comm,
     fraction_at,
     magnitude_keys,
     select_local,
@@ -39,7 +40,16 @@ from fprune.regrow import (
 from fprune.schedules import is_prune_step
 from fprune.state import PruneState
 
-__all__ = ["Settings", "Tensors", "counts", "init", "start_masks", "step", "updated_masks"]
+__all__ = [
+    "Settings",
+    "Tensors",
+    "check_seed",
+    "counts",
+    "init",
+    "start_masks",
+    "step",
+    "updated_masks",
+]
 
 Tensors = Mapping[str, torch.Tensor]
 
@@ -110,32 +120,46 @@ def _units(settings: Settings, shape: tuple[int, ...]) -> tuple[int, int, int]:
     return rows // bn, cols // bm, bn
 
 
-def _layers(
+def _table(
     func: str, settings: Settings, params: Tensors, sharding: _sharded.Sharding | None
 ) -> dict[str, _Layer]:
-    """The layers that prune something, from the global shapes (alike on every rank)."""
-    check_divisible(func, params, settings.pattern, skip_indivisible=settings.skip_indivisible)
-    shapes = tuple((n, tuple(p.shape)) for n, p in params.items())
+    """Every layer the pattern divides, pruned count 0 for dense ones, from the global shapes
+    (alike on every rank)."""
+    skipped = check_divisible(func, params, settings.pattern,
+                              skip_indivisible=settings.skip_indivisible)  # fmt: skip
+    shapes = tuple((n, tuple(p.shape)) for n, p in params.items() if n not in skipped)
     place = (0, 1) if sharding is None else (sharding.rank, sharding.world)
     return {row[0]: _Layer(*row[1:]) for row in _layer_table(settings, shapes, place)}
+
+
+def _pruning(table: Mapping[str, _Layer]) -> dict[str, _Layer]:
+    """The layers of ``table`` that prune something (the others stay dense)."""
+    return {n: layer for n, layer in table.items() if layer.pruned}
 
 
 @torch.compiler.assume_constant_result
 def _layer_table(
     settings: Settings, shapes: tuple[tuple[str, tuple[int, ...]], ...], place: tuple[int, int]
 ) -> tuple[tuple[str, int, int, int], ...]:
-    """:func:`_layers` as constants (shapes only: a compiled step does not trace it)."""
-    divided = {n: s for n, s in shapes if all(s) and settings.pattern.divides(shape_2d(s))}
-    table = []
-    for name, pruned in counts(settings, divided).items():
-        rows, cols, unit_rows = _units(settings, divided[name])
-        first = _sharded.rows_of(divided[name][0], place[1], place[0])[0]
-        if pruned:
-            table.append((name, rows * cols, pruned, first // unit_rows * cols))
+    """:func:`_table` as constants (shapes only: a compiled step does not trace it)."""
+    table, by_name = [], dict(shapes)
+    for name, pruned in counts(settings, by_name).items():
+        shape = by_name[name]
+        rows, cols, unit_rows = _units(settings, shape)
+        first = _sharded.rows_of(shape[0], place[1], place[0])[0]
+        table.append((name, rows * cols, pruned, first // unit_rows * cols))
     return tuple(table)
 
 
+def check_seed(func: str, seed: object) -> int:
+    """A seed: a non-negative int below 2**63 (it is kept as an int64)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise _errors.type_error(func, "seed must be a non-negative int", seed, "Pass e.g. 3.")
+    return seed
+
+
 def _seed(settings: Settings, seed: object) -> torch.Tensor:
+    """``init``'s seed as an int64 0-d tensor: the pruner's, an int, or a tensor (vmap)."""
     if seed is None:
         return _checks.scalar(settings.seed, torch.int64)
     if isinstance(seed, torch.Tensor):
@@ -147,20 +171,18 @@ def _seed(settings: Settings, seed: object) -> torch.Tensor:
                 "Pass e.g. torch.tensor(3); under vmap, a 1-D int64 tensor of seeds maps to 0-d.",
             )
         return seed.detach()
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-        raise _errors.type_error("init", "seed must be a non-negative int", seed, "Pass e.g. 3.")
-    return _checks.scalar(seed, torch.int64)
+    return _checks.scalar(check_seed("init", seed), torch.int64)
 
 
 def _random_scores(
     name: str, layer: _Layer, seed: torch.Tensor, step: torch.Tensor, tag: str,
-    like: torch.Tensor,
+    shape: tuple[int, ...], device: torch.device,
 ) -> torch.Tensor:  # fmt: skip
-    """Random scores in [0, 1) shaped like the grid ``like`` (SET's growth, the random start),
+    """Random scores in [0, 1) of a grid of ``shape`` (SET's growth, the random start),
     drawn from the global flat indices of the units (so alike under any sharding)."""
-    keys = random_keys(seed, step, stream_id(f"{tag}:{name}"), like.numel(), offset=layer.offset,
-                       device=like.device)  # fmt: skip
-    return uniform_scores(keys).reshape(like.shape)
+    keys = random_keys(seed, step, stream_id(f"{tag}:{name}"), math.prod(shape),
+                       offset=layer.offset, device=device)  # fmt: skip
+    return uniform_scores(keys).reshape(shape)
 
 
 def start_masks(
@@ -168,19 +190,20 @@ def start_masks(
     params: Tensors,
     layers: Mapping[str, _Layer],
     seed: torch.Tensor,
-    comm: Comm | None = None,
+    comm: sharded.Comm | None = None,
 ) -> dict[str, torch.Tensor]:
     """The first kept masks of ``layers``: each prunes exactly its count, of the lowest random
     scores (``start="random"``) or magnitudes (``"magnitude"``); N:M prunes N of every group."""
     pat = settings.pattern
-    grids = to_grid({n: params[n].abs() for n in layers}, pat, settings.reduce)
-    zero = _checks.scalar(0, torch.int64)
-    scores = {
-        n: _random_scores(n, layer, seed, zero, "start", grids[n])
-        if settings.start == "random"
-        else grids[n]
-        for n, layer in layers.items()
-    }
+    if settings.start == "magnitude":
+        scores = to_grid({n: params[n].abs() for n in layers}, pat, settings.reduce)
+    else:
+        zero = _checks.scalar(0, torch.int64)
+        scores = {
+            n: _random_scores(n, layer, seed, zero, "start",
+                              grid_shape(pat, params[n].shape), params[n].device)
+            for n, layer in layers.items()
+        }  # fmt: skip
     kept = {}
     for n, layer in layers.items():
         if isinstance(pat, NM):
@@ -220,7 +243,8 @@ def init(
             f"Name layers of params: {sorted(params)[:8]}.",
         )  # fmt: skip
     sharding = _sharded.detect("init", {"params": params})
-    layers = _layers("init", settings, params, sharding)
+    table = _table("init", settings, params, sharding)
+    layers = _pruning(table)
     if sharding is not None:
         sharding.check_units("init", {n: params[n].shape for n in layers}, settings.pattern)
     local = params if sharding is None else sharding.local(params)
@@ -230,7 +254,9 @@ def init(
     masks = {n: chosen.get(n, torch.ones_like(p, dtype=torch.bool)) for n, p in local.items()}
     if sharding is not None:
         masks = sharding.wrap(masks, {n: p.shape for n, p in params.items()})
-    achieved = _achieved(settings, params, layers)
+    units = sum(layer.units for layer in table.values())  # of the layers the pattern divides
+    pruned = sum(layer.pruned for layer in table.values())
+    achieved = _checks.scalar(pruned / units if units else 0.0, torch.float64)
     return PruneState(
         step=_checks.scalar(0, torch.int64),
         current_target=achieved.clone(),
@@ -243,18 +269,6 @@ def init(
     )
 
 
-def _achieved(settings: Settings, params: Tensors, layers: Mapping[str, _Layer]) -> torch.Tensor:
-    """The pruned fraction of the units of the layers the pattern divides (float64)."""
-    skipped = check_divisible("init", params, settings.pattern, skip_indivisible=True)
-    total = 0
-    for name, p in params.items():
-        if name not in skipped:
-            rows, cols, _ = _units(settings, tuple(p.shape))
-            total += rows * cols
-    pruned = sum(layer.pruned for layer in layers.values())
-    return _checks.scalar(pruned / total if total else 0.0, torch.float64)
-
-
 def updated_masks(
     settings: Settings,
     step_t: torch.Tensor,
@@ -263,7 +277,7 @@ def updated_masks(
     params: Tensors,
     grads: Tensors | None,
     layers: Mapping[str, _Layer],
-    comm: Comm | None = None,
+    comm: sharded.Comm | None = None,
 ) -> dict[str, torch.Tensor]:
     """An update step's new kept masks of ``layers``: drop and grow (:mod:`fprune.regrow`)."""
     pat = settings.pattern
@@ -276,8 +290,11 @@ def updated_masks(
         assert grads is not None  # checked by step
         growth = to_grid({n: grads[n].abs() for n in layers}, pat, settings.reduce)
     else:
-        growth = {n: _random_scores(n, layer, seed, step_t, "grow", kept[n])
-                  for n, layer in layers.items()}  # fmt: skip
+        growth = {
+            n: _random_scores(n, layer, seed, step_t, "grow", tuple(kept[n].shape),
+                              kept[n].device)
+            for n, layer in layers.items()
+        }  # fmt: skip
     if isinstance(pat, NM):
         room = min(pat.n, pat.m - pat.n)  # a group's most swaps
         swaps = {
@@ -314,16 +331,6 @@ def _checked_grads(settings: Settings, params: Tensors, grads: Tensors | None) -
     return grads
 
 
-def _finite(grads: Tensors | None, names: list[str], comm: object) -> torch.Tensor | None:
-    """A 0-d bool: whether this step's gradients were all finite (summed over the ranks)."""
-    if grads is None or not names:
-        return None
-    total = torch.stack([grads[n].sum(dtype=torch.float64) for n in names]).sum()
-    if comm is not None:
-        total = comm.sum(total)  # type: ignore[attr-defined]
-    return torch.isfinite(total)
-
-
 def _advance(
     settings: Settings,
     state: PruneState,
@@ -346,6 +353,12 @@ def _advance(
         return {n: m.clone() for n, m in old.items()}
 
     operands = (state.step, state.seed, previous)
+    finite = None
+    if grads is not None and layers:  # a step with NaN or inf gradients does not update
+        finite = _checks.all_finite([grads[n] for n in layers],
+                                    None if comm is None else comm.sum)  # fmt: skip
+        if not _trace.tracing(finite) and not bool(finite):
+            return dict(state.masks)
     if not layers:
         new = previous
     elif update_now:
@@ -356,8 +369,7 @@ def _advance(
         pred = torch.as_tensor(settings.updates_at(state.step))
         chosen = update(*operands)
         new = {n: torch.where(pred, chosen[n], previous[n]) for n in layers}
-    finite = _finite(grads, list(layers), comm)
-    if finite is not None and (_trace.tracing(finite) or not bool(finite)):
+    if finite is not None and _trace.tracing(finite):
         new = {n: torch.where(finite, m, previous[n]) for n, m in new.items()}
     return {n: new.get(n, m) for n, m in state.masks.items()}
 
@@ -382,7 +394,7 @@ def step(
     if update_now is False:
         return dataclasses.replace(state, step=state.step + 1), dict(state.masks)
     sharding = _sharded.detect(func, {"params": params, "grads": grads, "state.masks": state.masks})
-    layers = _layers(func, settings, params, sharding)
+    layers = _pruning(_table(func, settings, params, sharding))
     if sharding is None:
         masks = _advance(settings, state, params, grads, layers, update_now, None)
     else:

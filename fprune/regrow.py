@@ -29,17 +29,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Protocol
 
 import torch
 
+from fprune._sharded import select as sharded
 from fprune.masking import select_grids
 from fprune.nm import ranks
 from fprune.patterns import NM, Blocks
 from fprune.selection import EPS, rank_keys
 
 __all__ = [
-    "Comm",
     "fraction_at",
     "gradient_keys",
     "magnitude_keys",
@@ -98,21 +97,15 @@ def gradient_keys(scores: torch.Tensor) -> torch.Tensor:
     return rank_keys(-scores)
 
 
-class Comm(Protocol):
-    """The ranks' collectives of a sharded step (:class:`fprune._sharded.Collectives`)."""
-
-    def sum(self, t: torch.Tensor) -> torch.Tensor: ...
-
-
 def select_local(
-    scores: _Tensors, previous: _Tensors, sparsity: torch.Tensor, comm: Comm | None = None
+    scores: _Tensors, previous: _Tensors, sparsity: torch.Tensor, comm: sharded.Comm | None = None
 ) -> dict[str, torch.Tensor]:
     """Kept grid masks of one local-scope selection of ``sparsity`` (units pruned in
     ``previous`` rank first; ties by index): :func:`fprune.masking.select_grids`, the eager
     accelerator where it applies, else the math; with ``comm``, of this rank's shards."""
     return select_grids(
         scores, pattern=_UNITS, sparsity=sparsity, scope="local", lo=0.0, hi=1.0,
-        previous=previous, reduce="mean", comm=comm,  # type: ignore[arg-type]
+        previous=previous, reduce="mean", comm=comm,
     )  # fmt: skip
 
 
@@ -124,7 +117,7 @@ def swap(
     *,
     units: Mapping[str, int],
     pruned: Mapping[str, int],
-    comm: Comm | None = None,
+    comm: sharded.Comm | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """The units to drop and to grow (bool, grid-shaped) of each layer: the ``counts[n]`` kept
     units of lowest ``drop_scores``, and as many units pruned in ``kept`` of highest
@@ -177,7 +170,7 @@ def swap_nm(
     *,
     pattern: NM,
     units: Mapping[str, int],
-    comm: Comm | None = None,
+    comm: sharded.Comm | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """:func:`swap` within N:M groups of 2-D ``[rows, cols]`` grids (see the module docstring):
     the candidates are, in each group, its lowest-magnitude kept weights, as many as it has

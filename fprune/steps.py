@@ -449,12 +449,7 @@ def _finite(
     if not settings.criterion.needs_grads or grads is None:
         return None
     checked = list(aux.values()) if aux else [grads[n] for n in names]
-    # a float64 sum is non-finite exactly when an element is (no float32 sum can overflow
-    # it): one reduction a layer, without a weight-sized bool tensor
-    total = torch.stack([t.sum(dtype=torch.float64) for t in checked]).sum()
-    if comm is not None:
-        total = comm.sum(total)
-    return torch.isfinite(total)
+    return _checks.all_finite(checked, None if comm is None else comm.sum)
 
 
 def _checked_grads(settings: Settings, params: _Tensors, grads: _Tensors | None) -> _Tensors | None:
